@@ -1,0 +1,8 @@
+# Pinned versions of every component of the local stack. Sourced by hack/*.sh.
+# Bumping one here invalidates only that component's cache folder.
+ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
+KUBE_VERSION="${KUBE_VERSION:-1.34.4}"
+HELM_VERSION="${HELM_VERSION:-3.22.0}"
+KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
+LOG4J_VERSION="${LOG4J_VERSION:-2.25.3}"
+MOTO_VERSION="${MOTO_VERSION:-5.1.21}"

@@ -1,0 +1,70 @@
+"""The project's error types, sorted by what the caller should do about them.
+
+    DuctapeError                 base; carries a condition `reason` and `retriable`
+    ├── InvalidConfigError       the resource or its config cannot work as written (no retry)
+    ├── SecretNotFoundError      a referenced Secret or key is missing (retry; watch the Secret)
+    ├── TagConflictError         another, older resource owns this tag (no retry)
+    └── BrokerError              anything that happened talking to a broker
+        ├── BrokerUnreachableError   connect, timeout, transport (retry with backoff)
+        ├── BrokerAuthError          the broker refused the credentials (retry: they may rotate)
+        └── ProvisioningError        the broker refused an operation (retriable or not)
+
+Providers map their SDK's exceptions to these in one place each and chain the
+original with `raise ... from exc`. Handlers turn them into kopf's
+`TemporaryError`/`PermanentError` and into status conditions. A message never
+contains a credential.
+"""
+
+from __future__ import annotations
+
+
+class DuctapeError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    #: The status condition reason this error is reported with.
+    reason: str = "ProvisioningFailed"
+    #: Whether trying again later, with nothing else changed, can succeed.
+    retriable: bool = True
+
+    def __init__(self, message: str, *, retriable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retriable is not None:
+            self.retriable = retriable
+
+
+class InvalidConfigError(DuctapeError):
+    reason = "InvalidConfig"
+    retriable = False
+
+
+class SecretNotFoundError(DuctapeError):
+    reason = "SecretNotFound"
+    retriable = True
+
+    def __init__(self, message: str, *, secret_name: str) -> None:
+        super().__init__(message)
+        self.secret_name = secret_name
+
+
+class TagConflictError(DuctapeError):
+    reason = "TagConflict"
+    retriable = False
+
+
+class BrokerError(DuctapeError):
+    reason = "ProvisioningFailed"
+
+
+class BrokerUnreachableError(BrokerError):
+    reason = "BrokerUnreachable"
+    retriable = True
+
+
+class BrokerAuthError(BrokerError):
+    reason = "BrokerUnreachable"
+    retriable = True
+
+
+class ProvisioningError(BrokerError):
+    reason = "ProvisioningFailed"

@@ -1,0 +1,125 @@
+"""The provider interface: what every broker module implements, and its value types.
+
+A provider is built from a validated `BrokerConfig` and the values of the
+Secrets it references, with no network I/O in the constructor. `start()` and
+`aclose()` are idempotent, and a provider is an async context manager. Every
+`ensure_*` succeeds when the thing already exists (it is adopted), every
+`delete_*` succeeds when it is already gone. Each SDK's errors are mapped to
+`ductape_operator.errors` inside its own module, so nothing above this layer
+imports a broker SDK.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Protocol, Self
+
+from ductape_operator import models
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretValues:
+    """Resolved values of the Secret keys a config references, keyed by (name, key)."""
+
+    values: Mapping[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+
+    def get(self, ref: models.SecretRef | None) -> str | None:
+        if ref is None:
+            return None
+        sel = ref.secret_key_ref
+        return self.values[(sel.name, sel.key)]
+
+    def fingerprint(self) -> tuple[tuple[tuple[str, str], str], ...]:
+        """A hashable identity, so a rotated credential gives a new connection."""
+        return tuple(sorted(self.values.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicPlan:
+    """A topic as a provider sees it: tag, physical name and subscription names."""
+
+    tag: str
+    name: str
+    subscriptions: tuple[str, ...] = ()
+    partitions: int | None = None
+
+    @classmethod
+    def from_spec(cls, topic: models.TopicSpec) -> TopicPlan:
+        return cls(
+            tag=topic.tag,
+            name=topic.physical_name,
+            subscriptions=tuple(topic.subscriptions),
+            partitions=topic.partitions,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicLocation:
+    """Where a topic lives on one broker: the `topics.json` entry of the Secret.
+
+    `name` is None only for an SQS topic that has subscriptions (its queues are
+    the subscriptions).
+    """
+
+    name: str | None
+    subscriptions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def as_json(self) -> dict[str, object]:
+        return {"name": self.name, "subscriptions": dict(self.subscriptions)}
+
+
+def default_subscription_name(topic_name: str, subscription: str) -> str:
+    """`<topic>.<subscription>`: the default physical name of a subscription."""
+    return f"{topic_name}.{subscription}"
+
+
+class Provider(Protocol):
+    """One broker endpoint with one set of credentials."""
+
+    @property
+    def type(self) -> models.MessageBrokerTypes: ...
+
+    @property
+    def endpoint(self) -> str:
+        """A URI naming the broker, never containing a credential."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def ensure_topic(self, topic: TopicPlan) -> TopicLocation:
+        """Create the topic and all its subscriptions, or adopt them; say where they are."""
+        ...
+
+    async def delete_topic(self, topic: TopicPlan) -> None:
+        """Delete the topic and its subscriptions; success when already gone."""
+        ...
+
+    async def delete_subscription(self, topic: TopicPlan, subscription: str) -> None:
+        """Delete one subscription of a topic; success when already gone."""
+        ...
+
+    async def topic_exists(self, topic: TopicPlan) -> bool:
+        """Whether the topic and every subscription exist now (drift detection)."""
+        ...
+
+    async def probe(self, timeout: float) -> None:
+        """Check the broker answers; raise `BrokerUnreachableError` if not within timeout."""
+        ...
+
+    def binding(self) -> dict[str, str]:
+        """Connection Secret entries of this type (DESIGN.md section 4) except the
+        common ones (`type`, `provider`, `broker-tag`, `env`, `topics.json`)."""
+        ...
