@@ -11,6 +11,7 @@ imports a broker SDK.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 from collections.abc import Mapping
 from types import TracebackType
@@ -94,7 +95,7 @@ class Provider(Protocol):
 
     async def __aexit__(
         self,
-        exc_type: type[BaseException] | None,
+        exc_type: builtins.type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...

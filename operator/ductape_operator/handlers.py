@@ -1,0 +1,191 @@
+"""kopf handlers: parse the event, call the reconciler, map its outcome. Nothing else.
+
+Handlers are plain module-level functions; `register()` attaches them to a
+registry with the operator's settings (the health interval is only known once
+the command line is parsed). The reconciler lives in kopf's `memo`, opened at
+startup and closed at cleanup.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from ductape_operator import errors, kube, models, reconcile
+from ductape_operator.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FINALIZER = "ductape.app/finalizer"
+PREFIX = "ductape.app"
+RESOURCE = (models.GROUP, models.VERSION, models.PLURAL)
+
+
+def _reconciler(memo: kopf.Memo) -> reconcile.Reconciler:
+    reconciler: reconcile.Reconciler = memo["reconciler"]
+    return reconciler
+
+
+def _app_settings(memo: kopf.Memo) -> Settings:
+    settings: Settings = memo["app_settings"]
+    return settings
+
+
+def tag_owner(kwargs: dict[str, Any], obj: reconcile.BrokerObject) -> str | None:
+    """The name of the oldest MessageBroker holding the object's tag in its namespace.
+
+    Indexes reach handlers as keyword arguments named after the index function;
+    kopf's handler protocols do not declare them, hence the lookup in kwargs.
+    """
+    tags_index: kopf.Index[Any, Any] = kwargs["tags_index"]
+    namespace, tag = obj.ref.namespace, obj.spec.get("tag")
+    if not isinstance(tag, str) or (namespace, tag) not in tags_index:
+        return None
+    holders = sorted(tags_index[(namespace, tag)])
+    return str(holders[0][1]) if holders else None
+
+
+# --- lifecycle of the operator ----------------------------------------------
+
+
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    app = _app_settings(memo)
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    # kopf posts an Event per handler outcome; ours are posted on transitions only.
+    settings.posting.level = logging.WARNING
+    settings.peering.name = "ductape-operator"
+    settings.peering.standalone = app.standalone
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    kube.configure()
+    memo["reconciler"] = reconcile.Reconciler(app)
+
+
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "reconciler" in memo:
+        await _reconciler(memo).aclose()
+
+
+# --- indexes ----------------------------------------------------------------
+
+
+async def tags_index(
+    namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
+) -> dict[tuple[str, Any], tuple[str, str]]:
+    """(namespace, tag) -> (creationTimestamp, name): who holds which tag."""
+    if namespace is None:
+        return {}
+    return {(namespace, spec.get("tag")): (str(meta.get("creationTimestamp") or ""), name)}
+
+
+async def secrets_index(
+    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str], str]:
+    """(namespace, Secret name) -> MessageBroker name, for every referenced Secret."""
+    if namespace is None:
+        return {}
+    return {(namespace, secret): name for secret in reconcile.referenced_secrets(spec)}
+
+
+# --- MessageBroker handlers -------------------------------------------------
+
+
+async def reconcile_broker(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """create / update / resume: the same level-based reconcile."""
+    obj = reconcile.BrokerObject.from_body(body)
+    owner = tag_owner(kwargs, obj)
+    outcome = await _reconciler(memo).reconcile(obj, tag_owner=owner)
+    if outcome.retry:
+        delay = min(_app_settings(memo).health_interval, 15.0)
+        raise kopf.TemporaryError(outcome.message or "not ready yet", delay=delay)
+
+
+async def health_round(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Timer: probe every broker, repair drift, retry what failed."""
+    obj = reconcile.BrokerObject.from_body(body)
+    owner = tag_owner(kwargs, obj)
+    await _reconciler(memo).reconcile(obj, tag_owner=owner)
+
+
+async def pause_changed(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    type: str,
+    **kwargs: Any,
+) -> None:
+    """kopf ignores its own prefix's annotations in diffs: watch the paused flag here."""
+    if type in (None, "DELETED") or body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    obj = reconcile.BrokerObject.from_body(body)
+    if obj.paused == reconcile.shows_paused(obj):
+        return
+    owner = tag_owner(kwargs, obj)
+    await _reconciler(memo).reconcile(obj, tag_owner=owner)
+
+
+async def finalize_broker(body: kopf.Body, memo: kopf.Memo, runtime: Any, **_: Any) -> None:
+    """delete: apply deletionPolicy, then let the finalizer go."""
+    obj = reconcile.BrokerObject.from_body(body)
+    terminating = await kube.namespace_terminating(obj.ref.namespace)
+    try:
+        await _reconciler(memo).finalize(
+            obj, elapsed=runtime.total_seconds(), namespace_terminating=terminating
+        )
+    except errors.DuctapeError as exc:
+        raise kopf.TemporaryError(exc.message, delay=10) from exc
+
+
+# --- referenced Secrets -----------------------------------------------------
+
+
+async def secret_changed(
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    """A Secret that a MessageBroker references appeared, changed or went away."""
+    secrets_index: kopf.Index[Any, Any] = kwargs["secrets_index"]
+    if namespace is None or (namespace, name) not in secrets_index:
+        return
+    for broker_name in sorted(set(secrets_index[(namespace, name)])):
+        body = await kube.get_broker(namespace, broker_name)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        obj = reconcile.BrokerObject.from_body(body)
+        owner = tag_owner(kwargs, obj)
+        logger.info("Secret %s/%s changed: reconciling %s", namespace, name, broker_name)
+        await _reconciler(memo).reconcile(obj, tag_owner=owner)
+
+
+def register(registry: kopf.OperatorRegistry, app: Settings) -> None:
+    """Attach every handler to `registry`, configured from `app`."""
+    kopf.on.startup(registry=registry)(startup)
+    kopf.on.cleanup(registry=registry)(cleanup)
+    kopf.index(*RESOURCE, registry=registry)(tags_index)
+    kopf.index(*RESOURCE, registry=registry)(secrets_index)
+    kopf.on.create(*RESOURCE, registry=registry, id="create")(reconcile_broker)
+    kopf.on.update(*RESOURCE, registry=registry, id="update")(reconcile_broker)
+    kopf.on.resume(*RESOURCE, registry=registry, id="resume")(reconcile_broker)
+    kopf.on.event(*RESOURCE, registry=registry, id="paused")(pause_changed)
+    kopf.timer(
+        *RESOURCE,
+        registry=registry,
+        id="health",
+        interval=app.health_interval,
+        initial_delay=app.health_interval,
+    )(health_round)
+    kopf.on.delete(*RESOURCE, registry=registry, id="finalize")(finalize_broker)
+    kopf.on.event("", "v1", "secrets", registry=registry, id="secret")(secret_changed)
+
+
+def memo_for(app: Settings) -> kopf.Memo:
+    memo = kopf.Memo()
+    memo["app_settings"] = app
+    return memo

@@ -1,0 +1,60 @@
+"""Keeps credentials out of logs, Events and status.
+
+Every secret value the operator resolves is registered here; a logging filter
+and the Kubernetes writers replace any registered value with `***`. This is a
+second line of defence: messages are built without credentials in the first
+place, but an SDK exception text or traceback might still quote a URL with a
+password in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+
+MASK = "***"
+#: Values shorter than this are not masked: masking "a" or "1" would garble text.
+MIN_LENGTH = 4
+
+_lock = threading.Lock()
+_values: set[str] = set()
+
+
+def register(values: Iterable[str]) -> None:
+    with _lock:
+        _values.update(v for v in values if len(v) >= MIN_LENGTH)
+
+
+def redact(text: str) -> str:
+    with _lock:
+        values = sorted(_values, key=len, reverse=True)
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record's message and traceback with registered secrets masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(text)
+            record.exc_info = None
+            record.msg = f"{record.msg}\n{record.exc_text}"
+            record.exc_text = None
+        return True
+
+
+def install(logger: logging.Logger | None = None) -> None:
+    """Attach the filter to every handler of `logger` (the root logger by default)."""
+    target = logger or logging.getLogger()
+    for handler in target.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
