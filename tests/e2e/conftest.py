@@ -1,0 +1,120 @@
+"""End-to-end fixtures: the real operator process against the local stack.
+
+The operator runs as a subprocess (`python -m ductape_operator`) with a short
+health interval, its log captured to a file the tests can grep. Every test
+works in a namespace of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import kubernetes
+import pytest
+
+from tests.e2e import kit
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "messagebrokers.ductape.app.yaml"
+
+#: Short intervals keep the suite fast; the defaults (30 s / 5 s) are for clusters.
+HEALTH_INTERVAL = 3.0
+PROBE_TIMEOUT = 3.0
+FINALIZER_TIMEOUT = 15.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.stack)
+
+
+@pytest.fixture(scope="session")
+def kube() -> kit.Kube:
+    if not os.environ.get("KUBECONFIG"):
+        pytest.fail("KUBECONFIG is not set: source .testenv/env (make testenv-up) first")
+    kubernetes.config.load_kube_config()
+    return kit.Kube(kubernetes.client.ApiClient())
+
+
+@pytest.fixture(scope="session")
+def crd(kube: kit.Kube) -> None:
+    kit.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    kit.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/messagebrokers.ductape.app",
+    )
+
+
+class OperatorProcess:
+    def __init__(self, log_path: pathlib.Path, args: list[str]) -> None:
+        self.log_path = log_path
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ductape_operator", *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def assert_alive(self) -> None:
+        assert self.proc is not None and self.proc.poll() is None, (
+            "the operator process exited:\n" + self.log()[-4000:]
+        )
+
+
+@pytest.fixture(scope="session")
+def operator(crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    proc = OperatorProcess(
+        log_path,
+        [
+            "--standalone",
+            "--verbose",
+            f"--health-interval={HEALTH_INTERVAL}",
+            f"--probe-timeout={PROBE_TIMEOUT}",
+            f"--finalizer-timeout={FINALIZER_TIMEOUT}",
+        ],
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+    # Keep the log where CI can find it after a failure.
+    state = os.environ.get("DUCTAPE_STATE_DIR") or str(ROOT / ".testenv")
+    if pathlib.Path(state).is_dir():
+        (pathlib.Path(state) / "e2e-operator.log").write_text(proc.log())
+
+
+@pytest.fixture
+def namespace(kube: kit.Kube, operator: OperatorProcess) -> Iterator[str]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    kube.create_namespace(name)
+    yield name
+    operator.assert_alive()
+    kube.delete_namespace(name)

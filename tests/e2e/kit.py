@@ -1,0 +1,261 @@
+"""Test kit for end-to-end tests: Kubernetes helpers, manifests for the local stack,
+and raw broker clients that check what the operator did, without the operator's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import time
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+GROUP, VERSION, PLURAL = "ductape.app", "v1alpha1", "messagebrokers"
+T = TypeVar("T")
+
+
+def kubectl(*args: str, check: bool = True, input: str | None = None) -> str:
+    result = subprocess.run(
+        ["kubectl", *args], capture_output=True, text=True, input=input, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+    return result.stdout + result.stderr
+
+
+def wait_until(predicate: Callable[[], T | None], *, timeout: float, what: str) -> T:
+    """Poll `predicate` until it returns something truthy, or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+async def await_until(
+    predicate: Callable[[], Awaitable[T | None]], *, timeout: float, what: str
+) -> T:
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+class Kube:
+    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+        self.api = api
+        self.core = kubernetes.client.CoreV1Api(api)
+        self.custom = kubernetes.client.CustomObjectsApi(api)
+
+    def create_namespace(self, name: str) -> None:
+        self.core.create_namespace({"metadata": {"name": name}})
+
+    def delete_namespace(self, name: str) -> None:
+        try:
+            self.core.delete_namespace(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def create_secret(self, ns: str, name: str, data: Mapping[str, str]) -> None:
+        self.core.create_namespaced_secret(
+            ns, {"metadata": {"name": name}, "stringData": dict(data)}
+        )
+
+    def replace_secret(self, ns: str, name: str, data: Mapping[str, str]) -> None:
+        self.core.replace_namespaced_secret(
+            name, ns, {"metadata": {"name": name}, "stringData": dict(data)}
+        )
+
+    def secret(self, ns: str, name: str) -> dict[str, str] | None:
+        try:
+            s = self.core.read_namespaced_secret(name, ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (s.data or {}).items()}
+
+    def secret_object(self, ns: str, name: str) -> Any:
+        return self.core.read_namespaced_secret(name, ns)
+
+    def apply(self, ns: str, body: Mapping[str, Any]) -> None:
+        kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(body))
+
+    def get(self, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
+    def patch(self, ns: str, name: str, patch: Mapping[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, patch)
+
+    def delete(self, ns: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def condition(self, ns: str, name: str, type_: str) -> dict[str, Any] | None:
+        obj = self.get(ns, name) or {}
+        for cond in (obj.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == type_:
+                return dict(cond)
+        return None
+
+    def wait_condition(
+        self,
+        ns: str,
+        name: str,
+        status: str,
+        reason: str | None = None,
+        *,
+        type_: str = "Ready",
+        timeout: float = 90,
+        generation: bool = True,
+    ) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            obj = self.get(ns, name) or {}
+            cond = self.condition(ns, name, type_)
+            if cond is None or cond.get("status") != status:
+                return None
+            if reason is not None and cond.get("reason") != reason:
+                return None
+            if generation and cond.get("observedGeneration") != obj["metadata"]["generation"]:
+                return None
+            return obj
+
+        return wait_until(
+            check, timeout=timeout, what=f"{ns}/{name} {type_}={status} reason={reason}"
+        )
+
+    def events(self, ns: str) -> list[Any]:
+        return list(self.core.list_namespaced_event(ns).items)
+
+
+# --- manifests for the local stack -------------------------------------------
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+TYPES = ("KAFKA", "REDIS", "RABBITMQ", "GOOGLE_PUBSUB", "AWS_SQS")
+RABBIT_PASSWORD_SECRET = "rabbit-credentials"
+SQS_KEYS_SECRET = "sqs-credentials"
+
+
+def env_config(type_: str) -> dict[str, Any]:
+    """An env's config pointing at the local stack (from .testenv/env)."""
+    if type_ == "KAFKA":
+        return {"brokers": os.environ["KAFKA_BOOTSTRAP_SERVERS"].split(",")}
+    if type_ == "REDIS":
+        url = urllib.parse.urlparse(os.environ["REDIS_URL"])
+        return {"host": url.hostname, "port": url.port or 6379}
+    if type_ == "RABBITMQ":
+        url = urllib.parse.urlparse(os.environ["AMQP_URL"])
+        return {
+            "host": url.hostname,
+            "port": url.port or 5672,
+            "username": url.username or "guest",
+            "password": {"secretKeyRef": {"name": RABBIT_PASSWORD_SECRET, "key": "password"}},
+        }
+    if type_ == "GOOGLE_PUBSUB":
+        return {
+            "projectId": os.environ["PUBSUB_PROJECT_ID"],
+            "emulatorHost": os.environ["PUBSUB_EMULATOR_HOST"],
+        }
+    if type_ == "AWS_SQS":
+        return {
+            "region": os.environ.get("AWS_REGION", "us-east-1"),
+            "endpoint": os.environ["SQS_ENDPOINT"],
+            "accessKeyId": {"secretKeyRef": {"name": SQS_KEYS_SECRET, "key": "access-key-id"}},
+            "secretAccessKey": {
+                "secretKeyRef": {"name": SQS_KEYS_SECRET, "key": "secret-access-key"}
+            },
+        }
+    raise ValueError(type_)
+
+
+def credential_secrets(type_: str) -> dict[str, dict[str, str]]:
+    """The Secrets an env of this type references on the local stack."""
+    if type_ == "RABBITMQ":
+        url = urllib.parse.urlparse(os.environ["AMQP_URL"])
+        return {RABBIT_PASSWORD_SECRET: {"password": url.password or "guest"}}
+    if type_ == "AWS_SQS":
+        return {
+            SQS_KEYS_SECRET: {
+                "access-key-id": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                "secret-access-key": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+            }
+        }
+    return {}
+
+
+def broker_manifest(
+    name: str,
+    *,
+    envs: list[tuple[str, str]],
+    topics: list[dict[str, Any]],
+    tag: str | None = None,
+    deletion_policy: str = "Retain",
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "MessageBroker",
+        "metadata": metadata,
+        "spec": {
+            "name": f"Test {name}",
+            "tag": tag or name,
+            "description": "end-to-end test",
+            "deletionPolicy": deletion_policy,
+            "envs": [
+                {"slug": slug, "type": type_, "config": env_config(type_)} for slug, type_ in envs
+            ],
+            "topics": topics,
+        },
+    }
+
+
+def topics_for(
+    prefix: str, count: int = 2, subs: tuple[str, ...] = ("billing", "shipping")
+) -> list[dict[str, Any]]:
+    return [
+        {"tag": f"t{i}", "name": f"{prefix}.t{i}", "partitions": 2, "subscriptions": list(subs)}
+        for i in range(count)
+    ]
+
+
+def topics_json(secret: Mapping[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(secret["topics.json"])
+    return data
