@@ -1,0 +1,361 @@
+"""Lifecycle end to end: examples, provider swap, deletion policies, Secrets, outages,
+pausing, tag conflicts, drift, credential hygiene and invalid resources."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e import kit, raw
+from tests.e2e.conftest import HEALTH_INTERVAL, OperatorProcess
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _secret_entry(kube: kit.Kube, ns: str, secret: str, tag: str) -> tuple[dict[str, str], Any]:
+    data = kube.secret(ns, secret)
+    assert data is not None, f"Secret {ns}/{secret} missing"
+    return data, kit.topics_json(data)[tag]
+
+
+def test_two_env_example_goes_ready_with_two_secrets(kube: kit.Kube, namespace: str) -> None:
+    kit.kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "message-bus.yaml"))
+    obj = kube.wait_condition(namespace, "message-bus", "True", "AllEnvsReady")
+    assert obj["status"]["summary"] == "prd:RABBITMQ dev:REDIS"
+    assert "binding" not in obj["status"] or obj["status"]["binding"] is None
+    prd = kube.secret(namespace, "message-bus-prd")
+    dev = kube.secret(namespace, "message-bus-dev")
+    assert prd is not None and prd["type"] == "rabbitmq"
+    assert dev is not None and dev["type"] == "redis"
+    printed = kit.kubectl("get", "mb", "-n", namespace)
+    assert "message-bus" in printed and "True" in printed
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Delete"])
+async def test_swap_rabbitmq_to_kafka(kube: kit.Kube, namespace: str, policy: str) -> None:
+    name = kit.unique("swap")
+    for secret_name, data in kit.credential_secrets("RABBITMQ").items():
+        kube.create_secret(namespace, secret_name, data)
+    topics = kit.topics_for(name, count=1)
+    manifest = kit.broker_manifest(
+        name, envs=[("prd", "RABBITMQ")], topics=topics, deletion_policy=policy
+    )
+    kube.apply(namespace, manifest)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    rabbit_secret, rabbit_entry = _secret_entry(kube, namespace, f"{name}-prd", "t0")
+    kept = raw.payload()
+    await raw.publish_with_secret(rabbit_secret, rabbit_entry, kept)
+
+    manifest["spec"]["envs"][0] = {
+        "slug": "prd",
+        "type": "KAFKA",
+        "config": kit.env_config("KAFKA"),
+    }
+    kube.apply(namespace, manifest)
+    obj = kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    assert obj["status"]["summary"] == "prd:KAFKA"
+
+    kafka_secret, kafka_entry = _secret_entry(kube, namespace, f"{name}-prd", "t0")
+    assert kafka_secret["type"] == "kafka"
+    assert "bootstrap-servers" in kafka_secret
+    assert await raw.exists("KAFKA", kafka_entry)
+    if policy == "Retain":
+        assert await raw.exists("RABBITMQ", rabbit_entry), "Retain must keep the old exchange"
+        for sub in ("billing", "shipping"):
+            got = await raw.receive_with_secret(rabbit_secret, rabbit_entry, sub)
+            assert kept in got, f"message on the retained queue {sub} was lost"
+    else:
+        assert not await raw.exists("RABBITMQ", rabbit_entry), "Delete must remove the old ones"
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Delete"])
+async def test_delete_applies_policy_and_secrets_are_collected(
+    kube: kit.Kube, namespace: str, policy: str
+) -> None:
+    name = kit.unique("del")
+    manifest = kit.broker_manifest(
+        name, envs=[("dev", "REDIS")], topics=kit.topics_for(name), deletion_policy=policy
+    )
+    kube.apply(namespace, manifest)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    secret, entry = _secret_entry(kube, namespace, f"{name}-dev", "t0")
+    message = raw.payload()
+    await raw.publish_with_secret(secret, entry, message)
+
+    kube.delete(namespace, name)
+    kit.wait_until(lambda: kube.get(namespace, name) is None, timeout=60, what="resource gone")
+    kit.wait_until(
+        lambda: kube.secret(namespace, f"{name}-dev") is None,
+        timeout=60,
+        what="connection Secret garbage-collected",
+    )
+    if policy == "Retain":
+        assert await raw.exists("REDIS", entry)
+        assert message in await raw.receive_with_secret(secret, entry, "billing", timeout=5)
+    else:
+        assert not await raw.exists("REDIS", entry)
+
+
+def test_missing_secret_then_created_then_rotated(
+    kube: kit.Kube, namespace: str, private_redis: PrivateRedis
+) -> None:
+    name = kit.unique("sec")
+    manifest = private_redis.manifest(name)
+    kube.apply(namespace, manifest)
+    obj = kube.wait_condition(namespace, name, "False", "SecretNotFound")
+    assert "redis-auth" in obj["status"]["conditions"][0]["message"]
+
+    kube.create_secret(namespace, "redis-auth", {"password": private_redis.password})
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    assert kube.secret(namespace, f"{name}-dev")["password"] == private_redis.password  # type: ignore[index]
+
+    # Rotation: the broker's password changes, then the Secret follows.
+    new_password = f"rotated-{uuid.uuid4().hex}"
+    private_redis.set_password(new_password)
+    kube.wait_condition(namespace, name, "False", "BrokerUnreachable", timeout=60)
+    kube.replace_secret(namespace, "redis-auth", {"password": new_password})
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady", timeout=60)
+    kit.wait_until(
+        lambda: (kube.secret(namespace, f"{name}-dev") or {}).get("password") == new_password,
+        timeout=30,
+        what="connection Secret carries the rotated password",
+    )
+
+
+def test_broker_outage_is_reported_and_recovers(
+    kube: kit.Kube, namespace: str, private_redis: PrivateRedis
+) -> None:
+    name = kit.unique("down")
+    kube.create_secret(namespace, "redis-auth", {"password": private_redis.password})
+    kube.apply(namespace, private_redis.manifest(name))
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+
+    private_redis.stop()
+    # Within two health intervals, plus the probe timeout and some slack for a busy machine.
+    obj = kube.wait_condition(
+        namespace, name, "False", "BrokerUnreachable", timeout=2 * HEALTH_INTERVAL + 20
+    )
+    assert obj["status"]["envs"][0]["phase"] == "Degraded"
+    healthy = kube.condition(namespace, name, "Healthy")
+    assert healthy is not None and healthy["status"] == "False"
+
+    private_redis.start()
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady", timeout=2 * HEALTH_INTERVAL + 30)
+
+
+async def test_paused_resource_is_left_alone_until_resumed(kube: kit.Kube, namespace: str) -> None:
+    name = kit.unique("pause")
+    manifest = kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=kit.topics_for(name, 1))
+    kube.apply(namespace, manifest)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+
+    kube.patch(namespace, name, {"metadata": {"annotations": {"ductape.app/paused": "true"}}})
+    kube.wait_condition(namespace, name, "False", "Paused")
+    manifest["metadata"]["annotations"] = {"ductape.app/paused": "true"}
+    manifest["spec"]["topics"].append({"tag": "later", "name": f"{name}.later"})
+    kube.apply(namespace, manifest)
+    # The operator saw the new generation (observedGeneration) and still did nothing.
+    kube.wait_condition(namespace, name, "False", "Paused")
+    later = {"name": f"{name}.later", "subscriptions": {}}
+    assert not await raw.exists("REDIS", later)
+    secret = kube.secret(namespace, f"{name}-dev") or {}
+    assert "later" not in kit.topics_json(secret)
+
+    kube.patch(namespace, name, {"metadata": {"annotations": {"ductape.app/paused": None}}})
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    assert await raw.exists("REDIS", later)
+    assert "later" in kit.topics_json(kube.secret(namespace, f"{name}-dev") or {})
+
+
+def test_newer_resource_with_same_tag_conflicts(kube: kit.Kube, namespace: str) -> None:
+    tag = kit.unique("shared")
+    older, newer = f"{tag}-a", f"{tag}-b"
+    kube.apply(
+        namespace,
+        kit.broker_manifest(
+            older, tag=tag, envs=[("dev", "REDIS")], topics=kit.topics_for(older, 1)
+        ),
+    )
+    kube.wait_condition(namespace, older, "True", "AllEnvsReady")
+    kube.apply(
+        namespace,
+        kit.broker_manifest(
+            newer, tag=tag, envs=[("dev", "REDIS")], topics=kit.topics_for(newer, 1)
+        ),
+    )
+    obj = kube.wait_condition(namespace, newer, "False", "TagConflict")
+    assert older in kit.kube_condition_message(obj)
+    assert kube.secret(namespace, f"{newer}-dev") is None
+    # The older one is untouched.
+    assert kube.condition(namespace, older, "Ready")["status"] == "True"  # type: ignore[index]
+
+
+async def test_drift_is_repaired_within_a_health_round(kube: kit.Kube, namespace: str) -> None:
+    name = kit.unique("drift")
+    kube.apply(
+        namespace,
+        kit.broker_manifest(name, envs=[("dev", "RABBITMQ")], topics=kit.topics_for(name, 1)),
+    )
+    for secret_name, data in kit.credential_secrets("RABBITMQ").items():
+        kube.create_secret(namespace, secret_name, data)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    _, entry = _secret_entry(kube, namespace, f"{name}-dev", "t0")
+
+    await raw.delete_out_of_band("RABBITMQ", entry)
+    assert not await raw.exists("RABBITMQ", entry)
+    await kit.await_until(
+        lambda: raw.exists("RABBITMQ", entry),
+        timeout=HEALTH_INTERVAL * 2 + 20,
+        what="the deleted exchange and queues to come back",
+    )
+    kit.wait_until(
+        lambda: any(e.reason == "DriftRepaired" for e in kube.events(namespace)),
+        timeout=30,
+        what="a DriftRepaired event",
+    )
+
+
+def test_no_credential_in_status_events_or_log(
+    kube: kit.Kube, namespace: str, private_redis: PrivateRedis, operator: OperatorProcess
+) -> None:
+    name = kit.unique("creds")
+    sqs_secret = f"sqs-secret-{uuid.uuid4().hex}"
+    kube.create_secret(namespace, "redis-auth", {"password": private_redis.password})
+    kube.create_secret(
+        namespace,
+        kit.SQS_KEYS_SECRET,
+        {"access-key-id": "testing", "secret-access-key": sqs_secret},
+    )
+    manifest = private_redis.manifest(name)
+    manifest["spec"]["envs"].append(
+        {"slug": "prd", "type": "AWS_SQS", "config": kit.env_config("AWS_SQS")}
+    )
+    kube.apply(namespace, manifest)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    # An outage makes the operator write errors: they must not quote credentials either.
+    private_redis.stop()
+    kube.wait_condition(
+        namespace, name, "False", "BrokerUnreachable", timeout=2 * HEALTH_INTERVAL + 20
+    )
+    private_redis.start()
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady", timeout=2 * HEALTH_INTERVAL + 30)
+
+    status = json.dumps(kube.get(namespace, name)["status"])  # type: ignore[index]
+    events = kit.kubectl("get", "events", "-n", namespace, "-o", "yaml")
+    log = operator.log()
+    assert private_redis.password in (kube.secret(namespace, f"{name}-dev") or {}).values()
+    for secret_value in (private_redis.password, sqs_secret):
+        assert secret_value not in status
+        assert secret_value not in events
+        assert secret_value not in log
+
+
+def test_operator_survives_a_resource_that_fails_validation(
+    kube: kit.Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    """A resource stored under an older, laxer CRD reaches the operator: InvalidConfig."""
+    crd_file = ROOT / "crds" / "messagebrokers.ductape.app.yaml"
+    lax = kit.lax_crd(crd_file)
+    name = kit.unique("bad")
+    try:
+        kit.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=lax)
+        kit.wait_until(
+            lambda: kit.try_apply(namespace, kit.invalid_broker(name)),
+            timeout=30,
+            what="the lax CRD to accept an invalid resource",
+        )
+    finally:
+        kit.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_file))
+    obj = kube.wait_condition(namespace, name, "False", "InvalidConfig")
+    assert "brokers" in kit.kube_condition_message(obj)
+    operator.assert_alive()
+    # And the operator still serves everyone else.
+    other = kit.unique("fine")
+    kube.apply(namespace, kit.broker_manifest(other, envs=[("dev", "REDIS")], topics=[]))
+    kube.wait_condition(namespace, other, "True", "AllEnvsReady")
+
+
+# --- a Redis of the test's own, to stop, restart and re-password ------------------
+
+
+class PrivateRedis:
+    def __init__(self, workdir: pathlib.Path) -> None:
+        self.workdir = workdir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.password = f"pw-{uuid.uuid4().hex}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server not on PATH (make testenv-up installs it)"
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--requirepass",
+                self.password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def answers() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        kit.wait_until(answers, timeout=20, what=f"private redis on {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+    def set_password(self, password: str) -> None:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+        client.config_set("requirepass", password)
+        client.close()
+        self.password = password
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        m = kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=kit.topics_for(name, 1))
+        m["spec"]["envs"][0]["config"] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "password": {"secretKeyRef": {"name": "redis-auth", "key": "password"}},
+        }
+        return m
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    with tempfile.TemporaryDirectory() as workdir:
+        redis_proc = PrivateRedis(pathlib.Path(workdir))
+        redis_proc.start()
+        yield redis_proc
+        redis_proc.stop()
