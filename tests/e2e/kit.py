@@ -272,7 +272,8 @@ def lax_crd(crd_file: Any) -> str:
     """The CRD as an older, laxer version might have had it: any spec goes."""
     import yaml
 
-    crd = yaml.safe_load(open(crd_file).read())
+    with open(crd_file) as f:
+        crd = yaml.safe_load(f)
     for version in crd["spec"]["versions"]:
         schema = version["schema"]["openAPIV3Schema"]
         schema.pop("x-kubernetes-validations", None)
