@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from ductape_operator import errors, kube, models, reconcile
+from ductape_operator import errors, kube, metrics, models, reconcile
 from ductape_operator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     kube.configure()
+    if app.metrics_port:
+        metrics.serve(app.metrics_port, app.bind_address)
     memo["reconciler"] = reconcile.Reconciler(app)
 
 

@@ -23,12 +23,13 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pydantic
 
-from ductape_operator import conditions, errors, kube, models, providers
+from ductape_operator import conditions, errors, kube, metrics, models, providers
 from ductape_operator.providers import base
 from ductape_operator.settings import Settings
 
@@ -237,6 +238,7 @@ class EnvResult:
     healthy: bool = False
     provisioned: bool = False
     retriable: bool = True
+    probe_seconds: float | None = None
     applied: AppliedEnv | None = None
     events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
@@ -270,7 +272,17 @@ class Reconciler:
     async def reconcile(self, obj: BrokerObject, *, tag_owner: str | None = None) -> Outcome:
         """Bring one MessageBroker to its desired state; never raises for user errors."""
         async with self.lock(obj.ref):
-            return await self._reconcile(obj, tag_owner=tag_owner)
+            started = time.monotonic()
+            try:
+                outcome = await self._reconcile(obj, tag_owner=tag_owner)
+            except Exception:
+                metrics.observe_reconcile(time.monotonic() - started, "error")
+                raise
+            metrics.observe_reconcile(
+                time.monotonic() - started, "ready" if outcome.ready else "not_ready"
+            )
+            metrics.set_ready(obj.ref.namespace, obj.ref.name, outcome.ready)
+            return outcome
 
     async def _reconcile(self, obj: BrokerObject, *, tag_owner: str | None) -> Outcome:
         current = obj.current_status()
@@ -376,7 +388,11 @@ class Reconciler:
                 (ref.namespace, ref.name, env.slug), env.type, env.config, secrets
             )
             result.endpoint = provider.endpoint
-            await provider.probe(timeout)
+            probe_started = time.monotonic()
+            try:
+                await provider.probe(timeout)
+            finally:
+                result.probe_seconds = time.monotonic() - probe_started
             result.healthy = True
 
             same_broker = prev is not None and broker_identity(prev.env) == broker_identity(env)
@@ -442,6 +458,14 @@ class Reconciler:
                 errors.ProvisioningError(f"unexpected {type(exc).__name__}: {exc}", retriable=True),
                 prev,
             )
+        metrics.observe_env(
+            ref.namespace,
+            ref.name,
+            env.slug,
+            env.type.value,
+            healthy=result.healthy,
+            probe_seconds=result.probe_seconds,
+        )
         return result
 
     @staticmethod
@@ -563,6 +587,7 @@ class Reconciler:
             if policy is models.DeletionPolicy.RETAIN or not slugs:
                 for slug in applied:
                     await self.pool.release((obj.ref.namespace, obj.ref.name, slug))
+                metrics.forget(obj.ref.namespace, obj.ref.name)
                 return True
             left: list[str] = []
             for slug in slugs:
@@ -574,6 +599,7 @@ class Reconciler:
                     left.append(f"{slug} ({entry.env.type.value}): {names}: {exc.message}")
                 await self.pool.release((obj.ref.namespace, obj.ref.name, slug))
             if not left:
+                metrics.forget(obj.ref.namespace, obj.ref.name)
                 return True
             if namespace_terminating or elapsed >= self.settings.finalizer_timeout:
                 await kube.post_event(
@@ -583,6 +609,7 @@ class Reconciler:
                     message="gave up deleting on unreachable brokers; left behind: "
                     + "; ".join(left),
                 )
+                metrics.forget(obj.ref.namespace, obj.ref.name)
                 return True
             raise errors.BrokerUnreachableError("deletion pending: " + "; ".join(left))
 
