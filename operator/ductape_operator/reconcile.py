@@ -130,7 +130,7 @@ def load_applied(annotations: Mapping[str, str]) -> dict[str, AppliedEnv]:
     try:
         data = json.loads(raw)
         return {slug: AppliedEnv.from_json(entry) for slug, entry in data.items()}
-    except (ValueError, KeyError, TypeError, pydantic.ValidationError):
+    except (ValueError, KeyError, TypeError, AttributeError, pydantic.ValidationError):
         logger.warning("ignoring an unreadable %s annotation", APPLIED_ANNOTATION)
         return {}
 

@@ -1,0 +1,164 @@
+"""Pure parts of the reconciler: identity, applied record, Secret references, conditions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ductape_operator import conditions, models, reconcile, settings
+from ductape_operator.providers import base
+
+
+def env(type_: str, **config: Any) -> models.EnvSpec:
+    return models.EnvSpec.model_validate({"slug": "prd", "type": type_, "config": config})
+
+
+def test_identity_ignores_credentials_but_not_the_endpoint() -> None:
+    a = env("REDIS", host="r1", password={"secretKeyRef": {"name": "a", "key": "p"}})
+    b = env("REDIS", host="r1", password={"secretKeyRef": {"name": "b", "key": "q"}})
+    c = env("REDIS", host="r2")
+    d = env("REDIS", host="r1", db=2)
+    assert reconcile.broker_identity(a) == reconcile.broker_identity(b)
+    assert reconcile.broker_identity(a) != reconcile.broker_identity(c)
+    assert reconcile.broker_identity(a) != reconcile.broker_identity(d)
+
+
+def test_identity_changes_with_the_type() -> None:
+    rabbit = env("RABBITMQ", host="h", port=5672)
+    redis = env("REDIS", host="h", port=5672)
+    assert reconcile.broker_identity(rabbit) != reconcile.broker_identity(redis)
+
+
+def test_applied_record_round_trips() -> None:
+    topic = models.TopicSpec(tag="orders", name="orders.created", subscriptions=["billing"])
+    applied = {
+        "prd": reconcile.AppliedEnv(
+            env=env("KAFKA", brokers=["k:9092"]),
+            topics=(topic,),
+            secret_name="bus-prd",
+            locations={
+                "orders": base.TopicLocation(
+                    "orders.created", {"billing": "orders.created.billing"}
+                )
+            },
+        )
+    }
+    text = reconcile.dump_applied(applied)
+    loaded = reconcile.load_applied({reconcile.APPLIED_ANNOTATION: text})
+    assert loaded == applied
+    assert reconcile.dump_applied(loaded) == text
+
+
+@pytest.mark.parametrize("junk", ["", "not json", '{"prd": {"env": {}}}', "[]"])
+def test_unreadable_applied_record_counts_as_empty(junk: str) -> None:
+    assert reconcile.load_applied({reconcile.APPLIED_ANNOTATION: junk}) == {}
+
+
+def test_referenced_secrets_tolerates_invalid_specs() -> None:
+    raw = {
+        "envs": [
+            {"config": {"password": {"secretKeyRef": {"name": "rabbit", "key": "p"}}}},
+            {"config": {"sasl": {"password": {"secretKeyRef": {"name": "kafka", "key": "p"}}}}},
+            {"config": {"accessKeyId": {"secretKeyRef": {"name": "aws"}}}},
+            {"config": "not a mapping"},
+            "not an env",
+        ]
+    }
+    assert reconcile.referenced_secrets(raw) == {"rabbit", "kafka", "aws"}
+    assert reconcile.referenced_secrets({}) == set()
+
+
+def test_secret_name_defaults_to_name_dash_slug() -> None:
+    assert reconcile.secret_name_for("bus", env("REDIS", host="h")) == "bus-prd"
+    custom = models.EnvSpec.model_validate(
+        {"slug": "prd", "type": "REDIS", "config": {"host": "h"}, "secretName": "mine"}
+    )
+    assert reconcile.secret_name_for("bus", custom) == "mine"
+
+
+def test_condition_keeps_transition_time_while_status_holds() -> None:
+    conds = conditions.set_condition(
+        [],
+        type="Ready",
+        status=models.ConditionStatus.TRUE,
+        reason="AllEnvsReady",
+        message="a",
+        generation=1,
+        timestamp="2026-01-01T00:00:00Z",
+    )
+    same = conditions.set_condition(
+        conds,
+        type="Ready",
+        status=models.ConditionStatus.TRUE,
+        reason="AllEnvsReady",
+        message="b",
+        generation=2,
+        timestamp="2026-02-02T00:00:00Z",
+    )
+    flipped = conditions.set_condition(
+        same,
+        type="Ready",
+        status=models.ConditionStatus.FALSE,
+        reason="BrokerUnreachable",
+        message="c",
+        generation=2,
+        timestamp="2026-03-03T00:00:00Z",
+    )
+    assert same[0].last_transition_time == "2026-01-01T00:00:00Z"
+    assert same[0].observed_generation == 2
+    assert flipped[0].last_transition_time == "2026-03-03T00:00:00Z"
+    assert len(flipped) == 1
+
+
+def test_status_json_clears_absent_fields() -> None:
+    data = reconcile.status_to_json(models.MessageBrokerStatus(observed_generation=3))
+    assert data["observedGeneration"] == 3
+    assert data["binding"] is None and data["envs"] == []
+
+
+def test_binding_entries_add_the_common_keys() -> None:
+    class FakeBinding:
+        def binding(self) -> dict[str, str]:
+            return {"uri": "redis://h:6379/0", "host": "h"}
+
+    spec = models.parse_spec(
+        {
+            "name": "Bus",
+            "tag": "bus",
+            "envs": [{"slug": "dev", "type": "REDIS", "config": {"host": "h"}}],
+        }
+    )
+    entries = reconcile.binding_entries(
+        spec,
+        spec.envs[0],
+        FakeBinding(),  # type: ignore[arg-type]
+        {"orders": base.TopicLocation("orders", {"billing": "billing"})},
+    )
+    assert entries["type"] == "redis"
+    assert entries["provider"] == "ductape"
+    assert entries["broker-tag"] == "bus"
+    assert entries["env"] == "dev"
+    assert (
+        entries["topics.json"]
+        == '{"orders": {"name": "orders", "subscriptions": {"billing": "billing"}}}'
+    )
+    assert entries["uri"] == "redis://h:6379/0"
+
+
+def test_settings_from_flags_and_environment() -> None:
+    s = settings.parse_settings(
+        ["--namespace", "a", "--namespace", "b", "--health-interval", "7"],
+        environ={"DUCTAPE_ENVS": "prd, dev", "DUCTAPE_PROBE_TIMEOUT": "2.5"},
+    )
+    assert s.namespaces == ("a", "b")
+    assert s.envs == ("prd", "dev")
+    assert s.health_interval == 7
+    assert s.probe_timeout == 2.5
+    assert s.reconciles_env("prd") and not s.reconciles_env("qa")
+    assert settings.parse_settings([], environ={}).reconciles_env("anything")
+
+
+def test_settings_reject_non_positive_intervals() -> None:
+    with pytest.raises(SystemExit):
+        settings.parse_settings(["--health-interval", "0"], environ={})
