@@ -33,15 +33,15 @@ lock: ## re-resolve requirements.lock from pyproject.toml
 
 .PHONY: lint
 lint: venv ## ruff, mypy (strict) and the import-layer contracts
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests benchmarks
+	$(BIN)/ruff format --check operator tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 .PHONY: fmt
 fmt: venv ## format the code
-	$(BIN)/ruff format operator tests
-	$(BIN)/ruff check --fix operator tests
+	$(BIN)/ruff format operator tests benchmarks
+	$(BIN)/ruff check --fix operator tests benchmarks
 
 .PHONY: crds
 crds: venv ## regenerate crds/ from the pydantic models

@@ -230,9 +230,13 @@ def run() -> None:
         )
     try:
         print(
-            f"\nApply -> Ready latency ({RUNS} runs per type; 1 env, {TOPICS} topics x {SUBS} subscriptions)"
+            f"\nApply -> Ready latency ({RUNS} runs per type;"
+            f" 1 env, {TOPICS} topics x {SUBS} subscriptions)"
         )
-        header = f"{'type':<14}{'median s':>10}{'p95 s':>10}{'raw median s':>14}{'raw p95 s':>11}{'ratio':>8}"
+        header = (
+            f"{'type':<14}{'median s':>10}{'p95 s':>10}"
+            f"{'raw median s':>14}{'raw p95 s':>11}{'ratio':>8}"
+        )
         print(header)
         print("-" * len(header))
         _apply_to_ready(ns, "REDIS")  # warm-up: CRD discovery, first connections
