@@ -272,6 +272,14 @@ class Reconciler:
     async def reconcile(self, obj: BrokerObject, *, tag_owner: str | None = None) -> Outcome:
         """Bring one MessageBroker to its desired state; never raises for user errors."""
         async with self.lock(obj.ref):
+            # Triggers hand over bodies that may predate our own last write (the
+            # applied record, the status): read the object fresh under the lock.
+            fresh = await kube.get_broker(obj.ref.namespace, obj.ref.name)
+            if fresh is None or fresh.get("metadata", {}).get("deletionTimestamp"):
+                return Outcome(
+                    status=obj.current_status(), ready=False, retry=False, message="gone"
+                )
+            obj = BrokerObject.from_body(fresh)
             started = time.monotonic()
             try:
                 outcome = await self._reconcile(obj, tag_owner=tag_owner)

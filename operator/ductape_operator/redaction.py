@@ -52,9 +52,15 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def install(logger: logging.Logger | None = None) -> None:
-    """Attach the filter to every handler of `logger` (the root logger by default)."""
-    target = logger or logging.getLogger()
-    for handler in target.handlers:
+def install() -> None:
+    """Attach the filter to the root logger's handlers and to kopf's object logger.
+
+    kopf turns records of its `kopf.objects` logger into Kubernetes Events, so
+    that logger gets the filter itself, ahead of both its handlers and Events.
+    """
+    for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, RedactingFilter) for f in objects.filters):
+        objects.addFilter(RedactingFilter())
