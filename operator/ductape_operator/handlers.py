@@ -9,6 +9,7 @@ startup and closed at cleanup.
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 import kopf
@@ -61,6 +62,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING
     settings.peering.name = "ductape-operator"
     settings.peering.standalone = app.standalone
+    # HA: the live replica with the highest priority reconciles, the others stand by;
+    # equal priorities would pause them all, hence a random one by default.
+    settings.peering.priority = app.peering_priority or secrets.randbelow(2**31 - 2) + 1
+    settings.peering.lifetime = app.peering_lifetime
+    settings.peering.mandatory = app.require_peering and not app.standalone
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     kube.configure()

@@ -38,6 +38,16 @@ class Settings:
     verbose: bool = False
     #: Run alone, without kopf peering (leader election) between replicas.
     standalone: bool = False
+    #: Peering priority of this replica: the live replica with the highest one reconciles,
+    #: the others stand by. 0 draws a random one at startup (replicas must differ: kopf
+    #: pauses every replica when two share the highest priority).
+    peering_priority: int = 0
+    #: Seconds a replica's peering record stays valid without a keep-alive; a standby
+    #: takes over this long after the leader stopped without saying goodbye (SIGKILL).
+    peering_lifetime: int = 60
+    #: Stay paused until the peering object confirms this replica leads; without it, a
+    #: missing peering object or CRD silently means every replica reconciles.
+    require_peering: bool = False
 
     def reconciles_env(self, slug: str) -> bool:
         return not self.envs or slug in self.envs
@@ -145,6 +155,29 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         default=str(default("STANDALONE", "")).lower() in ("1", "true", "yes"),
         help="no peering between replicas: use with exactly one replica [DUCTAPE_STANDALONE]",
     )
+    parser.add_argument(
+        "--peering-priority",
+        type=int,
+        default=int(str(default("PEERING_PRIORITY", defaults.peering_priority))),
+        metavar="N",
+        help="peering priority of this replica; 0 draws a random one"
+        " [DUCTAPE_PEERING_PRIORITY] (%(default)s)",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=int(str(default("PEERING_LIFETIME", defaults.peering_lifetime))),
+        metavar="SECONDS",
+        help="validity of a replica's peering record; a standby takes over this long after"
+        " the leader died [DUCTAPE_PEERING_LIFETIME] (%(default)s)",
+    )
+    parser.add_argument(
+        "--require-peering",
+        action="store_true",
+        default=str(default("REQUIRE_PEERING", "")).lower() in ("1", "true", "yes"),
+        help="reconcile only once the peering object (kopf.dev) confirms this replica leads"
+        " [DUCTAPE_REQUIRE_PEERING]",
+    )
     return parser
 
 
@@ -169,4 +202,7 @@ def parse_settings(
         log_format=args.log_format,
         verbose=args.verbose,
         standalone=args.standalone,
+        peering_priority=args.peering_priority,
+        peering_lifetime=args.peering_lifetime,
+        require_peering=args.require_peering,
     )
