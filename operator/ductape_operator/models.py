@@ -11,6 +11,7 @@ Python attributes are snake_case; the wire names are camelCase aliases.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
@@ -32,9 +33,26 @@ SINGULAR = "messagebroker"
 SHORT_NAMES = ("mb",)
 CATEGORIES = ("ductape",)
 
+# Every pattern here is written so that Python (pydantic's Rust regex engine) and
+# the API server (Go RE2) read it the same way: ASCII classes only, no `\s` or
+# `\d` (Unicode-aware in one engine, ASCII in the other), no lookaround.
+
 #: Slugs, tags and subscription names: a DNS label.
 SLUG_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 SLUG_MAX_LENGTH = 63
+#: Names of Kubernetes objects (Secrets): a DNS subdomain.
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+OBJECT_NAME_MAX_LENGTH = 253
+_HOST = r"[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?"
+#: 1..65535, spelled out so that the schema can check the range of a port inside a string.
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+#: A host name or IPv4 address.
+HOST_PATTERN = rf"^{_HOST}$"
+HOST_MAX_LENGTH = 253
+#: host:port, port 1..65535.
+HOST_PORT_PATTERN = rf"^{_HOST}:{_PORT}$"
+#: An http(s) URL: scheme, host, optional port and path; printable ASCII only.
+URL_PATTERN = rf"^https?://{_HOST}(:{_PORT})?(/[!-~]*)?$"
 #: Physical topic names must be valid on every provider at once (Kafka topic,
 #: Redis key, AMQP exchange, Pub/Sub topic id, SQS queue name once dots become dashes).
 PHYSICAL_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]*$"
@@ -44,10 +62,21 @@ MAX_TOPICS = 256
 MAX_SUBSCRIPTIONS = 64
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, min_length=1, max_length=SLUG_MAX_LENGTH)]
+ObjectName = Annotated[
+    str,
+    Field(pattern=OBJECT_NAME_PATTERN, min_length=1, max_length=OBJECT_NAME_MAX_LENGTH),
+]
+# Numbers and flags are strict, as in the API server: "5672" is not a port, 1 is not true.
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+Flag = Annotated[bool, Field(strict=True)]
 
 
 class _Model(BaseModel):
-    """Base for API objects: camelCase on the wire, unknown fields rejected."""
+    """Base for API objects: camelCase on the wire, unknown fields rejected.
+
+    A `null` value counts as absent, as it does for the API server, which prunes
+    nulls of non-nullable fields before validating.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -56,6 +85,13 @@ class _Model(BaseModel):
         frozen=True,
         use_enum_values=False,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
 
 class MessageBrokerTypes(enum.StrEnum):
@@ -90,6 +126,8 @@ class DeletionPolicy(enum.StrEnum):
 
 
 class SaslMechanism(enum.StrEnum):
+    """SASL mechanism for Kafka."""
+
     PLAIN = "plain"
     SCRAM_SHA_256 = "scram-sha-256"
     SCRAM_SHA_512 = "scram-sha-512"
@@ -99,13 +137,7 @@ class SecretKeySelector(_Model):
     """A key of a Secret in the MessageBroker's own namespace."""
 
     name: Annotated[
-        str,
-        Field(
-            min_length=1,
-            max_length=253,
-            pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-            description="Name of a Secret in the MessageBroker's namespace.",
-        ),
+        ObjectName, Field(description="Name of a Secret in the MessageBroker's namespace.")
     ]
     key: Annotated[
         str,
@@ -139,6 +171,7 @@ class KafkaSasl(_Model):
 
 
 def _check_host_port(value: str) -> str:
+    # The pattern already says this; the check stays as a guard should the pattern loosen.
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{value!r} is not host:port")
@@ -147,10 +180,9 @@ def _check_host_port(value: str) -> str:
 
 HostPort = Annotated[
     str,
-    Field(min_length=3, max_length=261, pattern=r"^[^\s:/]+:[0-9]{1,5}$"),
+    Field(min_length=3, max_length=HOST_MAX_LENGTH + 6, pattern=HOST_PORT_PATTERN),
     AfterValidator(_check_host_port),
 ]
-Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class BrokerConfig(_Model):
@@ -164,7 +196,11 @@ class BrokerConfig(_Model):
     # Kafka
     brokers: Annotated[
         list[HostPort] | None,
-        Field(min_length=1, max_length=64, description="KAFKA: bootstrap servers, host:port."),
+        Field(
+            min_length=1,
+            max_length=64,
+            description="KAFKA: bootstrap servers, each host:port (required).",
+        ),
     ] = None
     client_id: Annotated[
         str | None, Field(max_length=253, description="KAFKA: client id the operator uses.")
@@ -173,20 +209,25 @@ class BrokerConfig(_Model):
         str | None,
         Field(max_length=253, description="KAFKA: default consumer group id for applications."),
     ] = None
-    ssl: Annotated[bool | None, Field(description="KAFKA: connect with TLS.")] = None
+    ssl: Annotated[Flag | None, Field(description="KAFKA: connect with TLS.")] = None
     sasl: Annotated[KafkaSasl | None, Field(description="KAFKA: SASL authentication.")] = None
     replication_factor: Annotated[
         int | None,
-        Field(ge=1, le=32, description="KAFKA: replication factor of created topics."),
+        Field(
+            ge=1,
+            le=32,
+            strict=True,
+            description="KAFKA: replication factor of created topics (default: the broker's).",
+        ),
     ] = None
     # Redis and RabbitMQ
     host: Annotated[
         str | None,
         Field(
             min_length=1,
-            max_length=253,
-            pattern=r"^[^\s:/]+$",
-            description="REDIS, RABBITMQ: server host name or address.",
+            max_length=HOST_MAX_LENGTH,
+            pattern=HOST_PATTERN,
+            description="REDIS, RABBITMQ: server host name or IPv4 address (required).",
         ),
     ] = None
     port: Annotated[
@@ -200,9 +241,10 @@ class BrokerConfig(_Model):
         SecretRef | None, Field(description="REDIS, RABBITMQ: password, from a Secret.")
     ] = None
     db: Annotated[
-        int | None, Field(ge=0, le=1023, description="REDIS: database number (default 0).")
+        int | None,
+        Field(ge=0, le=1023, strict=True, description="REDIS: database number (default 0)."),
     ] = None
-    tls: Annotated[bool | None, Field(description="REDIS, RABBITMQ: connect with TLS.")] = None
+    tls: Annotated[Flag | None, Field(description="REDIS, RABBITMQ: connect with TLS.")] = None
     vhost: Annotated[
         str | None,
         Field(min_length=1, max_length=253, description='RABBITMQ: virtual host (default "/").'),
@@ -214,7 +256,7 @@ class BrokerConfig(_Model):
             min_length=1,
             max_length=100,
             pattern=r"^[a-z][-a-z0-9]*[a-z0-9]$",
-            description="GOOGLE_PUBSUB: Google Cloud project id.",
+            description="GOOGLE_PUBSUB: Google Cloud project id (required).",
         ),
     ] = None
     credentials: Annotated[
@@ -232,14 +274,14 @@ class BrokerConfig(_Model):
             min_length=1,
             max_length=64,
             pattern=r"^[a-z0-9-]+$",
-            description="AWS_SQS: AWS region, e.g. eu-west-1.",
+            description="AWS_SQS: AWS region, e.g. eu-west-1 (required).",
         ),
     ] = None
     endpoint: Annotated[
         str | None,
         Field(
             max_length=2048,
-            pattern=r"^https?://[^\s/]+(/.*)?$",
+            pattern=URL_PATTERN,
             description="AWS_SQS: endpoint URL, for SQS-compatible servers.",
         ),
     ] = None
@@ -253,7 +295,7 @@ class BrokerConfig(_Model):
     def set_fields(self) -> set[str]:
         """Wire names of the fields this config sets."""
         return {
-            self.model_fields[name].alias or name
+            type(self).model_fields[name].alias or name
             for name in self.model_fields_set
             if getattr(self, name) is not None
         }
@@ -303,43 +345,65 @@ def _unique(values: list[str], what: str) -> None:
 class EnvSpec(_Model):
     """One environment (prd, dev, ...) and the broker it runs on."""
 
-    slug: Annotated[Slug, Field(description="Environment name, unique in this resource.")]
-    type: Annotated[MessageBrokerTypes, Field(description="The provider of this environment.")]
+    slug: Annotated[
+        Slug,
+        Field(description="Environment name (a DNS label), unique in this resource."),
+    ]
+    type: Annotated[
+        MessageBrokerTypes,
+        Field(
+            description=(
+                "The provider of this environment: KAFKA, REDIS, RABBITMQ, GOOGLE_PUBSUB"
+                " or AWS_SQS. Changing it moves the environment to another broker."
+            )
+        ),
+    ]
     config: Annotated[
         BrokerConfig,
         Field(description="Connection settings; which fields apply depends on `type`."),
     ]
     secret_name: Annotated[
-        str | None,
-        Field(
-            min_length=1,
-            max_length=253,
-            pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-            description="Name of the connection Secret (default <metadata.name>-<slug>).",
-        ),
+        ObjectName | None,
+        Field(description="Name of the connection Secret (default <metadata.name>-<slug>)."),
     ] = None
 
     @model_validator(mode="after")
     def _config_matches_type(self) -> EnvSpec:
-        required, optional = FIELDS_BY_TYPE[self.type]
-        present = self.config.set_fields()
-        missing = sorted(required - present)
-        if missing:
-            raise ValueError(
-                f"config.{missing[0]} is required when type is {self.type.value}"
-            )
-        foreign = sorted(present - required - optional)
-        if foreign:
-            raise ValueError(
-                f"config.{foreign[0]} is not allowed when type is {self.type.value}"
-            )
+        problems = config_problems(self.type, self.config.set_fields())
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+
+def config_problems(type_: MessageBrokerTypes, present: set[str]) -> list[str]:
+    """What is wrong with a config setting the `present` fields for `type_`.
+
+    The messages are the ones the CRD's CEL rules give, word for word.
+    """
+    required, optional = FIELDS_BY_TYPE[type_]
+    problems = [
+        f"config.{field} is required when type is {type_.value}"
+        for field in sorted(required - present)
+    ]
+    problems += [
+        f"config.{field} is not allowed when type is {type_.value}"
+        for field in sorted(present - required - optional)
+    ]
+    return problems
 
 
 class TopicSpec(_Model):
     """A topic to create in every environment, with its subscriptions."""
 
-    tag: Annotated[Slug, Field(description="Topic tag, unique in this resource.")]
+    tag: Annotated[
+        Slug,
+        Field(
+            description=(
+                "Topic tag (a DNS label), unique in this resource; applications publish"
+                " and subscribe by it."
+            )
+        ),
+    ]
     name: Annotated[
         str | None,
         Field(
@@ -349,16 +413,27 @@ class TopicSpec(_Model):
             description="Physical name on the broker (default: the tag).",
         ),
     ] = None
-    description: Annotated[str | None, Field(max_length=1024)] = None
+    description: Annotated[
+        str | None, Field(max_length=1024, description="What flows through this topic.")
+    ] = None
     partitions: Annotated[
         int | None,
-        Field(ge=1, le=10000, description="KAFKA only: partition count (default 1)."),
+        Field(
+            ge=1,
+            le=10000,
+            strict=True,
+            description="KAFKA only: partition count (default 1); other providers ignore it.",
+        ),
     ] = None
     subscriptions: Annotated[
         list[Slug],
         Field(
             max_length=MAX_SUBSCRIPTIONS,
-            description="Subscription names; each receives every message of the topic.",
+            description=(
+                "Subscription names (DNS labels), unique in this topic; each receives every"
+                " message of the topic, and consumers within one subscription compete."
+            ),
+            json_schema_extra={"x-kubernetes-list-type": "set"},
         ),
     ] = Field(default_factory=list)
 
@@ -375,12 +450,21 @@ class TopicSpec(_Model):
 class MessageBrokerSpec(_Model):
     """A message broker, declared once, with a configuration per environment."""
 
-    name: Annotated[str, Field(min_length=1, max_length=253, description="Display name.")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=253, description="Display name (required).")
+    ]
     tag: Annotated[
         Slug,
-        Field(description="Unique tag of this broker in the namespace; cannot change."),
+        Field(
+            description=(
+                "Tag of this broker (a DNS label), unique in the namespace; it cannot"
+                " change. A topic's full tag is <tag>:<topic tag>."
+            )
+        ),
     ]
-    description: Annotated[str | None, Field(max_length=4096)] = None
+    description: Annotated[
+        str | None, Field(max_length=4096, description="What this broker is for.")
+    ] = None
     deletion_policy: Annotated[
         DeletionPolicy,
         Field(
@@ -392,11 +476,26 @@ class MessageBrokerSpec(_Model):
     ] = DeletionPolicy.RETAIN
     envs: Annotated[
         list[EnvSpec],
-        Field(min_length=1, max_length=MAX_ENVS, description="Environments, keyed by slug."),
+        Field(
+            min_length=1,
+            max_length=MAX_ENVS,
+            description="Environments (1 to 32), keyed by slug; each on its own broker.",
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["slug"],
+            },
+        ),
     ]
     topics: Annotated[
         list[TopicSpec],
-        Field(max_length=MAX_TOPICS, description="Topics to create in every environment."),
+        Field(
+            max_length=MAX_TOPICS,
+            description="Topics to create in every environment, keyed by tag.",
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["tag"],
+            },
+        ),
     ] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -413,12 +512,16 @@ class MessageBrokerSpec(_Model):
 
 
 class ConditionStatus(enum.StrEnum):
+    """Status of a condition."""
+
     TRUE = "True"
     FALSE = "False"
     UNKNOWN = "Unknown"
 
 
 class Phase(enum.StrEnum):
+    """Where an environment stands."""
+
     PENDING = "Pending"
     PROVISIONING = "Provisioning"
     READY = "Ready"
@@ -426,46 +529,128 @@ class Phase(enum.StrEnum):
     FAILED = "Failed"
 
 
+_TIMESTAMP: dict[str, Any] = {"format": "date-time"}
+
+
 class Condition(_Model):
     """A metav1.Condition."""
 
-    type: str
-    status: ConditionStatus
-    reason: Annotated[str, Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
-    message: str = ""
-    last_transition_time: str
-    observed_generation: int | None = None
+    type: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=316,
+            pattern=(
+                r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+            ),
+            description="Type of condition: Ready, Provisioned or Healthy.",
+        ),
+    ]
+    status: Annotated[ConditionStatus, Field(description="True, False or Unknown.")]
+    reason: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=1024,
+            pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+            description="Why, in CamelCase: AllEnvsReady, Provisioning, SecretNotFound, ...",
+        ),
+    ]
+    message: Annotated[
+        str, Field(max_length=32768, description="Details for humans; never a credential.")
+    ] = ""
+    last_transition_time: Annotated[
+        str,
+        Field(
+            description="When the status last changed (RFC 3339).",
+            json_schema_extra=_TIMESTAMP,
+        ),
+    ]
+    observed_generation: Annotated[
+        int | None,
+        Field(ge=0, description="The metadata.generation this condition was set for."),
+    ] = None
 
 
 class TopicStatus(_Model):
-    tag: str
-    name: str | None = None
-    ready: bool = False
+    """A topic as provisioned in one environment."""
+
+    tag: Annotated[str, Field(description="Topic tag.")]
+    name: Annotated[
+        str | None, Field(description="Where the topic lives on this env's broker.")
+    ] = None
+    ready: Annotated[bool, Field(description="The topic and its subscriptions exist.")] = False
 
 
 class EnvStatus(_Model):
-    slug: str
-    type: MessageBrokerTypes
-    phase: Phase
-    endpoint: Annotated[str | None, Field(description="Where the broker is; never a credential.")]
-    secret_name: str | None = None
-    topics: list[TopicStatus] = Field(default_factory=list)
-    last_transition_time: str | None = None
-    message: str | None = None
+    """What the operator observed for one environment."""
+
+    slug: Annotated[str, Field(description="Environment slug.")]
+    type: Annotated[MessageBrokerTypes, Field(description="The provider provisioned.")]
+    phase: Annotated[Phase, Field(description="Pending, Provisioning, Ready, Degraded or Failed.")]
+    endpoint: Annotated[
+        str | None, Field(description="Where the broker is; never a credential.")
+    ] = None
+    secret_name: Annotated[
+        str | None, Field(description="Name of the connection Secret of this environment.")
+    ] = None
+    topics: Annotated[
+        list[TopicStatus],
+        Field(
+            description="Topics of this environment.",
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["tag"],
+            },
+        ),
+    ] = Field(default_factory=list)
+    last_transition_time: Annotated[
+        str | None,
+        Field(description="When the phase last changed (RFC 3339).", json_schema_extra=_TIMESTAMP),
+    ] = None
+    message: Annotated[str | None, Field(description="Details for humans.")] = None
 
 
 class Binding(_Model):
     """Service Binding spec: the Secret of a Provisioned Service."""
 
-    name: str
+    name: Annotated[str, Field(description="Name of the connection Secret.")]
 
 
 class MessageBrokerStatus(_Model):
-    observed_generation: int | None = None
-    summary: str | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    envs: list[EnvStatus] = Field(default_factory=list)
-    binding: Binding | None = None
+    """What the operator observed; written only when it changes."""
+
+    observed_generation: Annotated[
+        int | None, Field(description="The metadata.generation last reconciled.")
+    ] = None
+    summary: Annotated[
+        str | None, Field(description='Each env as slug:TYPE, e.g. "prd:RABBITMQ dev:REDIS".')
+    ] = None
+    conditions: Annotated[
+        list[Condition],
+        Field(
+            description="Ready, Provisioned and Healthy, in metav1.Condition shape.",
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+        ),
+    ] = Field(default_factory=list)
+    envs: Annotated[
+        list[EnvStatus],
+        Field(
+            description="Per environment: phase, endpoint, connection Secret and topics.",
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["slug"],
+            },
+        ),
+    ] = Field(default_factory=list)
+    binding: Annotated[
+        Binding | None,
+        Field(description="Service Binding: the connection Secret when one env is reconciled."),
+    ] = None
 
     model_config: ClassVar[ConfigDict] = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
@@ -477,11 +662,17 @@ def parse_spec(raw: Any) -> MessageBrokerSpec:
     return MessageBrokerSpec.model_validate(raw)
 
 
+def _path(loc: tuple[int | str, ...]) -> str:
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem, each naming the field path in wire names."""
+    """One line per problem, each naming the field path in wire names (spec.envs[0].config)."""
     lines = []
     for err in exc.errors():
-        path = "spec." + ".".join(str(part) for part in err["loc"]) if err["loc"] else "spec"
         message = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {message}")
+        lines.append(f"{_path(err['loc'])}: {message}")
     return "; ".join(lines)
