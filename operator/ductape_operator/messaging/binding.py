@@ -1,0 +1,291 @@
+"""Reading a connection Secret the way an application sees it: a service binding.
+
+The operator writes one Secret per environment (DESIGN.md section 4). An
+application gets it in one of three shapes, and `Binding.load` reads each:
+
+- mounted as a folder, the Service Binding for Kubernetes way:
+  `$SERVICE_BINDING_ROOT/<name>/<entry>`, one file per entry;
+- as environment variables, with `envFrom: [{secretRef: {name: ...}, prefix: DUCTAPE_}]`.
+  Kubernetes keeps a key verbatim after the prefix (`DUCTAPE_bootstrap-servers`,
+  `DUCTAPE_topics.json`); the upper-cased form with underscores
+  (`DUCTAPE_BOOTSTRAP_SERVERS`, `DUCTAPE_TOPICS_JSON`) is accepted too, for shells
+  and platforms that only pass portable variable names;
+- as an explicit mapping of entry name to value (tests, other config systems).
+
+Whatever the shape, a missing or malformed binding raises one `BindingError`
+that names the place looked at and the entry that is missing or wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from ductape_operator import errors
+
+#: The `type` entry of each provider, as the operator writes it.
+KAFKA = "kafka"
+REDIS = "redis"
+RABBITMQ = "rabbitmq"
+GOOGLE_PUBSUB = "google-pubsub"
+AWS_SQS = "aws-sqs"
+TYPES = (KAFKA, REDIS, RABBITMQ, GOOGLE_PUBSUB, AWS_SQS)
+
+#: Entries each type cannot work without (besides `type` and `topics.json`).
+#: Redis and RabbitMQ accept `uri` in place of `host`.
+_REQUIRED: Mapping[str, tuple[str, ...]] = {
+    KAFKA: ("bootstrap-servers",),
+    REDIS: ("host",),
+    RABBITMQ: ("host",),
+    GOOGLE_PUBSUB: ("project-id",),
+    AWS_SQS: ("region",),
+}
+
+#: Every entry the operator may write: the names looked up in the environment.
+KNOWN_ENTRIES = (
+    "type",
+    "provider",
+    "uri",
+    "broker-tag",
+    "env",
+    "topics.json",
+    "bootstrap-servers",
+    "security-protocol",
+    "sasl-mechanism",
+    "username",
+    "password",
+    "host",
+    "port",
+    "database",
+    "virtual-host",
+    "tls",
+    "ssl",
+    "project-id",
+    "emulator-host",
+    "credentials.json",
+    "region",
+    "endpoint",
+    "access-key-id",
+    "secret-access-key",
+)
+
+#: The default prefix of environment variables (`envFrom` with `prefix: DUCTAPE_`).
+ENV_PREFIX = "DUCTAPE_"
+#: The Service Binding spec's root variable.
+ROOT_VARIABLE = "SERVICE_BINDING_ROOT"
+
+
+class BindingError(errors.InvalidConfigError):
+    """The binding is missing, incomplete or malformed; the message says where and what."""
+
+
+def env_variable_names(entry: str, prefix: str = ENV_PREFIX) -> tuple[str, str]:
+    """The two variable names an entry is read from: verbatim and portable.
+
+    >>> env_variable_names("bootstrap-servers")
+    ('DUCTAPE_bootstrap-servers', 'DUCTAPE_BOOTSTRAP_SERVERS')
+    """
+    portable = entry.upper().replace("-", "_").replace(".", "_")
+    return f"{prefix}{entry}", f"{prefix}{portable}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicRoute:
+    """Where one topic tag lives on this broker: one `topics.json` entry.
+
+    `name` is None only on SQS for a topic with subscriptions: then a message is
+    published to every subscription's queue.
+    """
+
+    tag: str
+    name: str | None
+    subscriptions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """A parsed connection Secret."""
+
+    #: Where it was read from, for messages: a folder, `environment (DUCTAPE_*)`, `mapping`.
+    source: str
+    #: The provider: one of `TYPES`.
+    type: str
+    #: Every entry as written, credentials included; never log this.
+    entries: Mapping[str, str] = dataclasses.field(repr=False)
+    topics: Mapping[str, TopicRoute] = dataclasses.field(default_factory=dict)
+
+    def get(self, entry: str, default: str | None = None) -> str | None:
+        """An entry's value, or `default` when absent or empty."""
+        value = self.entries.get(entry)
+        return value if value else default
+
+    def require(self, entry: str) -> str:
+        """An entry's value; `BindingError` naming it when absent or empty."""
+        value = self.entries.get(entry)
+        if not value:
+            raise BindingError(f"binding {self.source}: entry {entry!r} is missing")
+        return value
+
+    def topic(self, tag: str) -> TopicRoute:
+        try:
+            return self.topics[tag]
+        except KeyError:
+            known = ", ".join(sorted(self.topics)) or "none"
+            raise BindingError(
+                f"binding {self.source}: topic {tag!r} is not in topics.json (known: {known})"
+            ) from None
+
+    def subscription(self, tag: str, subscription: str) -> str:
+        """The physical name of a subscription of a topic."""
+        route = self.topic(tag)
+        try:
+            return route.subscriptions[subscription]
+        except KeyError:
+            known = ", ".join(sorted(route.subscriptions)) or "none"
+            raise BindingError(
+                f"binding {self.source}: topic {tag!r} has no subscription {subscription!r} "
+                f"in topics.json (known: {known})"
+            ) from None
+
+    # -- loading ---------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        name: str | None = None,
+        *,
+        mapping: Mapping[str, str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        path: str | os.PathLike[str] | None = None,
+        env_prefix: str = ENV_PREFIX,
+    ) -> Binding:
+        """Find and parse a binding; see the module docstring for the order.
+
+        An explicit `mapping` or `path` wins. Otherwise, when `$SERVICE_BINDING_ROOT`
+        is set and holds the binding folder (`name`, or the only folder there when
+        `name` is None), that folder is read; else the environment variables with
+        `env_prefix`.
+        """
+        if mapping is not None:
+            return cls.from_mapping(mapping)
+        if path is not None:
+            return cls.from_folder(path)
+        env = os.environ if environ is None else environ
+        looked: list[str] = []
+        root = env.get(ROOT_VARIABLE)
+        if root:
+            folder = _pick_folder(Path(root), name)
+            if folder is not None:
+                return cls.from_folder(folder)
+            looked.append(
+                f"${ROOT_VARIABLE}/{name}" if name else f"a single folder in ${ROOT_VARIABLE}"
+            )
+            looked[-1] += f" ({root})"
+        else:
+            looked.append(f"${ROOT_VARIABLE} (not set)")
+        if any(v in env for v in env_variable_names("type", env_prefix)):
+            return cls.from_environ(env, prefix=env_prefix)
+        looked.append(f"environment variables {env_prefix}* (no {env_prefix}type)")
+        what = f"binding {name!r}" if name else "a binding"
+        raise BindingError(f"{what} not found: looked in " + "; ".join(looked))
+
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike[str]) -> Binding:
+        """Read a binding folder: one file per entry (hidden files are Kubernetes' own)."""
+        folder = Path(path)
+        if not folder.is_dir():
+            raise BindingError(f"binding folder {folder} does not exist")
+        entries: dict[str, str] = {}
+        for item in sorted(folder.iterdir()):
+            if item.name.startswith(".") or not item.is_file():
+                continue
+            try:
+                entries[item.name] = item.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise BindingError(f"binding {folder}: entry {item.name!r} unreadable") from exc
+        return cls._parse(str(folder), entries)
+
+    @classmethod
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, *, prefix: str = ENV_PREFIX
+    ) -> Binding:
+        """Read the entries from environment variables (see `env_variable_names`)."""
+        env = os.environ if environ is None else environ
+        entries: dict[str, str] = {}
+        for entry in KNOWN_ENTRIES:
+            for variable in env_variable_names(entry, prefix):
+                if variable in env:
+                    entries[entry] = env[variable].strip()
+                    break
+        return cls._parse(f"environment ({prefix}*)", entries)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, str], *, source: str = "mapping") -> Binding:
+        return cls._parse(source, {k: str(v).strip() for k, v in mapping.items()})
+
+    @classmethod
+    def _parse(cls, source: str, entries: Mapping[str, str]) -> Binding:
+        kind = entries.get("type")
+        if not kind:
+            raise BindingError(f"binding {source}: entry 'type' is missing")
+        if kind not in TYPES:
+            raise BindingError(
+                f"binding {source}: entry 'type' is {kind!r}, expected one of {', '.join(TYPES)}"
+            )
+        for entry in _REQUIRED[kind]:
+            if entry == "host" and entries.get("uri"):
+                continue
+            if not entries.get(entry):
+                raise BindingError(f"binding {source}: entry {entry!r} is missing ({kind})")
+        raw = entries.get("topics.json")
+        if not raw:
+            raise BindingError(f"binding {source}: entry 'topics.json' is missing")
+        topics = _parse_topics(source, kind, raw)
+        return cls(source=source, type=kind, entries=dict(entries), topics=topics)
+
+
+def _pick_folder(root: Path, name: str | None) -> Path | None:
+    if name is not None:
+        folder = root / name
+        return folder if folder.is_dir() else None
+    if not root.is_dir():
+        return None
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(folders) > 1:
+        names = ", ".join(p.name for p in folders)
+        raise BindingError(
+            f"several bindings in ${ROOT_VARIABLE} ({root}): {names}; pass the name of one"
+        )
+    return folders[0] if folders else None
+
+
+def _parse_topics(source: str, kind: str, raw: str) -> dict[str, TopicRoute]:
+    where = f"binding {source}: entry 'topics.json'"
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BindingError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BindingError(f"{where} must be a JSON object of topic tags")
+    topics: dict[str, TopicRoute] = {}
+    for tag, value in data.items():
+        if not isinstance(value, dict):
+            raise BindingError(f"{where}: topic {tag!r} must be an object")
+        name = value.get("name")
+        subs = value.get("subscriptions") or {}
+        if not isinstance(subs, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in subs.items()
+        ):
+            raise BindingError(
+                f"{where}: topic {tag!r}: 'subscriptions' must map names to physical names"
+            )
+        if name is None:
+            if kind != AWS_SQS or not subs:
+                raise BindingError(f"{where}: topic {tag!r}: 'name' is missing")
+        elif not isinstance(name, str) or not name:
+            raise BindingError(f"{where}: topic {tag!r}: 'name' must be a non-empty string")
+        topics[tag] = TopicRoute(tag=tag, name=name, subscriptions=dict(subs))
+    return topics

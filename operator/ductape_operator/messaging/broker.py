@@ -1,0 +1,300 @@
+"""`Broker` and `Subscription`: the application's whole API.
+
+A `Broker` is built from a binding (the connection Secret) and knows topics only
+by tag; the transport for the binding's type is imported when the broker is
+created, so an application needs only its own provider's SDK installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self, cast
+
+from ductape_operator.messaging import _transport
+from ductape_operator.messaging import binding as binding_
+from ductape_operator.messaging import message as message_
+
+log = logging.getLogger(__name__)
+
+_MODULES = {
+    binding_.KAFKA: "kafka",
+    binding_.REDIS: "redis",
+    binding_.RABBITMQ: "rabbitmq",
+    binding_.GOOGLE_PUBSUB: "pubsub",
+    binding_.AWS_SQS: "sqs",
+}
+
+
+def _make_transport(binding: binding_.Binding, options: _transport.Options) -> Any:
+    module = importlib.import_module(f"ductape_operator.messaging.{_MODULES[binding.type]}")
+    return module.make_transport(binding, options)
+
+
+class Broker:
+    """Publish and subscribe by topic tag on whatever broker the binding names.
+
+        async with Broker.from_binding() as broker:
+            await broker.publish("order-created", {"id": 42})
+            async with broker.subscribe("order-created", "billing") as messages:
+                async for message in messages:
+                    print(message.json())
+                    await message.ack()
+
+    `redelivery_timeout`: seconds after which a message neither acked nor nacked
+    is delivered again. `retry_timeout`: seconds a lost connection is retried
+    (with backoff) before an operation raises `BrokerUnreachableError`.
+    `prefetch`: messages a consumer fetches ahead.
+    """
+
+    def __init__(
+        self,
+        binding: binding_.Binding,
+        *,
+        redelivery_timeout: float = 10.0,
+        retry_timeout: float = 30.0,
+        prefetch: int = 100,
+        ready_timeout: float = 30.0,
+    ) -> None:
+        if redelivery_timeout <= 0 or retry_timeout < 0 or prefetch < 1:
+            raise ValueError("redelivery_timeout > 0, retry_timeout >= 0 and prefetch >= 1")
+        self.binding = binding
+        self.options = _transport.Options(
+            redelivery_timeout=redelivery_timeout,
+            retry_timeout=retry_timeout,
+            prefetch=prefetch,
+            ready_timeout=ready_timeout,
+        )
+        self._transport = cast(_transport.Transport, _make_transport(binding, self.options))
+        self._started = False
+        self._subscriptions: set[Subscription] = set()
+
+    @classmethod
+    def from_binding(
+        cls,
+        name: str | None = None,
+        *,
+        mapping: Mapping[str, str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        path: str | os.PathLike[str] | None = None,
+        env_prefix: str = binding_.ENV_PREFIX,
+        **options: Any,
+    ) -> Broker:
+        """A broker from `$SERVICE_BINDING_ROOT/<name>/`, `DUCTAPE_*` variables or a mapping.
+
+        See `Binding.load` for the search order; `options` are the constructor's.
+        """
+        found = binding_.Binding.load(
+            name, mapping=mapping, environ=environ, path=path, env_prefix=env_prefix
+        )
+        return cls(found, **options)
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._transport.start()
+            self._started = True
+
+    async def aclose(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.aclose()
+        if self._started:
+            self._started = False
+            await self._transport.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def publish(
+        self,
+        topic: str,
+        message: message_.Payload,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Publish one message to a topic tag; return its id once the broker has it.
+
+        `message` is bytes, str or a JSON-serialisable object. `key` is the Kafka
+        message key (partitioning) and the RabbitMQ routing key (default: the
+        topic's physical name); other providers keep it as the message key only.
+        Raises a `BrokerError` when the message could not be delivered.
+        """
+        out = message_.OutgoingMessage.build(
+            message, key=key, headers=headers, message_id=message_id
+        )
+        await self._publish(topic, [out])
+        return out.id
+
+    async def publish_many(
+        self,
+        topic: str,
+        messages: Iterable[message_.Payload],
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Publish several messages in as few round trips as the provider allows.
+
+        Returns their ids in order once the broker has every one of them; raises
+        if any could not be delivered (some others may have been).
+        """
+        batch = [message_.OutgoingMessage.build(m, key=key, headers=headers) for m in messages]
+        if batch:
+            await self._publish(topic, batch)
+        return [m.id for m in batch]
+
+    async def _publish(self, topic: str, batch: list[message_.OutgoingMessage]) -> None:
+        route = self.binding.topic(topic)
+        if not self._started:
+            await self.start()
+        await self._transport.publish(route, batch)
+
+    def subscribe(
+        self,
+        topic: str,
+        subscription: str,
+        *,
+        prefetch: int | None = None,
+        redelivery_timeout: float | None = None,
+    ) -> Subscription:
+        """Consume one subscription of a topic tag.
+
+        Use it as `async with broker.subscribe(...) as messages: async for m in messages`;
+        consumers of the same subscription share its messages, and every
+        subscription gets every message.
+        """
+        physical = self.binding.subscription(topic, subscription)
+        options = self.options
+        if prefetch is not None or redelivery_timeout is not None:
+            options = _transport.Options(
+                redelivery_timeout=redelivery_timeout or options.redelivery_timeout,
+                retry_timeout=options.retry_timeout,
+                prefetch=prefetch or options.prefetch,
+                ready_timeout=options.ready_timeout,
+            )
+        route = self.binding.topic(topic)
+        consumer = self._transport.consumer(route, subscription, physical, options)
+        return Subscription(self, consumer, options)
+
+
+class Subscription:
+    """An async iterator of `Message`s (and an async context manager that closes it)."""
+
+    def __init__(
+        self, broker: Broker, consumer: _transport.Consumer, options: _transport.Options
+    ) -> None:
+        self._broker = broker
+        self._consumer = consumer
+        self._options = options
+        self._buffer: deque[message_.Message] = deque()
+        self._started = False
+        self._closed = False
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._expiring: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("subscription is closed")
+        if not self._started:
+            await self._broker.start()
+            await self._consumer.start()
+            self._started = True
+            self._broker._subscriptions.add(self)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._broker._subscriptions.discard(self)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        # Unsettled buffered messages simply go back: the broker redelivers them.
+        self._buffer.clear()
+        if self._expiring:
+            await asyncio.gather(*self._expiring, return_exceptions=True)
+        if self._started:
+            await self._consumer.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> message_.Message:
+        message = await self.receive()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    async def receive(self, timeout: float | None = None) -> message_.Message | None:
+        """The next message, or None when `timeout` seconds pass without one."""
+        if not self._started:
+            await self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._buffer:
+            if self._closed:
+                return None
+            wait = 1.0
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return None
+            self._buffer.extend(await self._consumer.fetch(self._options.prefetch, max(wait, 0.0)))
+        message = self._buffer.popleft()
+        if self._consumer.client_redelivery:
+            self._arm(message)
+        return message
+
+    def _arm(self, message: message_.Message) -> None:
+        self._timers[id(message)] = asyncio.get_running_loop().call_later(
+            self._options.redelivery_timeout, self._expire, message
+        )
+        message._settler = self
+
+    async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
+        timer = self._timers.pop(id(message), None)
+        if timer is not None:
+            timer.cancel()
+        await self._consumer.settle(message, ack=ack, requeue=requeue)
+
+    def _expire(self, message: message_.Message) -> None:
+        self._timers.pop(id(message), None)
+        if self._closed or not message.expire():
+            return
+        log.info(
+            "message %s not settled in %ss: redelivering",
+            message.id,
+            self._options.redelivery_timeout,
+        )
+        task = asyncio.get_running_loop().create_task(
+            self._consumer.settle(message, ack=False, requeue=True)
+        )
+        self._expiring.add(task)
+        task.add_done_callback(self._expiring.discard)

@@ -1,0 +1,317 @@
+"""Kafka transport: a topic is a topic, a subscription a consumer group id.
+
+Headers travel as Kafka record headers (UTF-8), with the message id and content
+type in the reserved `ductape-id` and `ductape-content-type` headers. `publish`
+hands the whole batch to the producer before awaiting the delivery of each, so
+records are batched on the wire and every failure still raises (acks=all).
+
+Consumers commit offsets themselves, only for acknowledged messages and only up
+to the first unsettled one of each partition, so a crash redelivers everything
+not yet acked. A nack with requeue seeks the partition back to that message,
+which redelivers it and what followed it; a message left unsettled past the
+redelivery timeout is nacked by the client. Consumers of one subscription share
+the topic's partitions: there are at most as many busy consumers as partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import aiokafka
+import aiokafka.errors as kafka_errors
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.helpers import create_ssl_context
+
+from ductape_operator import errors
+from ductape_operator.messaging import _transport
+from ductape_operator.messaging import binding as binding_
+from ductape_operator.messaging import message as message_
+
+log = logging.getLogger(__name__)
+
+
+def map_error(exc: BaseException) -> errors.DuctapeError | None:
+    """The project's error for an aiokafka exception (None: not a Kafka error)."""
+    text = f"kafka: {type(exc).__name__}: {exc}"
+    if isinstance(
+        exc,
+        kafka_errors.TopicAuthorizationFailedError | kafka_errors.GroupAuthorizationFailedError,
+    ):
+        return errors.BrokerAuthError(text)
+    if isinstance(exc, kafka_errors.UnknownTopicOrPartitionError):
+        return errors.ProvisioningError(f"{text} (is the topic provisioned?)", retriable=True)
+    if isinstance(
+        exc,
+        kafka_errors.KafkaConnectionError
+        | kafka_errors.NodeNotReadyError
+        | kafka_errors.NoBrokersAvailable
+        | kafka_errors.KafkaTimeoutError
+        | kafka_errors.RequestTimedOutError
+        | ConnectionError
+        | OSError,
+    ):
+        return errors.BrokerUnreachableError(text)
+    if isinstance(exc, kafka_errors.KafkaError):
+        return errors.BrokerError(text, retriable=bool(getattr(exc, "retriable", False)))
+    return None
+
+
+def make_transport(binding: binding_.Binding, options: _transport.Options) -> KafkaTransport:
+    return KafkaTransport(binding, options)
+
+
+def _client_kwargs(binding: binding_.Binding) -> dict[str, Any]:
+    protocol = (binding.get("security-protocol") or "PLAINTEXT").upper()
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": [
+            s.strip() for s in binding.require("bootstrap-servers").split(",") if s.strip()
+        ],
+        "security_protocol": protocol,
+    }
+    if protocol in ("SSL", "SASL_SSL"):
+        kwargs["ssl_context"] = create_ssl_context()
+    if protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = (binding.get("sasl-mechanism") or "PLAIN").upper()
+        kwargs["sasl_plain_username"] = binding.require("username")
+        kwargs["sasl_plain_password"] = binding.require("password")
+    return kwargs
+
+
+class KafkaTransport:
+    def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
+        self._kwargs = _client_kwargs(binding)
+        self._options = options
+        self._producer: aiokafka.AIOKafkaProducer | None = None
+
+    @property
+    def client_kwargs(self) -> dict[str, Any]:
+        return dict(self._kwargs)
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        producer = aiokafka.AIOKafkaProducer(**self._kwargs, acks="all", linger_ms=1)
+
+        async def connect() -> None:
+            await producer.start()
+
+        try:
+            await _transport.retrying(
+                connect,
+                what="kafka connect",
+                timeout=self._options.retry_timeout,
+                map_error=map_error,
+            )
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def aclose(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def publish(
+        self, route: binding_.TopicRoute, messages: Sequence[message_.OutgoingMessage]
+    ) -> None:
+        topic = route.name
+        assert topic is not None
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("broker is not started")
+
+        async def send() -> None:
+            futures = []
+            for m in messages:
+                futures.append(
+                    await producer.send(
+                        topic,
+                        m.data,
+                        key=m.key.encode() if m.key is not None else None,
+                        headers=[(k, v.encode()) for k, v in m.wire_headers().items()],
+                    )
+                )
+            await asyncio.gather(*futures)
+
+        await _transport.retrying(
+            send, what="kafka publish", timeout=self._options.retry_timeout, map_error=map_error
+        )
+
+    def consumer(
+        self,
+        route: binding_.TopicRoute,
+        subscription: str,
+        physical: str,
+        options: _transport.Options,
+    ) -> KafkaConsumer:
+        return KafkaConsumer(self, route, subscription, physical, options)
+
+
+@dataclasses.dataclass
+class _Partition:
+    """Delivered, not yet committed offsets of one assigned partition, in order."""
+
+    #: offset -> [message, acked]
+    inflight: dict[int, list[Any]] = dataclasses.field(default_factory=dict)
+    #: The next offset to commit, once it moved past the last commit.
+    commit: int | None = None
+
+
+class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
+    client_redelivery = True
+
+    def __init__(
+        self,
+        transport: KafkaTransport,
+        route: binding_.TopicRoute,
+        subscription: str,
+        group: str,
+        options: _transport.Options,
+    ) -> None:
+        assert route.name is not None
+        self._topic = route.name
+        self._tag = route.tag
+        self._subscription = subscription
+        self._options = options
+        self._consumer = aiokafka.AIOKafkaConsumer(
+            **transport.client_kwargs,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=options.prefetch,
+        )
+        self._partitions: dict[aiokafka.TopicPartition, _Partition] = {}
+        self._buffer: deque[Any] = deque()
+        self._joined = asyncio.Event()
+        self._commits: _transport.Batcher[aiokafka.TopicPartition] = _transport.Batcher(
+            self._commit, "kafka commit"
+        )
+
+    async def start(self) -> None:
+        self._consumer.subscribe([self._topic], listener=self)
+
+        async def connect() -> None:
+            await self._consumer.start()
+
+        await _transport.retrying(
+            connect,
+            what="kafka subscribe",
+            timeout=self._options.retry_timeout,
+            map_error=map_error,
+        )
+        # Joining the group takes a rebalance; wait for it so that messages published
+        # after the subscription is open are all seen (more consumers than partitions
+        # leave some idle, hence no error when none arrives).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._joined.wait(), self._options.ready_timeout)
+
+    # ConsumerRebalanceListener
+    async def on_partitions_revoked(self, revoked: set[aiokafka.TopicPartition]) -> None:
+        offsets = self._committable(revoked)
+        if offsets:
+            try:
+                await self._consumer.commit(offsets)
+            except kafka_errors.KafkaError as exc:
+                log.warning("kafka: commit on revoke failed: %s", exc)
+        for tp in revoked:
+            self._partitions.pop(tp, None)
+        self._buffer = deque(
+            r for r in self._buffer if aiokafka.TopicPartition(r.topic, r.partition) not in revoked
+        )
+
+    async def on_partitions_assigned(self, assigned: set[aiokafka.TopicPartition]) -> None:
+        for tp in assigned:
+            self._partitions.setdefault(tp, _Partition())
+        self._joined.set()
+
+    async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
+        if not self._buffer:
+            batches = await _transport.retrying(
+                lambda: self._consumer.getmany(
+                    timeout_ms=int(timeout * 1000), max_records=max_messages
+                ),
+                what="kafka fetch",
+                timeout=self._options.retry_timeout,
+                map_error=map_error,
+            )
+            for records in batches.values():
+                self._buffer.extend(records)
+        out: list[message_.Message] = []
+        while self._buffer and len(out) < max_messages:
+            record = self._buffer.popleft()
+            tp = aiokafka.TopicPartition(record.topic, record.partition)
+            state = self._partitions.get(tp)
+            if state is None:
+                continue
+            message = self._message(record, tp)
+            state.inflight[record.offset] = [message, False]
+            out.append(message)
+        return out
+
+    def _message(self, record: Any, tp: aiokafka.TopicPartition) -> message_.Message:
+        wire = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
+        return message_.make_message(
+            data=record.value or b"",
+            wire_headers=wire,
+            topic=self._tag,
+            subscription=self._subscription,
+            settler=self,
+            token=(tp, record.offset),
+            fallback_id=f"{record.topic}:{record.partition}:{record.offset}",
+            key=record.key.decode("utf-8", "replace") if record.key is not None else None,
+        )
+
+    async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
+        tp, offset = message.token
+        state = self._partitions.get(tp)
+        entry = state.inflight.get(offset) if state is not None else None
+        if state is None or entry is None or entry[0] is not message:
+            return  # revoked or rewound since: it will be delivered again
+        if ack or not requeue:
+            entry[1] = True
+            advanced = None
+            for pending, (_, acked) in list(state.inflight.items()):
+                if not acked:
+                    break
+                del state.inflight[pending]
+                advanced = pending + 1
+            if advanced is not None:
+                state.commit = advanced
+                self._commits.add(tp)
+            return
+        # Rewind: this message and everything after it in the partition come again.
+        for pending in [o for o in state.inflight if o >= offset]:
+            del state.inflight[pending]
+        self._buffer = deque(
+            r
+            for r in self._buffer
+            if r.partition != tp.partition or r.topic != tp.topic or r.offset < offset
+        )
+        self._consumer.seek(tp, offset)
+
+    def _committable(self, tps: set[aiokafka.TopicPartition]) -> dict[Any, int]:
+        offsets: dict[Any, int] = {}
+        for tp in tps:
+            state = self._partitions.get(tp)
+            if state is not None and state.commit is not None:
+                offsets[tp] = state.commit
+                state.commit = None
+        return offsets
+
+    async def _commit(self, tps: list[aiokafka.TopicPartition]) -> None:
+        offsets = self._committable(set(tps))
+        if offsets:
+            await self._consumer.commit(offsets)
+
+    async def aclose(self) -> None:
+        try:
+            await self._commits.flush()
+        finally:
+            await self._consumer.stop()

@@ -1,0 +1,241 @@
+"""Messages as the application sees them, and the one encoding every transport shares.
+
+A payload is bytes, str or any JSON-serialisable object. It travels as bytes with
+its content type and a message id beside it; each transport carries those two in
+its own native place (AMQP properties) or in reserved headers (`ductape-id`,
+`ductape-content-type`), which are removed again before the application sees
+`Message.headers`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+OCTET_STREAM = "application/octet-stream"
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+
+#: Reserved header names; an application cannot set them.
+ID_HEADER = "ductape-id"
+CONTENT_TYPE_HEADER = "ductape-content-type"
+RESERVED_PREFIX = "ductape-"
+
+Payload = bytes | bytearray | memoryview | str | Any
+
+
+def encode(message: Payload) -> tuple[bytes, str]:
+    """Bytes and content type of a payload."""
+    if isinstance(message, bytes | bytearray | memoryview):
+        return bytes(message), OCTET_STREAM
+    if isinstance(message, str):
+        return message.encode("utf-8"), TEXT
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"message must be bytes, str or JSON-serialisable, not {type(message).__name__}"
+        ) from exc
+    return text.encode("utf-8"), JSON
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Application headers, validated: str to str, no reserved names."""
+    if not headers:
+        return {}
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str) or not name:
+            raise TypeError("headers must map non-empty str names to str values")
+        if name.lower().startswith(RESERVED_PREFIX):
+            raise ValueError(
+                f"header {name!r}: names starting with {RESERVED_PREFIX!r} are reserved"
+            )
+        out[name] = value
+    return out
+
+
+class OutgoingMessage:
+    """A message ready to send: what every transport's publish receives."""
+
+    __slots__ = ("content_type", "data", "headers", "id", "key")
+
+    def __init__(
+        self,
+        data: bytes,
+        *,
+        content_type: str,
+        headers: dict[str, str],
+        id: str,
+        key: str | None,
+    ) -> None:
+        self.data = data
+        self.content_type = content_type
+        self.headers = headers
+        self.id = id
+        self.key = key
+
+    @classmethod
+    def build(
+        cls,
+        message: Payload,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> OutgoingMessage:
+        data, content_type = encode(message)
+        return cls(
+            data,
+            content_type=content_type,
+            headers=check_headers(headers),
+            id=message_id or new_id(),
+            key=key,
+        )
+
+    def wire_headers(self) -> dict[str, str]:
+        """Application headers plus the reserved ones (for transports without properties)."""
+        return {**self.headers, ID_HEADER: self.id, CONTENT_TYPE_HEADER: self.content_type}
+
+
+def split_headers(wire: Mapping[str, str]) -> tuple[dict[str, str], str | None, str | None]:
+    """Application headers, message id and content type from received headers."""
+    headers = {k: v for k, v in wire.items() if not k.lower().startswith(RESERVED_PREFIX)}
+    return headers, wire.get(ID_HEADER), wire.get(CONTENT_TYPE_HEADER)
+
+
+class Settler(Protocol):
+    """What a transport's consumer does when a message is acked or nacked."""
+
+    async def settle(self, message: Message, *, ack: bool, requeue: bool) -> None: ...
+
+
+class Message:
+    """A received message.
+
+    `data` is the payload as bytes; `text()` and `json()` decode it. Call `ack()`
+    once it is processed, or `nack()` to have it delivered again (`requeue=True`)
+    or dropped (`requeue=False`; dead-lettered where the broker is set up for it).
+    A message neither acked nor nacked is delivered again after the
+    subscription's redelivery timeout. Settling twice does nothing.
+    """
+
+    __slots__ = (
+        "_settled",
+        "_settler",
+        "content_type",
+        "data",
+        "delivery_count",
+        "headers",
+        "id",
+        "key",
+        "subscription",
+        "token",
+        "topic",
+    )
+
+    def __init__(
+        self,
+        *,
+        data: bytes,
+        headers: Mapping[str, str],
+        id: str,
+        content_type: str,
+        topic: str,
+        subscription: str,
+        settler: Settler,
+        token: Any,
+        key: str | None = None,
+        delivery_count: int | None = None,
+    ) -> None:
+        self.data = data
+        self.headers = dict(headers)
+        self.id = id
+        self.content_type = content_type
+        self.topic = topic
+        self.subscription = subscription
+        self.key = key
+        #: How many times the broker delivered it, where the broker says (None elsewhere).
+        self.delivery_count = delivery_count
+        #: The transport's own handle (delivery tag, stream id, receipt handle...).
+        self.token = token
+        self._settler = settler
+        self._settled = False
+
+    def text(self, encoding: str = "utf-8") -> str:
+        return self.data.decode(encoding)
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        """Mark the message processed; the broker will not deliver it again."""
+        if self._settled:
+            log.debug("message %s already settled; ack ignored", self.id)
+            return
+        self._settled = True
+        await self._settler.settle(self, ack=True, requeue=False)
+
+    async def nack(self, requeue: bool = True) -> None:
+        """Give the message back: delivered again soon, or dropped with requeue=False."""
+        if self._settled:
+            log.debug("message %s already settled; nack ignored", self.id)
+            return
+        self._settled = True
+        await self._settler.settle(self, ack=False, requeue=requeue)
+
+    def expire(self) -> bool:
+        """Mark settled by the redelivery timeout; False if the application settled it."""
+        if self._settled:
+            return False
+        self._settled = True
+        return True
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(id={self.id!r}, topic={self.topic!r}, subscription={self.subscription!r}, "
+            f"content_type={self.content_type!r}, size={len(self.data)})"
+        )
+
+
+def make_message(
+    *,
+    data: bytes,
+    wire_headers: Mapping[str, str],
+    topic: str,
+    subscription: str,
+    settler: Settler,
+    token: Any,
+    fallback_id: str,
+    key: str | None = None,
+    delivery_count: int | None = None,
+    content_type: str | None = None,
+    message_id: str | None = None,
+) -> Message:
+    """A `Message` from what a transport received (reserved headers split off)."""
+    headers, wire_id, wire_type = split_headers(wire_headers)
+    return Message(
+        data=data,
+        headers=headers,
+        id=message_id or wire_id or fallback_id,
+        content_type=content_type or wire_type or OCTET_STREAM,
+        topic=topic,
+        subscription=subscription,
+        settler=settler,
+        token=token,
+        key=key,
+        delivery_count=delivery_count,
+    )

@@ -1,0 +1,292 @@
+"""Google Pub/Sub transport: publish to the topic, pull from the subscription.
+
+Application headers, the message id and the content type travel as message
+attributes (`ductape-id`, `ductape-content-type`; the key as `ductape-key`).
+It uses the asyncio gRPC clients of google-cloud-pubsub directly: `publish_many`
+is one Publish call per 1000 messages, a consumer pulls batches of up to
+`prefetch` messages and acknowledges in batches. A received message's ack
+deadline is set to the redelivery timeout (Pub/Sub allows 0 to 600 s), so an
+unsettled message comes back after it; a nack sets it to 0 and it comes back at
+once. With `emulator-host` in the binding the client talks plain gRPC to the
+emulator without credentials; otherwise it uses `credentials.json`, or the
+environment's default credentials (workload identity) when there is none.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+from google.api_core import exceptions as google_errors
+from google.auth import credentials as google_credentials
+from google.auth import exceptions as auth_errors
+from google.oauth2 import service_account
+from google.pubsub_v1 import types as pubsub_types
+from google.pubsub_v1.services.publisher import PublisherAsyncClient
+from google.pubsub_v1.services.publisher.transports.grpc_asyncio import (
+    PublisherGrpcAsyncIOTransport,
+)
+from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+from google.pubsub_v1.services.subscriber.transports.grpc_asyncio import (
+    SubscriberGrpcAsyncIOTransport,
+)
+
+from ductape_operator import errors
+from ductape_operator.messaging import _transport
+from ductape_operator.messaging import binding as binding_
+from ductape_operator.messaging import message as message_
+
+KEY_ATTRIBUTE = "ductape-key"
+SCOPES = ("https://www.googleapis.com/auth/pubsub",)
+#: Pub/Sub's limits: messages per Publish call, ack ids per Acknowledge call.
+MAX_PUBLISH = 1000
+MAX_PUBLISH_BYTES = 9 * 1024 * 1024
+MAX_ACK_IDS = 1000
+
+
+def map_error(exc: BaseException) -> errors.DuctapeError | None:
+    """The project's error for a google-api-core exception (None: not a Pub/Sub error)."""
+    text = f"pubsub: {type(exc).__name__}: {exc}"
+    if isinstance(
+        exc,
+        google_errors.PermissionDenied
+        | google_errors.Unauthenticated
+        | auth_errors.GoogleAuthError,
+    ):
+        return errors.BrokerAuthError(text)
+    if isinstance(exc, google_errors.NotFound):
+        return errors.ProvisioningError(
+            f"{text} (is the topic or subscription provisioned?)", retriable=True
+        )
+    if isinstance(
+        exc,
+        google_errors.ServiceUnavailable
+        | google_errors.DeadlineExceeded
+        | google_errors.RetryError
+        | grpc.aio.AioRpcError
+        | ConnectionError
+        | OSError,
+    ):
+        return errors.BrokerUnreachableError(text)
+    if isinstance(exc, google_errors.GoogleAPIError):
+        return errors.BrokerError(text)
+    return None
+
+
+def make_transport(binding: binding_.Binding, options: _transport.Options) -> PubSubTransport:
+    return PubSubTransport(binding, options)
+
+
+class PubSubTransport:
+    def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
+        self._project = binding.require("project-id")
+        self._emulator = binding.get("emulator-host")
+        self._credentials_json = binding.get("credentials.json")
+        self._source = binding.source
+        self._options = options
+        self._publisher: PublisherAsyncClient | None = None
+        self._subscriber: SubscriberAsyncClient | None = None
+        self._channel: grpc.aio.Channel | None = None
+
+    def topic_path(self, name: str) -> str:
+        return name if name.startswith("projects/") else f"projects/{self._project}/topics/{name}"
+
+    def subscription_path(self, name: str) -> str:
+        if name.startswith("projects/"):
+            return name
+        return f"projects/{self._project}/subscriptions/{name}"
+
+    @property
+    def publisher(self) -> PublisherAsyncClient:
+        if self._publisher is None:
+            raise RuntimeError("broker is not started")
+        return self._publisher
+
+    @property
+    def subscriber(self) -> SubscriberAsyncClient:
+        if self._subscriber is None:
+            raise RuntimeError("broker is not started")
+        return self._subscriber
+
+    async def start(self) -> None:
+        if self._publisher is not None:
+            return
+        if self._emulator:
+            self._channel = grpc.aio.insecure_channel(self._emulator)
+            self._publisher = PublisherAsyncClient(
+                transport=PublisherGrpcAsyncIOTransport(host=self._emulator, channel=self._channel)
+            )
+            self._subscriber = SubscriberAsyncClient(
+                transport=SubscriberGrpcAsyncIOTransport(host=self._emulator, channel=self._channel)
+            )
+            return
+        credentials: google_credentials.Credentials | None = None
+        if self._credentials_json:
+            try:
+                info = json.loads(self._credentials_json)
+                credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                    info, scopes=SCOPES
+                )
+            except (ValueError, KeyError) as exc:
+                raise binding_.BindingError(
+                    f"binding {self._source}: entry 'credentials.json' is not a service "
+                    f"account key: {type(exc).__name__}"
+                ) from None
+        try:
+            self._publisher = PublisherAsyncClient(credentials=credentials)
+            self._subscriber = SubscriberAsyncClient(credentials=credentials)
+        except auth_errors.GoogleAuthError as exc:
+            raise errors.BrokerAuthError(f"pubsub: no usable credentials: {exc}") from exc
+
+    async def aclose(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        subscriber, self._subscriber = self._subscriber, None
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close()
+            return
+        for client in (publisher, subscriber):
+            if client is not None:
+                await client.transport.close()  # type: ignore[no-untyped-call]
+
+    async def publish(
+        self, route: binding_.TopicRoute, messages: Sequence[message_.OutgoingMessage]
+    ) -> None:
+        assert route.name is not None
+        topic = self.topic_path(route.name)
+        batch: list[pubsub_types.PubsubMessage] = []
+        size = 0
+        for m in messages:
+            attributes = m.wire_headers()
+            if m.key is not None:
+                attributes[KEY_ATTRIBUTE] = m.key
+            batch.append(pubsub_types.PubsubMessage(data=m.data, attributes=attributes))
+            size += len(m.data) + sum(len(k) + len(v) for k, v in attributes.items())
+            if len(batch) >= MAX_PUBLISH or size >= MAX_PUBLISH_BYTES:
+                await self._publish(topic, batch)
+                batch, size = [], 0
+        if batch:
+            await self._publish(topic, batch)
+
+    async def _publish(self, topic: str, batch: list[pubsub_types.PubsubMessage]) -> None:
+        async def send() -> None:
+            response = await self.publisher.publish(topic=topic, messages=batch)
+            if len(response.message_ids) != len(batch):
+                raise errors.BrokerError(
+                    f"pubsub: {len(batch)} messages sent, {len(response.message_ids)} accepted"
+                )
+
+        await _transport.retrying(
+            send, what="pubsub publish", timeout=self._options.retry_timeout, map_error=map_error
+        )
+
+    def consumer(
+        self,
+        route: binding_.TopicRoute,
+        subscription: str,
+        physical: str,
+        options: _transport.Options,
+    ) -> PubSubConsumer:
+        return PubSubConsumer(self, route, subscription, physical, options)
+
+
+class PubSubConsumer:
+    client_redelivery = False
+
+    def __init__(
+        self,
+        transport: PubSubTransport,
+        route: binding_.TopicRoute,
+        subscription: str,
+        physical: str,
+        options: _transport.Options,
+    ) -> None:
+        self._transport = transport
+        self._tag = route.tag
+        self._subscription = subscription
+        self._path = transport.subscription_path(physical)
+        self._options = options
+        self._deadline = min(600, max(1, math.ceil(options.redelivery_timeout)))
+        self._modify = True
+        self._acks: _transport.Batcher[str] = _transport.Batcher(
+            self._acknowledge, "pubsub acknowledge"
+        )
+
+    async def start(self) -> None:
+        async def check() -> Any:
+            return await self._transport.subscriber.get_subscription(subscription=self._path)
+
+        found = await _transport.retrying(
+            check, what="pubsub subscribe", timeout=self._options.retry_timeout, map_error=map_error
+        )
+        # The subscription's own deadline already is the redelivery timeout: no need
+        # to change it for each batch.
+        self._modify = found.ack_deadline_seconds != self._deadline
+
+    async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
+        async def pull() -> Any:
+            try:
+                return await self._transport.subscriber.pull(
+                    subscription=self._path,
+                    max_messages=max_messages,
+                    timeout=max(timeout, 0.1),
+                    retry=None,
+                )
+            except google_errors.DeadlineExceeded:
+                return None
+
+        response = await _transport.retrying(
+            pull, what="pubsub pull", timeout=self._options.retry_timeout, map_error=map_error
+        )
+        if response is None or not response.received_messages:
+            return []
+        received = list(response.received_messages)
+        if self._modify:
+            await self._transport.subscriber.modify_ack_deadline(
+                subscription=self._path,
+                ack_ids=[r.ack_id for r in received],
+                ack_deadline_seconds=self._deadline,
+            )
+        return [self._message(r) for r in received]
+
+    def _message(self, received: Any) -> message_.Message:
+        pubsub_message = received.message
+        wire = dict(pubsub_message.attributes)
+        key = wire.pop(KEY_ATTRIBUTE, None)
+        return message_.make_message(
+            data=bytes(pubsub_message.data),
+            wire_headers=wire,
+            topic=self._tag,
+            subscription=self._subscription,
+            settler=self,
+            token=received.ack_id,
+            fallback_id=pubsub_message.message_id,
+            key=key,
+            delivery_count=received.delivery_attempt or None,
+        )
+
+    async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
+        if ack or not requeue:
+            self._acks.add(message.token)
+            return
+
+        async def release() -> None:
+            await self._transport.subscriber.modify_ack_deadline(
+                subscription=self._path, ack_ids=[message.token], ack_deadline_seconds=0
+            )
+
+        await _transport.retrying(
+            release, what="pubsub nack", timeout=self._options.retry_timeout, map_error=map_error
+        )
+
+    async def _acknowledge(self, ack_ids: list[str]) -> None:
+        for start in range(0, len(ack_ids), MAX_ACK_IDS):
+            await self._transport.subscriber.acknowledge(
+                subscription=self._path, ack_ids=ack_ids[start : start + MAX_ACK_IDS]
+            )
+
+    async def aclose(self) -> None:
+        await self._acks.flush()

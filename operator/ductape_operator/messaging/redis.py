@@ -1,0 +1,288 @@
+"""Redis transport: a topic is a stream, a subscription a consumer group on it.
+
+A message is one stream entry: the payload in field `data`, each application
+header in a field `h:<name>`, the message id and content type in the reserved
+`ductape-id` and `ductape-content-type` fields. Publishing uses XADD with
+NOMKSTREAM, so a topic that was never provisioned raises instead of creating a
+stream no group reads. Consumers read new entries with XREADGROUP; an entry left
+pending longer than the redelivery timeout (its consumer crashed or never
+settled it) is taken over with XAUTOCLAIM by whichever consumer of the group
+looks next. A nack with requeue makes the entry claimable at once; acks go out
+as batched XACKs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+
+from ductape_operator import errors
+from ductape_operator.messaging import _transport
+from ductape_operator.messaging import binding as binding_
+from ductape_operator.messaging import message as message_
+
+DATA_FIELD = b"data"
+KEY_FIELD = b"ductape-key"
+HEADER_PREFIX = b"h:"
+
+
+def map_error(exc: BaseException) -> errors.DuctapeError | None:
+    """The project's error for a redis-py exception (None: not a Redis error)."""
+    text = f"redis: {type(exc).__name__}: {exc}"
+    if isinstance(exc, redis_errors.AuthenticationError | redis_errors.AuthorizationError):
+        return errors.BrokerAuthError(text)
+    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
+        return errors.BrokerUnreachableError(text)
+    if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("NOGROUP"):
+        return errors.ProvisioningError(
+            f"{text} (is the subscription provisioned?)", retriable=True
+        )
+    if isinstance(exc, redis_errors.RedisError):
+        return errors.BrokerError(text)
+    return None
+
+
+def make_transport(binding: binding_.Binding, options: _transport.Options) -> RedisTransport:
+    return RedisTransport(binding, options)
+
+
+def _connection_kwargs(binding: binding_.Binding) -> dict[str, Any]:
+    uri = urlsplit(binding.get("uri") or "")
+    tls = uri.scheme == "rediss" or (binding.get("tls") or "").lower() == "true"
+    host = binding.get("host") or uri.hostname or "localhost"
+    port = int(binding.get("port") or uri.port or 6379)
+    database = binding.get("database") or uri.path.lstrip("/") or "0"
+    username = binding.get("username") or (unquote(uri.username) if uri.username else None)
+    password = binding.get("password") or (unquote(uri.password) if uri.password else None)
+    try:
+        db = int(database)
+    except ValueError:
+        raise binding_.BindingError(
+            f"binding {binding.source}: entry 'database' must be a number, not {database!r}"
+        ) from None
+    return {
+        "host": host,
+        "port": port,
+        "db": db,
+        "username": username,
+        "password": password,
+        "ssl": tls,
+    }
+
+
+class RedisTransport:
+    def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
+        self._kwargs = _connection_kwargs(binding)
+        self._options = options
+        self._client: aioredis.Redis | None = None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise RuntimeError("broker is not started")
+        return self._client
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        client = aioredis.Redis(**self._kwargs, decode_responses=False)
+
+        async def ping() -> None:
+            await client.ping()
+
+        try:
+            await _transport.retrying(
+                ping, what="redis connect", timeout=self._options.retry_timeout, map_error=map_error
+            )
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def publish(
+        self, route: binding_.TopicRoute, messages: Sequence[message_.OutgoingMessage]
+    ) -> None:
+        stream = route.name
+        assert stream is not None  # only SQS topics lack a name
+
+        async def send() -> None:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for m in messages:
+                    fields: dict[Any, Any] = {
+                        DATA_FIELD: m.data,
+                        message_.ID_HEADER: m.id,
+                        message_.CONTENT_TYPE_HEADER: m.content_type,
+                    }
+                    if m.key is not None:
+                        fields[KEY_FIELD] = m.key
+                    for name, value in m.headers.items():
+                        fields[HEADER_PREFIX + name.encode()] = value
+                    pipe.xadd(stream, fields, nomkstream=True)
+                results = await pipe.execute(raise_on_error=True)
+            if any(r is None for r in results):
+                raise errors.ProvisioningError(
+                    f"redis: stream {stream!r} does not exist (is topic {route.tag!r} provisioned?)"
+                )
+
+        await _transport.retrying(
+            send, what="redis publish", timeout=self._options.retry_timeout, map_error=map_error
+        )
+
+    def consumer(
+        self,
+        route: binding_.TopicRoute,
+        subscription: str,
+        physical: str,
+        options: _transport.Options,
+    ) -> RedisConsumer:
+        assert route.name is not None
+        return RedisConsumer(self, route, subscription, physical, options)
+
+
+class RedisConsumer:
+    client_redelivery = False
+
+    def __init__(
+        self,
+        transport: RedisTransport,
+        route: binding_.TopicRoute,
+        subscription: str,
+        group: str,
+        options: _transport.Options,
+    ) -> None:
+        assert route.name is not None
+        self._transport = transport
+        self._stream = route.name
+        self._tag = route.tag
+        self._subscription = subscription
+        self._group = group
+        self._options = options
+        self._name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._idle_ms = max(1, int(options.redelivery_timeout * 1000))
+        self._claim_every = min(1.0, max(0.05, options.redelivery_timeout / 4))
+        self._claim_at = 0.0
+        self._claim_cursor: Any = "0-0"
+        self._acks: _transport.Batcher[bytes] = _transport.Batcher(self._xack, "redis XACK")
+
+    async def start(self) -> None:
+        async def check() -> None:
+            groups = await self._transport.client.xinfo_groups(self._stream)
+            names = {g["name"] for g in groups}
+            if self._group.encode() not in names and self._group not in names:
+                raise errors.ProvisioningError(
+                    f"redis: stream {self._stream!r} has no consumer group {self._group!r} "
+                    f"(is subscription {self._subscription!r} provisioned?)"
+                )
+
+        await _transport.retrying(
+            check, what="redis subscribe", timeout=self._options.retry_timeout, map_error=map_error
+        )
+
+    async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
+        return await _transport.retrying(
+            lambda: self._fetch(max_messages, timeout),
+            what="redis fetch",
+            timeout=self._options.retry_timeout,
+            map_error=map_error,
+        )
+
+    async def _fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
+        client = self._transport.client
+        if time.monotonic() >= self._claim_at:
+            claim: Any = await client.xautoclaim(
+                self._stream,
+                self._group,
+                self._name,
+                min_idle_time=self._idle_ms,
+                start_id=self._claim_cursor,
+                count=max_messages,
+            )
+            cursor, entries = claim[0], claim[1]
+            done = cursor in (b"0-0", "0-0")
+            self._claim_cursor = "0-0" if done else cursor
+            self._claim_at = time.monotonic() + (self._claim_every if done else 0.0)
+            claimed = [self._message(i, f, redelivered=True) for i, f in entries if f]
+            if claimed:
+                return claimed
+        block = max(1, int(min(timeout, self._claim_every) * 1000))
+        response: Any = await client.xreadgroup(
+            self._group, self._name, {self._stream: ">"}, count=max_messages, block=block
+        )
+        out: list[message_.Message] = []
+        for _stream, entries in response or []:
+            out.extend(self._message(i, f, redelivered=False) for i, f in entries if f)
+        return out
+
+    def _message(
+        self, entry_id: bytes, fields: dict[bytes, bytes], *, redelivered: bool
+    ) -> message_.Message:
+        wire: dict[str, str] = {}
+        for name, value in fields.items():
+            if name.startswith(HEADER_PREFIX):
+                wire[name[len(HEADER_PREFIX) :].decode()] = value.decode()
+            elif name.startswith(message_.RESERVED_PREFIX.encode()):
+                wire[name.decode()] = value.decode()
+        key = fields.get(KEY_FIELD)
+        return message_.make_message(
+            data=fields.get(DATA_FIELD, b""),
+            wire_headers=wire,
+            topic=self._tag,
+            subscription=self._subscription,
+            settler=self,
+            token=entry_id,
+            fallback_id=entry_id.decode(),
+            key=key.decode() if key is not None else None,
+            delivery_count=None if redelivered else 1,
+        )
+
+    async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
+        if ack or not requeue:
+            self._acks.add(message.token)
+            return
+
+        async def release() -> None:
+            # Claim it with an idle time past the timeout: the next XAUTOCLAIM of
+            # any consumer of the group takes it.
+            await self._transport.client.xclaim(
+                self._stream,
+                self._group,
+                self._name,
+                min_idle_time=0,
+                message_ids=[message.token],
+                idle=self._idle_ms + 1000,
+                justid=True,
+            )
+            self._claim_at = 0.0
+
+        await _transport.retrying(
+            release, what="redis nack", timeout=self._options.retry_timeout, map_error=map_error
+        )
+
+    async def _xack(self, ids: list[bytes]) -> None:
+        await self._transport.client.xack(self._stream, self._group, *ids)
+
+    async def aclose(self) -> None:
+        await self._acks.flush()
+        # Forget this consumer's name unless it still owns pending entries: deleting
+        # it then would make them unclaimable.
+        client = self._transport.client
+        with contextlib.suppress(redis_errors.RedisError, OSError):
+            pending = await client.xpending_range(
+                self._stream, self._group, min="-", max="+", count=1, consumername=self._name
+            )
+            if not pending:
+                await client.xgroup_delconsumer(self._stream, self._group, self._name)

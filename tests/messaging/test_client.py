@@ -1,0 +1,192 @@
+"""The messaging client against real brokers: the same test code for all five providers.
+
+Each test provisions its own topic (unique names) with two subscriptions, writes
+the connection Secret's entries as a binding folder and loads it the way an
+application does, with `Broker.from_binding`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import time
+
+import pytest
+
+from ductape_operator import errors
+from ductape_operator.messaging import Broker, Message, Subscription
+from tests.messaging import stack
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(120)]
+
+#: Small, so that redelivery tests stay fast (SQS and Pub/Sub count whole seconds).
+REDELIVERY = 2.0
+#: How long any single expected message may take to arrive.
+DEADLINE = 30.0
+
+
+def broker_for(topic: stack.Provisioned, tmp_path: pathlib.Path, **options: float) -> Broker:
+    root = tmp_path / "bindings"
+    topic.write(root / "message-bus")
+    return Broker.from_binding(
+        "message-bus", environ={"SERVICE_BINDING_ROOT": str(root)}, **options
+    )
+
+
+async def collect(sub: Subscription, count: int, *, deadline: float = DEADLINE) -> list[Message]:
+    """Receive and ack `count` messages, failing when the deadline passes first."""
+    got: list[Message] = []
+    end = time.monotonic() + deadline
+    while len(got) < count:
+        remaining = end - time.monotonic()
+        assert remaining > 0, f"received {len(got)} of {count} messages in {deadline}s"
+        message = await sub.receive(timeout=remaining)
+        if message is not None:
+            got.append(message)
+            await message.ack()
+    return got
+
+
+async def test_every_subscription_gets_every_message_with_headers_and_ids(
+    topic: stack.Provisioned, tmp_path: pathlib.Path
+) -> None:
+    async with broker_for(topic, tmp_path, redelivery_timeout=REDELIVERY) as broker:
+        assert broker.binding.type == topic.kind
+        ids = [
+            await broker.publish("orders", b"\x00\xffraw", headers={"trace": "t-1"}),
+            await broker.publish("orders", "héllo", headers={"trace": "t-2", "x-b": "2"}),
+            await broker.publish("orders", {"order": 42, "items": ["a"]}, key="customer-7"),
+        ]
+        assert len(set(ids)) == 3
+        for subscription in ("billing", "shipping"):
+            async with broker.subscribe("orders", subscription) as sub:
+                got = {m.id: m for m in await collect(sub, 3)}
+            assert set(got) == set(ids), subscription
+            raw, text, obj = (got[i] for i in ids)
+            assert raw.data == b"\x00\xffraw"
+            assert raw.content_type == "application/octet-stream"
+            assert raw.headers == {"trace": "t-1"}
+            assert text.text() == "héllo"
+            assert text.content_type.startswith("text/plain")
+            assert text.headers == {"trace": "t-2", "x-b": "2"}
+            assert obj.json() == {"order": 42, "items": ["a"]}
+            assert obj.content_type == "application/json"
+            assert obj.headers == {}
+            assert obj.key == "customer-7"
+            assert {m.topic for m in got.values()} == {"orders"}
+            assert {m.subscription for m in got.values()} == {subscription}
+
+
+async def test_consumers_of_one_subscription_share_its_messages(
+    topic: stack.Provisioned, tmp_path: pathlib.Path
+) -> None:
+    count = 40
+    publisher = broker_for(topic, tmp_path, redelivery_timeout=REDELIVERY)
+    first = broker_for(topic, tmp_path, redelivery_timeout=REDELIVERY)
+    second = broker_for(topic, tmp_path, redelivery_timeout=REDELIVERY)
+    async with (
+        publisher,
+        first,
+        second,
+        first.subscribe("orders", "billing", prefetch=1) as a,
+        second.subscribe("orders", "billing", prefetch=1) as b,
+    ):
+        ids = set(await publisher.publish_many("orders", [f"m{i}" for i in range(count)]))
+        assert len(ids) == count
+        seen: dict[str, list[str]] = {"a": [], "b": []}
+        done = asyncio.Event()
+
+        async def drain(name: str, sub: Subscription) -> None:
+            while not done.is_set():
+                message = await sub.receive(timeout=0.5)
+                if message is not None:
+                    seen[name].append(message.id)
+                    await message.ack()
+                    if len(seen["a"]) + len(seen["b"]) >= count:
+                        done.set()
+
+        tasks = [asyncio.create_task(drain("a", a)), asyncio.create_task(drain("b", b))]
+        try:
+            await asyncio.wait_for(done.wait(), DEADLINE)
+        finally:
+            done.set()
+            await asyncio.gather(*tasks)
+        everything = seen["a"] + seen["b"]
+        assert sorted(everything) == sorted(ids), "each message exactly once, none lost"
+        assert seen["a"] and seen["b"], f"not shared: {len(seen['a'])} / {len(seen['b'])}"
+
+
+async def test_nack_redelivers_and_ack_settles(
+    topic: stack.Provisioned, tmp_path: pathlib.Path
+) -> None:
+    async with (
+        broker_for(topic, tmp_path, redelivery_timeout=REDELIVERY) as broker,
+        broker.subscribe("orders", "billing") as sub,
+    ):
+        sent = await broker.publish("orders", "again", headers={"attempt": "one"})
+        first = await sub.receive(timeout=DEADLINE)
+        assert first is not None and first.id == sent
+        await first.nack(requeue=True)
+        second = await sub.receive(timeout=DEADLINE)
+        assert second is not None, "nacked message was not delivered again"
+        assert second.id == sent
+        assert second.text() == "again"
+        assert second.headers == {"attempt": "one"}
+        await second.ack()
+        # Acked: it must not come back, not even after the redelivery timeout.
+        assert await sub.receive(timeout=REDELIVERY + 3) is None
+
+
+async def test_unsettled_message_is_redelivered_after_the_timeout(
+    topic: stack.Provisioned, tmp_path: pathlib.Path
+) -> None:
+    async with (
+        broker_for(topic, tmp_path, redelivery_timeout=REDELIVERY) as broker,
+        broker.subscribe("orders", "shipping") as sub,
+    ):
+        sent = await broker.publish("orders", {"n": 1})
+        held = await sub.receive(timeout=DEADLINE)
+        assert held is not None and held.id == sent
+        started = time.monotonic()
+        again = await sub.receive(timeout=DEADLINE)
+        assert again is not None, "unsettled message was not delivered again"
+        assert again.id == sent and again.json() == {"n": 1}
+        assert time.monotonic() - started >= REDELIVERY * 0.5, "redelivered before the timeout"
+        await again.ack()
+        await held.ack()  # settled already by the timeout: ignored, must not fail
+        assert await sub.receive(timeout=REDELIVERY + 3) is None
+
+
+async def test_nack_without_requeue_drops(topic: stack.Provisioned, tmp_path: pathlib.Path) -> None:
+    async with (
+        broker_for(topic, tmp_path, redelivery_timeout=REDELIVERY) as broker,
+        broker.subscribe("orders", "billing") as sub,
+    ):
+        dropped = await broker.publish("orders", "poison")
+        message = await sub.receive(timeout=DEADLINE)
+        assert message is not None and message.id == dropped
+        await message.nack(requeue=False)
+        assert await sub.receive(timeout=REDELIVERY + 3) is None
+
+
+async def test_publish_to_a_topic_missing_on_the_broker_raises(
+    topic: stack.Provisioned, tmp_path: pathlib.Path
+) -> None:
+    if topic.kind == "kafka":
+        pytest.skip("Kafka brokers may create topics on first use (auto.create.topics.enable)")
+    gone = stack.Provisioned(topic.kind, "orders", ("billing",))
+    await gone.create()
+    await gone.delete()
+    async with broker_for(gone, tmp_path, retry_timeout=1.0) as broker:
+        with pytest.raises(errors.BrokerError):
+            await broker.publish("orders", "into the void")
+
+
+async def test_unknown_tag_and_subscription_name_the_binding(
+    topic: stack.Provisioned, tmp_path: pathlib.Path
+) -> None:
+    async with broker_for(topic, tmp_path) as broker:
+        with pytest.raises(errors.InvalidConfigError, match=r"'nope' is not in topics\.json"):
+            await broker.publish("nope", "x")
+        with pytest.raises(errors.InvalidConfigError, match="no subscription 'audit'"):
+            broker.subscribe("orders", "audit")
