@@ -1,0 +1,188 @@
+"""What every provider module shares: lifecycle, timeouts and the error boundary.
+
+No broker SDK is imported here. Each provider module passes its own error
+mapper to `guard`, so the SDK-to-project mapping stays in one place per module,
+while the timeout, the chaining (`raise ... from exc`) and the scrubbing of
+credentials out of messages are written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import ClassVar, Self
+
+from ductape_operator import errors, models
+from ductape_operator.providers import base
+
+#: Upper bound of one provisioning operation (a network round trip or a few).
+DEFAULT_TIMEOUT = 30.0
+
+#: `scheme://user:password@host` -> `scheme://***@host`, whatever the SDK put in a message.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+#: An SDK error mapped to the project's: given the exception and what was being done.
+Mapper = Callable[[Exception, str], errors.DuctapeError]
+
+
+def secret_value(secrets: base.SecretValues, ref: models.SecretRef | None) -> str | None:
+    """The value of a referenced Secret key, or `SecretNotFoundError` naming the Secret."""
+    if ref is None:
+        return None
+    try:
+        return secrets.get(ref)
+    except KeyError:
+        sel = ref.secret_key_ref
+        raise errors.SecretNotFoundError(
+            f"Secret {sel.name!r} has no key {sel.key!r}", secret_name=sel.name
+        ) from None
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` without any of the `secrets` and without URL user info."""
+    for value in secrets:
+        if value:
+            text = text.replace(value, "***")
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def describe(exc: BaseException) -> str:
+    """`TypeName: message`, or just the type name when the message is empty."""
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}" if text and text != name else name
+
+
+class ProviderBase:
+    """Lifecycle shared by the providers: idempotent start/aclose, async context manager.
+
+    Subclasses implement `_open()` and `_close()`; `_close()` must release
+    whatever a failed `_open()` left half open.
+    """
+
+    TYPE: ClassVar[models.MessageBrokerTypes]
+
+    def __init__(
+        self,
+        config: models.BrokerConfig,
+        secrets: base.SecretValues,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._config = config
+        self._timeout = timeout
+        self._started = False
+        self._closed = False
+        self._start_lock = asyncio.Lock()
+        #: Every credential this provider holds, scrubbed out of error messages.
+        self._credentials: list[str] = []
+
+    @property
+    def type(self) -> models.MessageBrokerTypes:
+        return self.TYPE
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.endpoint}>"
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._started:
+                return
+            try:
+                await self._open()
+            except BaseException:
+                await self._close()
+                raise
+            self._started = True
+            self._closed = False
+
+    async def aclose(self) -> None:
+        async with self._start_lock:
+            if not self._started:
+                return
+            self._started = False
+            self._closed = True
+            await self._close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: builtins.type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _ensure_started(self) -> None:
+        """Start on first use; after `aclose()`, refuse until started again explicitly.
+
+        A pool closes a provider that an in-flight operation may still hold; that
+        operation must fail rather than quietly open a connection nobody closes.
+        """
+        if self._started:
+            return
+        if self._closed:
+            raise errors.ProvisioningError(f"{self.endpoint}: provider is closed")
+        await self.start()
+
+    @contextlib.asynccontextmanager
+    async def guard(
+        self, what: str, mapper: Mapper, timeout: float | None = None
+    ) -> AsyncIterator[None]:
+        """Run a block under a timeout, mapping every SDK error to the project's.
+
+        `what` says what was being done ("creating topic orders"); messages name
+        the endpoint and that, never a credential.
+        """
+        limit = self._timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                yield
+        except errors.DuctapeError as exc:
+            exc.message = scrub(exc.message, self._credentials)
+            exc.args = (exc.message,)
+            raise
+        except TimeoutError as exc:
+            raise errors.BrokerUnreachableError(
+                f"{self.endpoint}: no answer within {limit:g}s while {what}"
+            ) from exc
+        except Exception as exc:
+            mapped = mapper(exc, what)
+            mapped.message = scrub(mapped.message, self._credentials)
+            mapped.args = (mapped.message,)
+            raise mapped from exc
+
+
+def unreachable(endpoint: str, what: str, exc: BaseException) -> errors.BrokerUnreachableError:
+    return errors.BrokerUnreachableError(f"{endpoint}: unreachable while {what}: {describe(exc)}")
+
+
+def auth_failed(endpoint: str, what: str, exc: BaseException) -> errors.BrokerAuthError:
+    return errors.BrokerAuthError(
+        f"{endpoint}: the broker refused the credentials while {what}: {describe(exc)}"
+    )
+
+
+def refused(
+    endpoint: str, what: str, exc: BaseException, *, retriable: bool
+) -> errors.ProvisioningError:
+    return errors.ProvisioningError(
+        f"{endpoint}: refused while {what}: {describe(exc)}", retriable=retriable
+    )

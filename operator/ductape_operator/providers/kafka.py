@@ -1,0 +1,330 @@
+"""Kafka: topics through the admin API, subscriptions as consumer groups.
+
+A subscription is the consumer group `<topic>.<subscription>`. Kafka has nothing
+to create for a group, but DESIGN.md section 5 wants every subscription to get
+every message published after it was provisioned, even before anyone consumes.
+So provisioning commits the group's start offsets: for each partition of the
+topic where the group has no committed offset yet, its current beginning
+offset. An existing commit is never touched, so a group is never rewound.
+
+aiokafka's admin client has no "describe without auto-creating" and no
+"delete consumer groups", so those two go through its request API with the
+protocol classes it ships (`_request`); everything else is public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka import errors as kafka_errors
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.admin import DeleteGroupsRequest
+from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.structs import TopicPartition
+
+from ductape_operator import errors, models
+from ductape_operator.providers import _common, base
+
+logger = logging.getLogger(__name__)
+
+#: Replication factor of created topics when the config sets none: min(this, brokers).
+#: (CreateTopics v4's "-1 = the broker default" is beyond what aiokafka sends.)
+MAX_DEFAULT_REPLICATION_FACTOR = 3
+
+_NO_ERROR = 0
+_UNKNOWN_TOPIC_OR_PARTITION = kafka_errors.UnknownTopicOrPartitionError.errno
+_TOPIC_ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
+_NON_EMPTY_GROUP = kafka_errors.NonEmptyGroup.errno
+_GROUP_ID_NOT_FOUND = kafka_errors.GroupIdNotFound.errno
+#: The request or the config is at fault: trying again with nothing changed cannot help.
+_PERMANENT = frozenset(
+    {
+        kafka_errors.InvalidTopicError.errno,
+        kafka_errors.InvalidPartitionsError.errno,
+        kafka_errors.InvalidReplicationFactorError.errno,
+        kafka_errors.InvalidReplicationAssignmentError.errno,
+        kafka_errors.InvalidConfigurationError.errno,
+        kafka_errors.PolicyViolationError.errno,
+        kafka_errors.InvalidRequestError.errno,
+    }
+)
+_AUTH = frozenset(
+    {
+        kafka_errors.TopicAuthorizationFailedError.errno,
+        kafka_errors.GroupAuthorizationFailedError.errno,
+        kafka_errors.ClusterAuthorizationFailedError.errno,
+        kafka_errors.SaslAuthenticationFailed.errno,
+    }
+)
+_SASL_MECHANISMS = {
+    models.SaslMechanism.PLAIN: "PLAIN",
+    models.SaslMechanism.SCRAM_SHA_256: "SCRAM-SHA-256",
+    models.SaslMechanism.SCRAM_SHA_512: "SCRAM-SHA-512",
+}
+
+
+def group_id(topic: str, subscription: str) -> str:
+    """The consumer group of a subscription: `<topic>.<subscription>`."""
+    return base.default_subscription_name(topic, subscription)
+
+
+class KafkaProvider(_common.ProviderBase):
+    """One Kafka cluster (bootstrap servers) with one set of credentials."""
+
+    TYPE = models.MessageBrokerTypes.KAFKA
+
+    def __init__(
+        self,
+        config: models.BrokerConfig,
+        secrets: base.SecretValues,
+        *,
+        timeout: float = _common.DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(config, secrets, timeout=timeout)
+        if not config.brokers:
+            raise errors.InvalidConfigError("KAFKA: config.brokers is required")
+        self._brokers = list(config.brokers)
+        self._password = (
+            _common.secret_value(secrets, config.sasl.password) if config.sasl else None
+        )
+        if self._password:
+            self._credentials.append(self._password)
+        self._admin: AIOKafkaAdminClient | None = None
+
+    # --- naming and binding -------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return "kafka://" + ",".join(self._brokers)
+
+    @property
+    def security_protocol(self) -> str:
+        tls = bool(self._config.ssl)
+        if self._config.sasl is not None:
+            return "SASL_SSL" if tls else "SASL_PLAINTEXT"
+        return "SSL" if tls else "PLAINTEXT"
+
+    def binding(self) -> dict[str, str]:
+        entries = {
+            "uri": self.endpoint,
+            "bootstrap-servers": ",".join(self._brokers),
+            "security-protocol": self.security_protocol,
+        }
+        sasl = self._config.sasl
+        if sasl is not None:
+            entries["sasl-mechanism"] = _SASL_MECHANISMS[sasl.mechanism]
+            entries["username"] = sasl.username
+            if self._password is not None:
+                entries["password"] = self._password
+        return entries
+
+    def _client_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "bootstrap_servers": self._brokers,
+            "client_id": self._config.client_id or "ductape-operator",
+            "request_timeout_ms": int(self._timeout * 1000),
+            "security_protocol": self.security_protocol,
+        }
+        if self._config.ssl:
+            options["ssl_context"] = create_ssl_context()
+        sasl = self._config.sasl
+        if sasl is not None:
+            options["sasl_mechanism"] = _SASL_MECHANISMS[sasl.mechanism]
+            options["sasl_plain_username"] = sasl.username
+            options["sasl_plain_password"] = self._password
+        return options
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def _open(self) -> None:
+        async with self.guard("connecting", self._map):
+            self._admin = AIOKafkaAdminClient(**self._client_options())
+            await self._admin.start()
+
+    async def _close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            try:
+                await admin.close()
+            except Exception:  # closing a broken connection may fail; it is gone either way
+                logger.debug("closing the Kafka admin client of %s failed", self.endpoint)
+
+    def _require_admin(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            raise errors.ProvisioningError(f"{self.endpoint}: provider is closed")
+        return self._admin
+
+    # --- the interface ------------------------------------------------------
+
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+        await self._ensure_started()
+        name = topic.name
+        wanted = topic.partitions or 1
+        async with self.guard(f"ensuring topic {name}", self._map):
+            admin = self._require_admin()
+            metadata = await self._metadata([name])
+            partitions = _partition_count(metadata, name)
+            if partitions is None:
+                brokers = len(metadata.get("brokers") or []) or 1
+                replicas = self._config.replication_factor or min(
+                    MAX_DEFAULT_REPLICATION_FACTOR, brokers
+                )
+                response = await admin.create_topics([NewTopic(name, wanted, replicas)])
+                for _topic, code, *rest in response.topic_errors:
+                    if code not in (_NO_ERROR, _TOPIC_ALREADY_EXISTS):
+                        raise self._code_error(code, f"creating topic {name}", rest)
+                partitions = await self._wait_for_leaders(name)
+            elif partitions < wanted:
+                # More partitions declared than exist: grow. Fewer is impossible on
+                # Kafka, so a topic with more partitions than declared is left alone.
+                await admin.create_partitions({name: NewPartitions(wanted)})
+                partitions = await self._wait_for_leaders(name, at_least=wanted)
+            groups = {sub: group_id(name, sub) for sub in topic.subscriptions}
+            for group in groups.values():
+                await self._commit_start_offsets(group, name, partitions)
+        return base.TopicLocation(name=name, subscriptions=groups)
+
+    async def delete_topic(self, topic: base.TopicPlan) -> None:
+        await self._ensure_started()
+        name = topic.name
+        async with self.guard(f"deleting topic {name}", self._map):
+            response = await self._require_admin().delete_topics([name])
+            for _topic, code in response.topic_error_codes:
+                if code not in (_NO_ERROR, _UNKNOWN_TOPIC_OR_PARTITION):
+                    raise self._code_error(code, f"deleting topic {name}", [])
+            for sub in topic.subscriptions:
+                await self._delete_group(group_id(name, sub))
+
+    async def delete_subscription(self, topic: base.TopicPlan, subscription: str) -> None:
+        await self._ensure_started()
+        group = group_id(topic.name, subscription)
+        async with self.guard(f"deleting consumer group {group}", self._map):
+            await self._delete_group(group)
+
+    async def topic_exists(self, topic: base.TopicPlan) -> bool:
+        await self._ensure_started()
+        name = topic.name
+        async with self.guard(f"looking up topic {name}", self._map):
+            partitions = _partition_count(await self._metadata([name]), name)
+            if partitions is None or partitions < (topic.partitions or 1):
+                return False
+            admin = self._require_admin()
+            for sub in topic.subscriptions:
+                offsets = await admin.list_consumer_group_offsets(group_id(name, sub))
+                if not any(tp.topic == name and meta.offset >= 0 for tp, meta in offsets.items()):
+                    return False
+        return True
+
+    async def probe(self, timeout: float) -> None:
+        async with self.guard("probing", self._map, timeout=timeout):
+            await self._ensure_started()
+            await self._metadata([])
+
+    # --- helpers ------------------------------------------------------------
+
+    async def _request(self, request: Any, node_id: int | None = None) -> Any:
+        # The admin client's own request path (connection handling, version
+        # negotiation) for the two requests it has no method for.
+        return await self._require_admin()._send_request(request, node_id)
+
+    async def _metadata(self, topics: list[str]) -> dict[str, Any]:
+        """Cluster metadata for `topics`, never auto-creating one by asking."""
+        response = await self._request(MetadataRequest(topics, allow_auto_topic_creation=False))
+        result: dict[str, Any] = response.to_object()
+        return result
+
+    async def _wait_for_leaders(self, name: str, at_least: int = 1) -> int:
+        """Wait (within the operation's timeout) until every partition has a leader."""
+        while True:
+            metadata = await self._metadata([name])
+            count = _partition_count(metadata, name)
+            if count is not None and count >= at_least and _all_led(metadata, name):
+                return count
+            await asyncio.sleep(0.1)
+
+    async def _commit_start_offsets(self, group: str, topic: str, partitions: int) -> None:
+        offsets = await self._require_admin().list_consumer_group_offsets(group)
+        committed = {
+            tp.partition for tp, m in offsets.items() if tp.topic == topic and m.offset >= 0
+        }
+        missing = [TopicPartition(topic, p) for p in range(partitions) if p not in committed]
+        if not missing:
+            return
+        consumer = AIOKafkaConsumer(
+            group_id=group, enable_auto_commit=False, **self._client_options()
+        )
+        await consumer.start()
+        try:
+            consumer.assign(missing)
+            start = await consumer.beginning_offsets(missing)
+            try:
+                await consumer.commit({tp: start[tp] for tp in missing})
+            except (
+                kafka_errors.CommitFailedError,
+                kafka_errors.IllegalGenerationError,
+                kafka_errors.UnknownMemberIdError,
+                kafka_errors.RebalanceInProgressError,
+            ):
+                # The group has live members: they own its offsets; leave them be.
+                logger.info("consumer group %s on %s is active; not committing", group, topic)
+        finally:
+            await consumer.stop()
+
+    async def _delete_group(self, group: str) -> None:
+        admin = self._require_admin()
+        coordinator = await admin.find_coordinator(group)
+        response = await self._request(DeleteGroupsRequest([group]), coordinator)
+        for _group, code in response.results:
+            if code == _NON_EMPTY_GROUP:
+                # Consumers are still connected; Kafka drops the group's offsets on
+                # its own once they leave (offsets.retention.minutes).
+                logger.warning("consumer group %s on %s is in use; left", group, self.endpoint)
+            elif code not in (_NO_ERROR, _GROUP_ID_NOT_FOUND):
+                raise self._code_error(code, f"deleting consumer group {group}", [])
+
+    def _code_error(self, code: int, what: str, rest: list[Any]) -> errors.DuctapeError:
+        exc = kafka_errors.for_code(code)(*(str(r) for r in rest if r))
+        return self._map(exc, what)
+
+    def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
+        """The one place Kafka errors become the project's."""
+        endpoint = self.endpoint
+        code = getattr(exc, "errno", None)
+        if isinstance(exc, kafka_errors.AuthenticationFailedError) or code in _AUTH:
+            return _common.auth_failed(endpoint, what, exc)
+        if code in _PERMANENT:
+            return _common.refused(endpoint, what, exc, retriable=False)
+        if isinstance(
+            exc,
+            kafka_errors.KafkaConnectionError
+            | kafka_errors.NoBrokersAvailable
+            | kafka_errors.NodeNotReadyError
+            | kafka_errors.KafkaTimeoutError
+            | kafka_errors.RequestTimedOutError
+            | OSError,
+        ):
+            return _common.unreachable(endpoint, what, exc)
+        retriable = bool(getattr(exc, "retriable", True))
+        return _common.refused(endpoint, what, exc, retriable=retriable)
+
+
+def _topic_meta(metadata: dict[str, Any], name: str) -> dict[str, Any] | None:
+    for entry in metadata.get("topics") or []:
+        if entry.get("topic") == name and entry.get("error_code") == _NO_ERROR:
+            return dict(entry)
+    return None
+
+
+def _partition_count(metadata: dict[str, Any], name: str) -> int | None:
+    entry = _topic_meta(metadata, name)
+    return None if entry is None else len(entry.get("partitions") or [])
+
+
+def _all_led(metadata: dict[str, Any], name: str) -> bool:
+    entry = _topic_meta(metadata, name)
+    parts = (entry or {}).get("partitions") or []
+    return bool(parts) and all(p.get("leader", -1) >= 0 and not p.get("error_code") for p in parts)

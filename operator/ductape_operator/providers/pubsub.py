@@ -1,0 +1,273 @@
+"""Google Pub/Sub: a topic is a topic, a subscription `<topic>.<subscription>` on it.
+
+It talks to the admin API with the asyncio GAPIC clients, so timeouts cancel
+cleanly. Against an emulator (`emulatorHost`) it uses an insecure channel and
+no credentials; against Google Cloud, the service-account JSON from the Secret,
+or else the ambient credentials (workload identity).
+
+A subscription outlives its topic on Pub/Sub: when the topic is deleted, the
+subscription stays, detached (its topic reads `_deleted-topic_`). Adopting such
+a subscription would receive nothing, so `ensure_topic` re-creates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+from google.api_core import exceptions as google_errors
+from google.auth import credentials as google_credentials
+from google.auth import exceptions as google_auth_errors
+from google.oauth2 import service_account
+from google.pubsub_v1.services.publisher import PublisherAsyncClient
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
+from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
+
+from ductape_operator import errors, models
+from ductape_operator.providers import _common, base
+
+logger = logging.getLogger(__name__)
+
+SCOPES = ("https://www.googleapis.com/auth/pubsub",)
+#: What Pub/Sub puts in a subscription's `topic` once its topic is deleted.
+DELETED_TOPIC = "_deleted-topic_"
+
+
+def subscription_id(topic: str, subscription: str) -> str:
+    """The subscription id of a subscription: `<topic>.<subscription>`."""
+    return base.default_subscription_name(topic, subscription)
+
+
+class PubSubProvider(_common.ProviderBase):
+    """One Google Cloud project (or emulator) with one set of credentials."""
+
+    TYPE = models.MessageBrokerTypes.GOOGLE_PUBSUB
+
+    def __init__(
+        self,
+        config: models.BrokerConfig,
+        secrets: base.SecretValues,
+        *,
+        timeout: float = _common.DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(config, secrets, timeout=timeout)
+        if not config.project_id:
+            raise errors.InvalidConfigError("GOOGLE_PUBSUB: config.projectId is required")
+        self._project = config.project_id
+        self._emulator = config.emulator_host
+        self._credentials_json = _common.secret_value(secrets, config.credentials)
+        if self._credentials_json:
+            self._credentials.append(self._credentials_json)
+        self._channels: list[grpc.aio.Channel] = []
+        self._publisher: PublisherAsyncClient | None = None
+        self._subscriber: SubscriberAsyncClient | None = None
+
+    # --- naming and binding -------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        if self._emulator:
+            return f"http://{self._emulator}/projects/{self._project}"
+        return f"pubsub://projects/{self._project}"
+
+    def binding(self) -> dict[str, str]:
+        entries = {"uri": self.endpoint, "project-id": self._project}
+        if self._emulator:
+            entries["emulator-host"] = self._emulator
+        if self._credentials_json:
+            entries["credentials.json"] = self._credentials_json
+        return entries
+
+    def _topic_path(self, topic: str) -> str:
+        return f"projects/{self._project}/topics/{topic}"
+
+    def _subscription_path(self, subscription: str) -> str:
+        return f"projects/{self._project}/subscriptions/{subscription}"
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def _open(self) -> None:
+        async with self.guard("connecting", self._map):
+            if self._emulator:
+                pub_channel = grpc.aio.insecure_channel(self._emulator)
+                sub_channel = grpc.aio.insecure_channel(self._emulator)
+                self._channels = [pub_channel, sub_channel]
+                anonymous = google_credentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
+                self._publisher = PublisherAsyncClient(
+                    transport=PublisherGrpcAsyncIOTransport(
+                        channel=pub_channel, credentials=anonymous
+                    )
+                )
+                self._subscriber = SubscriberAsyncClient(
+                    transport=SubscriberGrpcAsyncIOTransport(
+                        channel=sub_channel, credentials=anonymous
+                    )
+                )
+                return
+            creds = await self._google_credentials()
+            self._publisher = PublisherAsyncClient(credentials=creds)
+            self._subscriber = SubscriberAsyncClient(credentials=creds)
+
+    async def _google_credentials(self) -> Any:
+        if self._credentials_json:
+            try:
+                info = json.loads(self._credentials_json)
+                return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                    info, scopes=SCOPES
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                # Never chain: the parser's message may quote the key material.
+                raise errors.InvalidConfigError(
+                    f"{self.endpoint}: config.credentials is not a service-account JSON key"
+                    f" ({type(exc).__name__})"
+                ) from None
+        import google.auth  # the ambient credentials (workload identity, ADC)
+
+        creds, _project = await asyncio.to_thread(google.auth.default, scopes=SCOPES)
+        return creds
+
+    async def _close(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        subscriber, self._subscriber = self._subscriber, None
+        channels, self._channels = self._channels, []
+        for client in (publisher, subscriber):
+            if client is not None and not channels:
+                try:
+                    await client.transport.close()  # type: ignore[no-untyped-call]
+                except Exception:  # a broken channel may fail to close; it is gone either way
+                    logger.debug("closing a Pub/Sub client of %s failed", self.endpoint)
+        for channel in channels:
+            await channel.close()
+
+    def _clients(self) -> tuple[PublisherAsyncClient, SubscriberAsyncClient]:
+        if self._publisher is None or self._subscriber is None:
+            raise errors.ProvisioningError(f"{self.endpoint}: provider is closed")
+        return self._publisher, self._subscriber
+
+    # --- the interface ------------------------------------------------------
+
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+        await self._ensure_started()
+        publisher, _subscriber = self._clients()
+        topic_path = self._topic_path(topic.name)
+        subs = {sub: subscription_id(topic.name, sub) for sub in topic.subscriptions}
+        async with self.guard(f"ensuring topic {topic.name}", self._map):
+            with contextlib.suppress(google_errors.AlreadyExists):
+                await publisher.create_topic(request={"name": topic_path}, timeout=self._timeout)
+            for sid in subs.values():
+                await self._ensure_subscription(topic_path, sid)
+        return base.TopicLocation(name=topic.name, subscriptions=subs)
+
+    async def _ensure_subscription(self, topic_path: str, sid: str) -> None:
+        _publisher, subscriber = self._clients()
+        path = self._subscription_path(sid)
+        request = {"name": path, "topic": topic_path}
+        try:
+            await subscriber.create_subscription(request=request, timeout=self._timeout)
+            return
+        except google_errors.AlreadyExists:
+            pass
+        existing = await subscriber.get_subscription(
+            request={"subscription": path}, timeout=self._timeout
+        )
+        if existing.topic == topic_path:
+            return
+        if existing.topic != DELETED_TOPIC:
+            raise errors.ProvisioningError(
+                f"{self.endpoint}: subscription {sid} exists on another topic"
+                f" ({existing.topic}), not {topic_path}",
+                retriable=False,
+            )
+        # Detached from a deleted topic: it would never receive anything again.
+        await self._delete_subscription(sid)
+        await subscriber.create_subscription(request=request, timeout=self._timeout)
+
+    async def delete_topic(self, topic: base.TopicPlan) -> None:
+        await self._ensure_started()
+        publisher, _subscriber = self._clients()
+        async with self.guard(f"deleting topic {topic.name}", self._map):
+            for sub in topic.subscriptions:
+                await self._delete_subscription(subscription_id(topic.name, sub))
+            with contextlib.suppress(google_errors.NotFound):
+                await publisher.delete_topic(
+                    request={"topic": self._topic_path(topic.name)}, timeout=self._timeout
+                )
+
+    async def delete_subscription(self, topic: base.TopicPlan, subscription: str) -> None:
+        await self._ensure_started()
+        sid = subscription_id(topic.name, subscription)
+        async with self.guard(f"deleting subscription {sid}", self._map):
+            await self._delete_subscription(sid)
+
+    async def _delete_subscription(self, sid: str) -> None:
+        _publisher, subscriber = self._clients()
+        with contextlib.suppress(google_errors.NotFound):
+            await subscriber.delete_subscription(
+                request={"subscription": self._subscription_path(sid)}, timeout=self._timeout
+            )
+
+    async def topic_exists(self, topic: base.TopicPlan) -> bool:
+        await self._ensure_started()
+        publisher, subscriber = self._clients()
+        topic_path = self._topic_path(topic.name)
+        async with self.guard(f"looking up topic {topic.name}", self._map):
+            try:
+                await publisher.get_topic(request={"topic": topic_path}, timeout=self._timeout)
+                for sub in topic.subscriptions:
+                    found = await subscriber.get_subscription(
+                        request={
+                            "subscription": self._subscription_path(
+                                subscription_id(topic.name, sub)
+                            )
+                        },
+                        timeout=self._timeout,
+                    )
+                    if found.topic != topic_path:
+                        return False
+            except google_errors.NotFound:
+                return False
+        return True
+
+    async def probe(self, timeout: float) -> None:
+        async with self.guard("probing", self._map, timeout=timeout):
+            await self._ensure_started()
+            publisher, _subscriber = self._clients()
+            # One page of at most one topic: answers with zero topics too.
+            await publisher.list_topics(
+                request={"project": f"projects/{self._project}", "page_size": 1},
+                timeout=timeout,
+            )
+
+    def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
+        """The one place Google API errors become the project's."""
+        endpoint = self.endpoint
+        if isinstance(
+            exc,
+            google_errors.PermissionDenied
+            | google_errors.Unauthenticated
+            | google_auth_errors.RefreshError,
+        ):
+            return _common.auth_failed(endpoint, what, exc)
+        if isinstance(exc, google_auth_errors.DefaultCredentialsError):
+            return errors.InvalidConfigError(
+                f"{endpoint}: no credentials: set config.credentials or give the operator"
+                f" workload identity ({_common.describe(exc)})"
+            )
+        if isinstance(
+            exc,
+            google_errors.ServiceUnavailable
+            | google_errors.DeadlineExceeded
+            | google_errors.RetryError
+            | google_auth_errors.TransportError
+            | OSError,
+        ):
+            return _common.unreachable(endpoint, what, exc)
+        if isinstance(exc, google_errors.InvalidArgument | google_errors.NotFound):
+            # A bad topic or subscription id, or a project that does not exist.
+            return _common.refused(endpoint, what, exc, retriable=False)
+        return _common.refused(endpoint, what, exc, retriable=True)

@@ -1,0 +1,232 @@
+"""RabbitMQ: a topic is a durable topic exchange, a subscription a durable queue.
+
+Each subscription's queue `<topic>.<subscription>` is bound to the exchange
+with `#`, so it gets every message published to the topic from the moment it
+exists, consumed or not. Every operation opens its own channel: a refused
+declare closes the channel it ran on, and that must not break the next one.
+The connection is reopened on use after the broker dropped it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import urllib.parse
+from collections.abc import AsyncIterator
+
+import aio_pika
+from aio_pika import abc as aio_pika_abc
+from aio_pika import exceptions as amqp_errors
+from aiormq import exceptions as aiormq_errors
+
+from ductape_operator import errors, models
+from ductape_operator.providers import _common, base
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 5672
+DEFAULT_TLS_PORT = 5671
+DEFAULT_VHOST = "/"
+#: What AMQP clients log in with when no user is configured (RabbitMQ's default user).
+DEFAULT_USER = "guest"
+#: A subscription's queue gets every message of its topic.
+ROUTING_KEY = "#"
+
+
+def queue_name(topic: str, subscription: str) -> str:
+    """The queue of a subscription: `<topic>.<subscription>`."""
+    return base.default_subscription_name(topic, subscription)
+
+
+class RabbitMQProvider(_common.ProviderBase):
+    """One RabbitMQ virtual host with one set of credentials."""
+
+    TYPE = models.MessageBrokerTypes.RABBITMQ
+
+    def __init__(
+        self,
+        config: models.BrokerConfig,
+        secrets: base.SecretValues,
+        *,
+        timeout: float = _common.DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(config, secrets, timeout=timeout)
+        if not config.host:
+            raise errors.InvalidConfigError("RABBITMQ: config.host is required")
+        self._host = config.host
+        self._tls = bool(config.tls)
+        self._port = config.port or (DEFAULT_TLS_PORT if self._tls else DEFAULT_PORT)
+        self._vhost = config.vhost or DEFAULT_VHOST
+        self._username = config.username or None
+        self._password = _common.secret_value(secrets, config.password)
+        if self._password:
+            self._credentials.append(self._password)
+        self._connection: aio_pika_abc.AbstractConnection | None = None
+        self._connect_lock = asyncio.Lock()
+
+    # --- naming and binding -------------------------------------------------
+
+    @property
+    def _scheme(self) -> str:
+        return "amqps" if self._tls else "amqp"
+
+    @property
+    def _vhost_path(self) -> str:
+        return urllib.parse.quote(self._vhost, safe="")
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self._scheme}://{self._host}:{self._port}/{self._vhost_path}"
+
+    def binding(self) -> dict[str, str]:
+        userinfo = ""
+        if self._username or self._password:
+            userinfo = urllib.parse.quote(self._username or DEFAULT_USER, safe="")
+            if self._password:
+                userinfo += ":" + urllib.parse.quote(self._password, safe="")
+            userinfo += "@"
+        entries = {
+            "uri": f"{self._scheme}://{userinfo}{self._host}:{self._port}/{self._vhost_path}",
+            "host": self._host,
+            "port": str(self._port),
+            "virtual-host": self._vhost,
+        }
+        if self._username:
+            entries["username"] = self._username
+        if self._password:
+            entries["password"] = self._password
+        return entries
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def _open(self) -> None:
+        async with self.guard("connecting", self._map):
+            await self._connect()
+
+    async def _connect(self) -> aio_pika_abc.AbstractConnection:
+        async with self._connect_lock:
+            if self._connection is not None and not self._connection.is_closed:
+                return self._connection
+            self._connection = await aio_pika.connect(
+                host=self._host,
+                port=self._port,
+                login=self._username or DEFAULT_USER,
+                password=self._password or DEFAULT_USER,
+                virtualhost=self._vhost,
+                ssl=self._tls,
+                timeout=self._timeout,
+                client_properties={"connection_name": "ductape-operator"},
+            )
+            return self._connection
+
+    async def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                await connection.close()
+            except Exception:  # a broken connection may fail to close; it is gone either way
+                logger.debug("closing the AMQP connection to %s failed", self.endpoint)
+
+    @contextlib.asynccontextmanager
+    async def _channel(self) -> AsyncIterator[aio_pika_abc.AbstractChannel]:
+        connection = await self._connect()
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            yield channel
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    # --- the interface ------------------------------------------------------
+
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+        await self._ensure_started()
+        exchange = topic.name
+        queues = {sub: queue_name(exchange, sub) for sub in topic.subscriptions}
+        async with self.guard(f"ensuring exchange {exchange}", self._map):
+            async with self._channel() as channel:
+                await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+            for queue in queues.values():
+                await self._ensure_queue(queue, exchange)
+        return base.TopicLocation(name=exchange, subscriptions=queues)
+
+    async def _ensure_queue(self, queue: str, exchange: str) -> None:
+        try:
+            async with self._channel() as channel:
+                declared = await channel.declare_queue(queue, durable=True)
+                await declared.bind(exchange, routing_key=ROUTING_KEY)
+                return
+        except amqp_errors.ChannelPreconditionFailed:
+            # The queue exists with other arguments (a quorum queue, say): adopt it as it is.
+            logger.info("queue %s on %s exists with other arguments; adopted", queue, self.endpoint)
+        async with self._channel() as channel:
+            existing = await channel.get_queue(queue, ensure=True)
+            await existing.bind(exchange, routing_key=ROUTING_KEY)
+
+    async def delete_topic(self, topic: base.TopicPlan) -> None:
+        await self._ensure_started()
+        exchange = topic.name
+        async with self.guard(f"deleting exchange {exchange}", self._map):
+            for sub in topic.subscriptions:
+                await self._delete("queue", queue_name(exchange, sub))
+            await self._delete("exchange", exchange)
+
+    async def delete_subscription(self, topic: base.TopicPlan, subscription: str) -> None:
+        await self._ensure_started()
+        queue = queue_name(topic.name, subscription)
+        async with self.guard(f"deleting queue {queue}", self._map):
+            await self._delete("queue", queue)
+
+    async def _delete(self, kind: str, name: str) -> None:
+        try:
+            async with self._channel() as channel:
+                if kind == "queue":
+                    await channel.queue_delete(name)
+                else:
+                    await channel.exchange_delete(name)
+        except amqp_errors.ChannelNotFoundEntity:
+            pass  # already gone
+
+    async def topic_exists(self, topic: base.TopicPlan) -> bool:
+        await self._ensure_started()
+        exchange = topic.name
+        async with self.guard(f"looking up exchange {exchange}", self._map):
+            try:
+                async with self._channel() as channel:
+                    await channel.get_exchange(exchange, ensure=True)
+                for sub in topic.subscriptions:
+                    async with self._channel() as channel:
+                        await channel.get_queue(queue_name(exchange, sub), ensure=True)
+            except amqp_errors.ChannelNotFoundEntity:
+                return False
+        return True
+
+    async def probe(self, timeout: float) -> None:
+        async with self.guard("probing", self._map, timeout=timeout):
+            await self._ensure_started()
+            async with self._channel():
+                pass
+
+    def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
+        """The one place AMQP errors become the project's."""
+        endpoint = self.endpoint
+        if isinstance(
+            exc,
+            amqp_errors.AuthenticationError
+            | amqp_errors.ProbableAuthenticationError
+            | aiormq_errors.ChannelAccessRefused
+            | aiormq_errors.ConnectionNotAllowed,
+        ):
+            return _common.auth_failed(endpoint, what, exc)
+        if isinstance(exc, amqp_errors.ChannelPreconditionFailed):
+            return _common.refused(endpoint, what, exc, retriable=False)
+        if isinstance(
+            exc,
+            amqp_errors.AMQPConnectionError
+            | amqp_errors.ChannelInvalidStateError
+            | ConnectionError
+            | OSError,
+        ):
+            return _common.unreachable(endpoint, what, exc)
+        return _common.refused(endpoint, what, exc, retriable=True)

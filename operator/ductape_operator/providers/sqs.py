@@ -1,0 +1,246 @@
+"""AWS SQS: one queue per subscription, or one queue for a topic without any.
+
+SQS has no fan-out of its own, so a subscription is a queue `<topic>-<sub>` and
+publishers send to every subscription's queue (`topics.json` lists them; the
+topic's `name` is null then). A topic without subscriptions is one queue
+`<topic>`. SQS forbids dots in queue names, so dots become dashes. Physical
+names in `topics.json` are queue URLs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from typing import Any
+
+import aioboto3
+from botocore import exceptions as botocore_errors
+from botocore.config import Config
+
+from ductape_operator import errors, models
+from ductape_operator.providers import _common, base
+
+logger = logging.getLogger(__name__)
+
+QUEUE_NAME_MAX_LENGTH = 80
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+_NOT_FOUND = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+_ALREADY_EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
+_AUTH = frozenset(
+    {
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "SignatureDoesNotMatch",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+        "InvalidSecurity",
+        "AccessDenied",
+        "AccessDeniedException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "AuthFailure",
+    }
+)
+_PERMANENT = frozenset(
+    {
+        "InvalidParameterValue",
+        "InvalidParameterValueException",
+        "InvalidAttributeName",
+        "InvalidAttributeValue",
+        "ValidationError",
+        "InvalidAddress",
+    }
+)
+
+
+def queue_name(topic: str, subscription: str | None = None) -> str:
+    """`<topic>-<subscription>` (or `<topic>`), dots turned into dashes."""
+    name = topic if subscription is None else f"{topic}-{subscription}"
+    return name.replace(".", "-")
+
+
+def queue_names(topic: base.TopicPlan) -> dict[str | None, str]:
+    """Queue of each subscription; the key None is the topic's own queue (no subscriptions)."""
+    if not topic.subscriptions:
+        return {None: queue_name(topic.name)}
+    return {sub: queue_name(topic.name, sub) for sub in topic.subscriptions}
+
+
+class SQSProvider(_common.ProviderBase):
+    """One AWS region (or SQS-compatible endpoint) with one set of credentials."""
+
+    TYPE = models.MessageBrokerTypes.AWS_SQS
+
+    def __init__(
+        self,
+        config: models.BrokerConfig,
+        secrets: base.SecretValues,
+        *,
+        timeout: float = _common.DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(config, secrets, timeout=timeout)
+        if not config.region:
+            raise errors.InvalidConfigError("AWS_SQS: config.region is required")
+        self._region = config.region
+        self._endpoint_url = config.endpoint or None
+        self._access_key_id = _common.secret_value(secrets, config.access_key_id)
+        self._secret_access_key = _common.secret_value(secrets, config.secret_access_key)
+        self._credentials += [v for v in (self._secret_access_key,) if v]
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: Any = None
+
+    # --- naming and binding -------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint_url or f"sqs://{self._region}"
+
+    def binding(self) -> dict[str, str]:
+        entries = {"uri": self.endpoint, "region": self._region}
+        if self._endpoint_url:
+            entries["endpoint"] = self._endpoint_url
+        if self._access_key_id:
+            entries["access-key-id"] = self._access_key_id
+        if self._secret_access_key:
+            entries["secret-access-key"] = self._secret_access_key
+        return entries
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def _open(self) -> None:
+        async with self.guard("connecting", self._map):
+            stack = contextlib.AsyncExitStack()
+            self._stack = stack
+            config = Config(
+                connect_timeout=min(self._timeout, 10.0),
+                read_timeout=self._timeout,
+                retries={"max_attempts": 2, "mode": "standard"},
+            )
+            self._client = await stack.enter_async_context(
+                aioboto3.Session().client(
+                    "sqs",
+                    region_name=self._region,
+                    endpoint_url=self._endpoint_url,
+                    aws_access_key_id=self._access_key_id,
+                    aws_secret_access_key=self._secret_access_key,
+                    config=config,
+                )
+            )
+
+    async def _close(self) -> None:
+        stack, self._stack = self._stack, None
+        self._client = None
+        if stack is not None:
+            try:
+                await stack.aclose()
+            except Exception:  # closing the HTTP session may fail; it is gone either way
+                logger.debug("closing the SQS client of %s failed", self.endpoint)
+
+    def _require_client(self) -> Any:
+        if self._client is None:
+            raise errors.ProvisioningError(f"{self.endpoint}: provider is closed")
+        return self._client
+
+    def _check_names(self, topic: base.TopicPlan) -> dict[str | None, str]:
+        names = queue_names(topic)
+        for name in names.values():
+            if not _QUEUE_NAME.match(name):
+                raise errors.InvalidConfigError(
+                    f"{self.endpoint}: queue name {name!r} of topic {topic.tag!r} is not a valid"
+                    f" SQS queue name (at most {QUEUE_NAME_MAX_LENGTH} letters, digits,"
+                    " '-' and '_'); shorten the topic's name or its subscription names"
+                )
+        return names
+
+    # --- the interface ------------------------------------------------------
+
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+        names = self._check_names(topic)
+        await self._ensure_started()
+        urls: dict[str | None, str] = {}
+        async with self.guard(f"ensuring queues of topic {topic.name}", self._map):
+            client = self._require_client()
+            for key, name in names.items():
+                try:
+                    reply = await client.create_queue(QueueName=name)
+                except botocore_errors.ClientError as exc:
+                    if _code(exc) not in _ALREADY_EXISTS:
+                        raise
+                    # Exists with other attributes: adopt it as it is.
+                    reply = await client.get_queue_url(QueueName=name)
+                urls[key] = str(reply["QueueUrl"])
+        if None in urls:
+            return base.TopicLocation(name=urls[None])
+        return base.TopicLocation(
+            name=None, subscriptions={str(k): v for k, v in urls.items() if k is not None}
+        )
+
+    async def delete_topic(self, topic: base.TopicPlan) -> None:
+        await self._ensure_started()
+        async with self.guard(f"deleting queues of topic {topic.name}", self._map):
+            for name in queue_names(topic).values():
+                await self._delete_queue(name)
+
+    async def delete_subscription(self, topic: base.TopicPlan, subscription: str) -> None:
+        await self._ensure_started()
+        name = queue_name(topic.name, subscription)
+        async with self.guard(f"deleting queue {name}", self._map):
+            await self._delete_queue(name)
+
+    async def _delete_queue(self, name: str) -> None:
+        client = self._require_client()
+        try:
+            reply = await client.get_queue_url(QueueName=name)
+            await client.delete_queue(QueueUrl=reply["QueueUrl"])
+        except botocore_errors.ClientError as exc:
+            if _code(exc) not in _NOT_FOUND:
+                raise
+
+    async def topic_exists(self, topic: base.TopicPlan) -> bool:
+        await self._ensure_started()
+        async with self.guard(f"looking up queues of topic {topic.name}", self._map):
+            client = self._require_client()
+            for name in queue_names(topic).values():
+                try:
+                    await client.get_queue_url(QueueName=name)
+                except botocore_errors.ClientError as exc:
+                    if _code(exc) in _NOT_FOUND:
+                        return False
+                    raise
+        return True
+
+    async def probe(self, timeout: float) -> None:
+        async with self.guard("probing", self._map, timeout=timeout):
+            await self._ensure_started()
+            await self._require_client().list_queues(MaxResults=1)
+
+    def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
+        """The one place botocore errors become the project's."""
+        endpoint = self.endpoint
+        if isinstance(exc, botocore_errors.ClientError):
+            code = _code(exc)
+            if code in _AUTH:
+                return _common.auth_failed(endpoint, what, exc)
+            if code in _PERMANENT:
+                return _common.refused(endpoint, what, exc, retriable=False)
+            return _common.refused(endpoint, what, exc, retriable=True)
+        if isinstance(
+            exc, botocore_errors.NoCredentialsError | botocore_errors.PartialCredentialsError
+        ):
+            return _common.auth_failed(endpoint, what, exc)
+        if isinstance(
+            exc,
+            botocore_errors.EndpointConnectionError
+            | botocore_errors.ConnectionError
+            | botocore_errors.ConnectTimeoutError
+            | botocore_errors.ReadTimeoutError
+            | botocore_errors.HTTPClientError
+            | OSError,
+        ):
+            return _common.unreachable(endpoint, what, exc)
+        return _common.refused(endpoint, what, exc, retriable=True)
+
+
+def _code(exc: botocore_errors.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
