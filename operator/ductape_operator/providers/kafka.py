@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 #: Replication factor of created topics when the config sets none: min(this, brokers).
 #: (CreateTopics v4's "-1 = the broker default" is beyond what aiokafka sends.)
 MAX_DEFAULT_REPLICATION_FACTOR = 3
+#: How long ensure_topic waits for a new topic's partitions to get leaders, in seconds.
+LEADER_WAIT = 10.0
 
 _NO_ERROR = 0
 _UNKNOWN_TOPIC_OR_PARTITION = kafka_errors.UnknownTopicOrPartitionError.errno
@@ -238,12 +240,25 @@ class KafkaProvider(_common.ProviderBase):
         return result
 
     async def _wait_for_leaders(self, name: str, at_least: int = 1) -> int:
-        """Wait (within the operation's timeout) until every partition has a leader."""
+        """Wait a little for every partition to have a leader; a created topic needs a moment.
+
+        A topic that stays without leaders is still being created, or is being
+        deleted (a create then answers "already exists" while the topic is not
+        listed): both pass, so the caller is told to retry.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(LEADER_WAIT, self._timeout)
         while True:
             metadata = await self._metadata([name])
             count = _partition_count(metadata, name)
             if count is not None and count >= at_least and _all_led(metadata, name):
                 return count
+            if loop.time() > deadline:
+                raise errors.ProvisioningError(
+                    f"{self.endpoint}: topic {name} has no partition leaders yet (being"
+                    " created or deleted); retrying later",
+                    retriable=True,
+                )
             await asyncio.sleep(0.1)
 
     async def _commit_start_offsets(self, group: str, topic: str, partitions: int) -> None:
