@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
@@ -18,6 +19,8 @@ from typing import ClassVar, Self
 
 from ductape_operator import errors, models
 from ductape_operator.providers import base
+
+logger = logging.getLogger(__name__)
 
 #: Upper bound of one provisioning operation (a network round trip or a few).
 DEFAULT_TIMEOUT = 30.0
@@ -105,7 +108,7 @@ class ProviderBase:
             try:
                 await self._open()
             except BaseException:
-                await self._close()
+                await self._close_bounded()
                 raise
             self._started = True
             self._closed = False
@@ -116,7 +119,15 @@ class ProviderBase:
                 return
             self._started = False
             self._closed = True
-            await self._close()
+            await self._close_bounded()
+
+    async def _close_bounded(self) -> None:
+        # Closing talks to the broker too (goodbye frames); a dead one must not hang us.
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._close()
+        except TimeoutError:
+            logger.warning("closing the connection to %s timed out; dropped", self.endpoint)
 
     async def __aenter__(self) -> Self:
         await self.start()
