@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.parse
+import uuid
 
 import pytest
 
@@ -39,7 +40,7 @@ async def test_redis_refused_login_is_an_auth_error(stack: dict[str, str]) -> No
         {
             "host": url.hostname,
             "port": url.port,
-            "username": "nobody",
+            "username": f"nobody-{uuid.uuid4().hex[:8]}",
             "password": {"secretKeyRef": {"name": "s", "key": "k"}},
         }
     )
