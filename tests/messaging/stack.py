@@ -129,10 +129,6 @@ class Provisioned:
         await admin.start()
         try:
             await admin.delete_topics([self.name])
-            groups = list(self.route["subscriptions"].values())
-            await admin.delete_consumer_groups(groups)
-        except Exception as exc:  # cleanup is best effort
-            print(f"kafka cleanup of {self.name} failed: {exc}")
         finally:
             await admin.close()
 

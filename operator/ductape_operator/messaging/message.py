@@ -3,15 +3,16 @@
 A payload is bytes, str or any JSON-serialisable object. It travels as bytes with
 its content type and a message id beside it; each transport carries those two in
 its own native place (AMQP properties) or in reserved headers (`ductape-id`,
-`ductape-content-type`), which are removed again before the application sees
-`Message.headers`.
+`ductape-content-type`, absent for the default `application/octet-stream`),
+which are removed again before the application sees `Message.headers`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import uuid
+import os
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -44,8 +45,16 @@ def encode(message: Payload) -> tuple[bytes, str]:
     return text.encode("utf-8"), JSON
 
 
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A unique message id: a random 64-bit process prefix and a counter.
+
+    As unique as a UUID4 in practice, and cheap enough to give every message one.
+    """
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -103,8 +112,15 @@ class OutgoingMessage:
         )
 
     def wire_headers(self) -> dict[str, str]:
-        """Application headers plus the reserved ones (for transports without properties)."""
-        return {**self.headers, ID_HEADER: self.id, CONTENT_TYPE_HEADER: self.content_type}
+        """Application headers plus the reserved ones (for transports without properties).
+
+        The content type is left out when it is the default, octet-stream: every
+        header costs on the wire and in the broker.
+        """
+        wire = {**self.headers, ID_HEADER: self.id}
+        if self.content_type != OCTET_STREAM:
+            wire[CONTENT_TYPE_HEADER] = self.content_type
+        return wire
 
 
 def split_headers(wire: Mapping[str, str]) -> tuple[dict[str, str], str | None, str | None]:

@@ -2,7 +2,7 @@
 
 A message is one stream entry: the payload in field `data`, each application
 header in a field `h:<name>`, the message id and content type in the reserved
-`ductape-id` and `ductape-content-type` fields. Publishing uses XADD with
+`ductape-id` and `ductape-content-type` fields (see `message`). Publishing uses XADD with
 NOMKSTREAM, so a topic that was never provisioned raises instead of creating a
 stream no group reads. Consumers read new entries with XREADGROUP; an entry left
 pending longer than the redelivery timeout (its consumer crashed or never
@@ -122,15 +122,12 @@ class RedisTransport:
         async def send() -> None:
             async with self.client.pipeline(transaction=False) as pipe:
                 for m in messages:
-                    fields: dict[Any, Any] = {
-                        DATA_FIELD: m.data,
-                        message_.ID_HEADER: m.id,
-                        message_.CONTENT_TYPE_HEADER: m.content_type,
-                    }
+                    fields: dict[Any, Any] = {DATA_FIELD: m.data}
+                    for name, value in m.wire_headers().items():
+                        reserved = name.startswith(message_.RESERVED_PREFIX)
+                        fields[name if reserved else HEADER_PREFIX + name.encode()] = value
                     if m.key is not None:
                         fields[KEY_FIELD] = m.key
-                    for name, value in m.headers.items():
-                        fields[HEADER_PREFIX + name.encode()] = value
                     pipe.xadd(stream, fields, nomkstream=True)
                 results = await pipe.execute(raise_on_error=True)
             if any(r is None for r in results):
