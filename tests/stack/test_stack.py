@@ -1,0 +1,263 @@
+"""Smoke tests of the local stack (`make testenv-up`): every part answers real requests.
+
+Each part is driven with the same pinned client library the operator uses, so a
+failure here points at the stack, not at the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aio_pika
+import aioboto3
+import kubernetes
+import pytest
+import redis.asyncio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from google.cloud import pubsub_v1
+from kubernetes.client import ApiException
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(180)]
+
+T = TypeVar("T")
+DEADLINE = 60.0
+
+
+def poll(check: Callable[[], T | None], what: str, timeout: float = DEADLINE) -> T:
+    """Calls `check` until it returns something other than None, or fails at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+async def apoll(check: Callable[[], Awaitable[T | None]], what: str) -> T:
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        result = await check()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {DEADLINE:.0f}s waiting for {what}")
+        await asyncio.sleep(0.5)
+
+
+def found(read: Callable[[], T]) -> T | None:
+    """What `read` returns, or None when the object does not exist (404)."""
+    try:
+        return read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def gone(read: Callable[[], object]) -> bool | None:
+    """True once `read` answers 404; None while the object still exists."""
+    return True if found(read) is None else None
+
+
+# --- Kubernetes ------------------------------------------------------------------------
+
+
+def test_apiserver_ready(kube: kubernetes.client.ApiClient) -> None:
+    resp = kube.call_api("GET", kube.configuration.host + "/readyz")
+    assert resp.status == 200
+    assert resp.read() == b"ok"
+    version = kubernetes.client.VersionApi(kube).get_code()
+    assert version.git_version.startswith("v1.")
+
+
+def test_namespace_and_configmap(kube: kubernetes.client.ApiClient, namespace: str) -> None:
+    core = kubernetes.client.CoreV1Api(kube)
+    body = kubernetes.client.V1ConfigMap(
+        metadata=kubernetes.client.V1ObjectMeta(name="settings"), data={"greeting": "hello"}
+    )
+    core.create_namespaced_config_map(namespace, body)
+    assert core.read_namespaced_config_map("settings", namespace).data == {"greeting": "hello"}
+    # The ServiceAccount controller gives every namespace its default account.
+    poll(
+        lambda: found(lambda: core.read_namespaced_service_account("default", namespace)),
+        "the default ServiceAccount",
+    )
+
+
+def test_garbage_collector_deletes_owned_objects(
+    kube: kubernetes.client.ApiClient, namespace: str
+) -> None:
+    core = kubernetes.client.CoreV1Api(kube)
+    meta = kubernetes.client.V1ObjectMeta
+    owner = core.create_namespaced_config_map(
+        namespace, kubernetes.client.V1ConfigMap(metadata=meta(name="owner"))
+    )
+    ref = kubernetes.client.V1OwnerReference(
+        api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid
+    )
+    core.create_namespaced_config_map(
+        namespace,
+        kubernetes.client.V1ConfigMap(metadata=meta(name="owned", owner_references=[ref])),
+    )
+    core.delete_namespaced_config_map("owner", namespace)
+    poll(
+        lambda: gone(lambda: core.read_namespaced_config_map("owned", namespace)),
+        "the garbage collector to delete the owned ConfigMap",
+    )
+
+
+def test_admin_can_do_everything(kube: kubernetes.client.ApiClient) -> None:
+    review = kubernetes.client.V1SelfSubjectAccessReview(
+        spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=kubernetes.client.V1ResourceAttributes(
+                verb="*", group="*", resource="*"
+            )
+        )
+    )
+    result = kubernetes.client.AuthorizationV1Api(kube).create_self_subject_access_review(review)
+    assert result.status.allowed
+
+
+def test_rbac_limits_a_service_account(kube: kubernetes.client.ApiClient, namespace: str) -> None:
+    """RBAC is on: a fresh ServiceAccount's token authenticates but may not read Secrets."""
+    core = kubernetes.client.CoreV1Api(kube)
+    core.create_namespaced_service_account(
+        namespace,
+        kubernetes.client.V1ServiceAccount(metadata=kubernetes.client.V1ObjectMeta(name="app")),
+    )
+    token = core.create_namespaced_service_account_token(
+        "app",
+        namespace,
+        kubernetes.client.AuthenticationV1TokenRequest(
+            spec=kubernetes.client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+        ),
+    ).status.token
+    config = kubernetes.client.Configuration()
+    config.host = kube.configuration.host
+    config.ssl_ca_cert = kube.configuration.ssl_ca_cert
+    config.api_key = {"BearerToken": token}
+    config.api_key_prefix = {"BearerToken": "Bearer"}
+    with kubernetes.client.ApiClient(config) as as_app, pytest.raises(ApiException) as denied:
+        kubernetes.client.CoreV1Api(as_app).list_namespaced_secret(namespace)
+    assert denied.value.status == 403
+    assert f"system:serviceaccount:{namespace}:app" in str(denied.value.body)
+
+
+# --- brokers ---------------------------------------------------------------------------
+
+
+async def test_kafka_round_trip(stack_env: dict[str, str], name: str) -> None:
+    servers = stack_env["KAFKA_BOOTSTRAP_SERVERS"]
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=30000)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+        producer = AIOKafkaProducer(bootstrap_servers=servers)
+        await producer.start()
+        try:
+            await producer.send_and_wait(name, b"hello kafka")
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            name, bootstrap_servers=servers, group_id=name, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            record = await asyncio.wait_for(consumer.getone(), DEADLINE)
+        finally:
+            await consumer.stop()
+        assert record.value == b"hello kafka"
+    finally:
+        await admin.delete_topics([name])
+        await admin.close()
+
+
+async def test_redis_stream_round_trip(stack_env: dict[str, str], name: str) -> None:
+    client = redis.asyncio.from_url(stack_env["REDIS_URL"])
+    try:
+        await client.xgroup_create(name, "group", id="$", mkstream=True)
+        sent = await client.xadd(name, {"body": "hello redis"})
+        got = await client.xreadgroup("group", "c1", {name: ">"}, count=1, block=5000)
+        assert got, "nothing read from the stream"
+        _stream, entries = got[0]
+        entry_id, fields = entries[0]
+        assert entry_id == sent
+        assert fields == {b"body": b"hello redis"}
+        assert await client.xack(name, "group", entry_id) == 1
+    finally:
+        await client.delete(name)
+        await client.aclose()
+
+
+async def test_rabbitmq_round_trip(stack_env: dict[str, str], name: str) -> None:
+    connection = await aio_pika.connect(stack_env["AMQP_URL"], timeout=30)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC)
+        queue = await channel.declare_queue(name)
+        try:
+            await queue.bind(exchange, routing_key="#")
+            await exchange.publish(
+                aio_pika.Message(b"hello rabbitmq", headers={"k": "v"}), routing_key="a.b"
+            )
+
+            async def get() -> aio_pika.abc.AbstractIncomingMessage | None:
+                return await queue.get(no_ack=True, fail=False)
+
+            message = await apoll(get, "the message on the queue")
+            assert message.body == b"hello rabbitmq"
+            assert message.headers == {"k": "v"}
+        finally:
+            await queue.delete(if_unused=False, if_empty=False)
+            await exchange.delete()
+
+
+def test_pubsub_round_trip(stack_env: dict[str, str], name: str) -> None:
+    project = stack_env["PUBSUB_PROJECT_ID"]
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(project, name)
+    subscription = subscriber.subscription_path(project, name)
+    publisher.create_topic(name=topic, timeout=30)
+    try:
+        subscriber.create_subscription(name=subscription, topic=topic, timeout=30)
+        publisher.publish(topic, b"hello pubsub", origin="stack").result(timeout=30)
+
+        def pull() -> list[pubsub_v1.types.ReceivedMessage] | None:
+            resp = subscriber.pull(subscription=subscription, max_messages=1, timeout=10)
+            return list(resp.received_messages) or None
+
+        (received,) = poll(pull, "the message on the subscription")
+        assert received.message.data == b"hello pubsub"
+        assert dict(received.message.attributes) == {"origin": "stack"}
+        subscriber.acknowledge(subscription=subscription, ack_ids=[received.ack_id])
+        subscriber.delete_subscription(subscription=subscription, timeout=30)
+    finally:
+        publisher.delete_topic(topic=topic, timeout=30)
+        subscriber.close()
+
+
+async def test_sqs_round_trip(stack_env: dict[str, str], name: str) -> None:
+    session = aioboto3.Session()
+    async with session.client(
+        "sqs", endpoint_url=stack_env["SQS_ENDPOINT"], region_name=stack_env["AWS_REGION"]
+    ) as sqs:
+        url = (await sqs.create_queue(QueueName=name))["QueueUrl"]
+        try:
+            await sqs.send_message(QueueUrl=url, MessageBody="hello sqs")
+
+            async def receive() -> list[dict[str, object]] | None:
+                resp = await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2)
+                return resp.get("Messages") or None
+
+            (message,) = await apoll(receive, "the message on the queue")
+            assert message["Body"] == "hello sqs"
+            await sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        finally:
+            await sqs.delete_queue(QueueUrl=url)
