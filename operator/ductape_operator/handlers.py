@@ -67,6 +67,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.peering.priority = app.peering_priority or secrets.randbelow(2**31 - 2) + 1
     settings.peering.lifetime = app.peering_lifetime
     settings.peering.mandatory = app.require_peering and not app.standalone
+    # Namespaced mode serves exactly the listed namespaces and the resources found at
+    # startup: no cluster-wide list/watch of Namespaces or CRDs, so its RBAC needs no
+    # cluster-scoped rule at all (the chart installs the CRDs before the operator starts).
+    settings.scanning.disabled = bool(app.namespaces)
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     kube.configure()
@@ -172,8 +176,17 @@ async def secret_changed(
         await _reconciler(memo).reconcile(obj, tag_owner=owner)
 
 
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Authenticate like the Kubernetes client: in-cluster token, else the kubeconfig.
+
+    kopf registers this for its default registry only; ours is a fresh one.
+    """
+    return kopf.login_via_client(**kwargs)
+
+
 def register(registry: kopf.OperatorRegistry, app: Settings) -> None:
     """Attach every handler to `registry`, configured from `app`."""
+    kopf.on.login(registry=registry)(login)
     kopf.on.startup(registry=registry)(startup)
     kopf.on.cleanup(registry=registry)(cleanup)
     kopf.index(*RESOURCE, registry=registry)(tags_index)
