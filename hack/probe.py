@@ -81,12 +81,12 @@ def main() -> int:
     parser.add_argument("--cert")
     parser.add_argument("--key")
     args = parser.parse_args()
+    raw = {"kafka": kafka, "redis": redis, "amqp": amqp}
     try:
-        if args.kind == "http":
-            return 0 if http(args) else 1
-        return 0 if {"kafka": kafka, "redis": redis, "amqp": amqp}[args.kind](int(args.target)) else 1
-    except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+        ok = http(args) if args.kind == "http" else raw[args.kind](int(args.target))
+    except Exception:  # any failure means "not ready yet"
         return 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
