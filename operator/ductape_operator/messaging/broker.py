@@ -205,7 +205,8 @@ class Subscription:
         self._buffer: deque[message_.Message] = deque()
         self._started = False
         self._closed = False
-        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._watch: deque[tuple[float, message_.Message]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._expiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -222,9 +223,10 @@ class Subscription:
             return
         self._closed = True
         self._broker._subscriptions.discard(self)
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._watch.clear()
         # Unsettled buffered messages simply go back: the broker redelivers them.
         self._buffer.clear()
         if self._expiring:
@@ -273,21 +275,29 @@ class Subscription:
         return message
 
     def _arm(self, message: message_.Message) -> None:
-        self._timers[id(message)] = asyncio.get_running_loop().call_later(
-            self._options.redelivery_timeout, self._expire, message
-        )
-        message._settler = self
+        # One timer for the oldest unsettled message rather than one per message:
+        # deliveries are watched in order, settled ones are dropped as the sweep passes.
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._options.redelivery_timeout
+        self._watch.append((due, message))
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(due, self._sweep)
 
-    async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
-        timer = self._timers.pop(id(message), None)
-        if timer is not None:
-            timer.cancel()
-        await self._consumer.settle(message, ack=ack, requeue=requeue)
+    def _sweep(self) -> None:
+        self._sweeper = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        watch = self._watch
+        while watch and (watch[0][1].settled or watch[0][0] <= now):
+            _, message = watch.popleft()
+            if message.expire():
+                self._expire(message)
+        if watch:
+            self._sweeper = loop.call_at(watch[0][0], self._sweep)
 
     def _expire(self, message: message_.Message) -> None:
-        self._timers.pop(id(message), None)
-        if self._closed or not message.expire():
-            return
         log.info(
             "message %s not settled in %ss: redelivering",
             message.id,

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -158,8 +158,8 @@ class KafkaTransport:
 class _Partition:
     """Delivered, not yet committed offsets of one assigned partition, in order."""
 
-    #: offset -> [message, acked]
-    inflight: dict[int, list[Any]] = dataclasses.field(default_factory=dict)
+    #: offset -> [message, acked]; ordered, and popped from the front as acks arrive.
+    inflight: OrderedDict[int, list[Any]] = dataclasses.field(default_factory=OrderedDict)
     #: The next offset to commit, once it moved past the last commit.
     commit: int | None = None
 
@@ -277,11 +277,13 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         if ack or not requeue:
             entry[1] = True
             advanced = None
-            for pending, (_, acked) in list(state.inflight.items()):
-                if not acked:
+            inflight = state.inflight
+            while inflight:
+                first = next(iter(inflight))
+                if not inflight[first][1]:
                     break
-                del state.inflight[pending]
-                advanced = pending + 1
+                inflight.popitem(last=False)
+                advanced = first + 1
             if advanced is not None:
                 state.commit = advanced
                 self._commits.add(tp)

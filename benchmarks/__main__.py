@@ -1,0 +1,37 @@
+"""`python -m benchmarks`: run every benchmark module in turn; each prints its table.
+
+Needs the local stack's environment (`make bench` sources `.testenv/env`). A
+module that fails is reported and the others still run; the exit status says
+whether all of them ran.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+
+#: The benchmark modules, each with a `run()` that prints its own table.
+MODULES = [
+    "benchmarks.throughput",
+    "benchmarks.latency",
+]
+
+
+def main() -> int:
+    failed = []
+    for name in MODULES:
+        print(f"== {name}", flush=True)
+        try:
+            importlib.import_module(name).run()
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+        print(flush=True)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Throughput of the messaging client against the raw SDKs, per provider.
+
+For each provider of the local stack: a fresh topic with one subscription; the
+raw SDK publishes N 1 KiB messages with delivery confirmed and then consumes
+and acknowledges them, and the client (`Broker.publish_many`, then `subscribe`
+with `ack()` per message) does the same, in the same run. Printed: messages per
+second for each (best of BENCH_ROUNDS, default 2, alternating) and the ratio
+client / raw. Figures only, never an assertion.
+
+The raw side is what a careful application would write with that SDK alone:
+Kafka sends everything then awaits every delivery, and consumes with the
+SDK's auto-commit (the fastest it offers; the client commits acked offsets); Redis
+pipelines XADD and XACKs per batch; RabbitMQ publishes with confirms and
+`mandatory`, and acks each message; Pub/Sub publishes 1000 messages per call
+and acknowledges per pulled batch; SQS sends batches of 10 (16 in flight) and
+deletes per received batch. Environment: BENCH_MESSAGES (default 2000),
+BENCH_PROVIDERS (comma list of binding types; default: every configured one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from tests.messaging import stack
+
+from ductape_operator.messaging import Broker
+
+MESSAGES = int(os.environ.get("BENCH_MESSAGES", "2000"))
+#: moto's SQS receive scans the whole queue, so deep queues measure moto, not clients.
+N_SQS = int(os.environ.get("BENCH_SQS_MESSAGES", "500"))
+PAYLOAD_SIZE = 1024
+#: Alternating raw and client runs per provider; the best of each is reported.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+DEADLINE = 120.0
+
+
+def _payloads(n: int) -> list[bytes]:
+    return [os.urandom(PAYLOAD_SIZE) for _ in range(n)]
+
+
+async def _timed(op: Callable[[], Awaitable[Any]], n: int) -> float:
+    start = time.perf_counter()
+    await asyncio.wait_for(op(), DEADLINE)
+    return n / (time.perf_counter() - start)
+
+
+# -- raw SDK -------------------------------------------------------------------
+
+
+async def _raw_kafka(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+    n = len(payloads)
+    import aiokafka
+    from aiokafka.abc import ConsumerRebalanceListener
+
+    servers = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    producer = aiokafka.AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=1)
+    await producer.start()
+    try:
+
+        async def publish() -> None:
+            futures = [await producer.send(topic.name, p) for p in payloads]
+            await asyncio.gather(*futures)
+
+        pub = await _timed(publish, n)
+    finally:
+        await producer.stop()
+    joined = asyncio.Event()
+
+    class Joined(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            pass
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            joined.set()
+
+    consumer = aiokafka.AIOKafkaConsumer(
+        bootstrap_servers=servers,
+        group_id=topic.subscription("bench"),
+        enable_auto_commit=True,
+        auto_offset_reset="earliest",
+        max_poll_records=100,
+    )
+    consumer.subscribe([topic.name], listener=Joined())
+    await consumer.start()
+    # As the client's subscribe() does: the group join is not part of the figure.
+    await asyncio.wait_for(joined.wait(), DEADLINE)
+    try:
+
+        async def consume() -> None:
+            seen = 0
+            while seen < n:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=100)
+                seen += sum(len(r) for r in batches.values())
+
+        con = await _timed(consume, n)
+    finally:
+        await consumer.stop()
+    return pub, con
+
+
+async def _raw_redis(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+    n = len(payloads)
+    import redis.asyncio as aredis
+
+    client = aredis.from_url(os.environ["REDIS_URL"])
+    group = topic.subscription("bench")
+    try:
+
+        async def publish() -> None:
+            async with client.pipeline(transaction=False) as pipe:
+                for p in payloads:
+                    pipe.xadd(topic.name, {"data": p}, nomkstream=True)
+                await pipe.execute()
+
+        async def consume() -> None:
+            seen = 0
+            while seen < n:
+                response: Any = await client.xreadgroup(
+                    group, "raw", {topic.name: ">"}, count=100, block=1000
+                )
+                for _stream, entries in response or []:
+                    seen += len(entries)
+                    await client.xack(topic.name, group, *(i for i, _ in entries))
+
+        return await _timed(publish, n), await _timed(consume, n)
+    finally:
+        await client.aclose()
+
+
+async def _raw_rabbitmq(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+    n = len(payloads)
+    import aio_pika
+
+    connection = await aio_pika.connect_robust(os.environ["AMQP_URL"])
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.get_exchange(topic.name)
+
+        async def publish() -> None:
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(p, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key=topic.name,
+                        mandatory=True,
+                    )
+                    for p in payloads
+                )
+            )
+
+        pub = await _timed(publish, n)
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=100)
+        queue = await consume_channel.get_queue(topic.subscription("bench"))
+
+        async def consume() -> None:
+            seen = 0
+            async with queue.iterator() as messages:
+                async for message in messages:
+                    await message.ack()
+                    seen += 1
+                    if seen >= n:
+                        break
+
+        con = await _timed(consume, n)
+        return pub, con
+    finally:
+        await connection.close()
+
+
+async def _raw_pubsub(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+    n = len(payloads)
+    import grpc  # type: ignore[import-untyped]
+    from google.pubsub_v1 import types
+    from google.pubsub_v1.services.publisher import PublisherAsyncClient
+    from google.pubsub_v1.services.publisher.transports.grpc_asyncio import (
+        PublisherGrpcAsyncIOTransport,
+    )
+    from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+    from google.pubsub_v1.services.subscriber.transports.grpc_asyncio import (
+        SubscriberGrpcAsyncIOTransport,
+    )
+
+    host, project = os.environ["PUBSUB_EMULATOR_HOST"], os.environ["PUBSUB_PROJECT_ID"]
+    channel = grpc.aio.insecure_channel(host)
+    publisher = PublisherAsyncClient(
+        transport=PublisherGrpcAsyncIOTransport(host=host, channel=channel)
+    )
+    subscriber = SubscriberAsyncClient(
+        transport=SubscriberGrpcAsyncIOTransport(host=host, channel=channel)
+    )
+    topic_path = f"projects/{project}/topics/{topic.name}"
+    sub_path = f"projects/{project}/subscriptions/{topic.subscription('bench')}"
+    try:
+
+        async def publish() -> None:
+            for i in range(0, n, 1000):
+                await publisher.publish(
+                    topic=topic_path,
+                    messages=[types.PubsubMessage(data=p) for p in payloads[i : i + 1000]],
+                )
+
+        async def consume() -> None:
+            seen = 0
+            while seen < n:
+                response = await subscriber.pull(subscription=sub_path, max_messages=100)
+                ids = [r.ack_id for r in response.received_messages]
+                if ids:
+                    await subscriber.acknowledge(subscription=sub_path, ack_ids=ids)
+                seen += len(ids)
+
+        return await _timed(publish, n), await _timed(consume, n)
+    finally:
+        await channel.close()
+
+
+async def _raw_sqs(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+    n = len(payloads)
+    import aioboto3
+
+    queue = topic.subscription("bench")
+    session = aioboto3.Session()
+    async with session.client(
+        "sqs",
+        region_name=os.environ["AWS_REGION"],
+        endpoint_url=os.environ["SQS_ENDPOINT"],
+        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+    ) as sqs:
+        limit = asyncio.Semaphore(16)
+
+        async def send(chunk: list[bytes]) -> None:
+            async with limit:
+                entries = [
+                    {"Id": str(i), "MessageBody": base64.b64encode(p).decode()}
+                    for i, p in enumerate(chunk)
+                ]
+                response = await sqs.send_message_batch(QueueUrl=queue, Entries=entries)
+                if response.get("Failed"):
+                    raise RuntimeError(response["Failed"])
+
+        async def publish() -> None:
+            await asyncio.gather(*(send(payloads[i : i + 10]) for i in range(0, n, 10)))
+
+        async def consume() -> None:
+            seen = 0
+            while seen < n:
+                response = await sqs.receive_message(
+                    QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1
+                )
+                got = response.get("Messages") or []
+                if got:
+                    await sqs.delete_message_batch(
+                        QueueUrl=queue,
+                        Entries=[
+                            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                            for i, m in enumerate(got)
+                        ],
+                    )
+                seen += len(got)
+
+        return await _timed(publish, n), await _timed(consume, n)
+
+
+RAW: dict[str, Callable[[stack.Provisioned, list[bytes]], Awaitable[tuple[float, float]]]] = {
+    "kafka": _raw_kafka,
+    "redis": _raw_redis,
+    "rabbitmq": _raw_rabbitmq,
+    "google-pubsub": _raw_pubsub,
+    "aws-sqs": _raw_sqs,
+}
+
+
+# -- the client ----------------------------------------------------------------
+
+
+async def _client(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+    n = len(payloads)
+    with tempfile.TemporaryDirectory() as root:
+        folder = topic.write(Path(root) / "bench")
+        async with Broker.from_binding(path=folder) as broker:
+            pub = await _timed(lambda: broker.publish_many("bench", payloads), n)
+            async with broker.subscribe("bench", "bench", prefetch=100) as messages:
+
+                async def consume() -> None:
+                    seen = 0
+                    async for message in messages:
+                        await message.ack()
+                        seen += 1
+                        if seen >= n:
+                            break
+
+                con = await _timed(consume, n)
+    return pub, con
+
+
+async def _one(kind: str) -> tuple[float, float, float, float]:
+    """Best of ROUNDS alternating raw and client runs, each on a fresh topic."""
+    payloads = _payloads(N_SQS if kind == "aws-sqs" else MESSAGES)
+    best: dict[str, list[float]] = {"raw": [0.0, 0.0], "client": [0.0, 0.0]}
+    for _ in range(ROUNDS):
+        for side, measure in (("raw", RAW[kind]), ("client", _client)):
+            topic = stack.Provisioned(kind, "bench", ("bench",))
+            topic.name = f"bench.{uuid.uuid4().hex[:10]}"
+            await topic.create()
+            try:
+                pub, con = await measure(topic, payloads)
+            finally:
+                await topic.delete()
+            best[side] = [max(best[side][0], pub), max(best[side][1], con)]
+    return best["raw"][0], best["client"][0], best["raw"][1], best["client"][1]
+
+
+def run() -> None:
+    wanted = os.environ.get("BENCH_PROVIDERS")
+    kinds = [k for k in stack.PROVIDERS if not wanted or k in wanted.split(",")]
+    print(
+        f"throughput: {MESSAGES} messages ({N_SQS} on SQS) of {PAYLOAD_SIZE} B; "
+        "messages/s, client / raw SDK = ratio"
+    )
+    header = f"{'provider':<14} {'publish raw':>12} {'client':>10} {'ratio':>6}"
+    header += f"   {'consume raw':>12} {'client':>10} {'ratio':>6}"
+    print(header)
+    for kind in kinds:
+        if stack.missing(kind):
+            print(f"{kind:<14} skipped: {', '.join(stack.missing(kind))} unset")
+            continue
+        try:
+            raw_pub, cli_pub, raw_con, cli_con = asyncio.run(_one(kind))
+        except Exception as exc:
+            print(f"{kind:<14} failed: {type(exc).__name__}: {exc}")
+            continue
+        print(
+            f"{kind:<14} {raw_pub:>12.0f} {cli_pub:>10.0f} {cli_pub / raw_pub:>6.2f}"
+            f"   {raw_con:>12.0f} {cli_con:>10.0f} {cli_con / raw_con:>6.2f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    run()
