@@ -45,11 +45,12 @@ running() { local name="$1"; shift; alive "$name" && "$@" >/dev/null 2>&1; }
 fresh() {
   local name="$1" p; shift
   stop_bg "$name"
+  mkdir -p "$STATE_DIR/$name"
+  printf '\n===== %s start %s\n' "$name" "$(date -u +%FT%TZ)" >>"$(log_of "$name")"
   for p in "$@"; do
     port_open "$p" && fail "$name" "port $p is taken by a process this stack did not start (move it with its TESTENV_*_PORT)"
   done
   rm -rf "$STATE_DIR/$name/data"; mkdir -p "$STATE_DIR/$name/data"
-  printf '\n===== %s start %s\n' "$name" "$(date -u +%FT%TZ)" >>"$(log_of "$name")"
 }
 # ready NAME SECONDS CMD...: polls CMD; fails early when NAME's process has exited.
 ready() {
@@ -175,7 +176,8 @@ EOF
     "-Dlog4j2.configurationFile=$d/log4j2.properties" -cp "$home/libs/*")
   local cluster_id
   cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
-  "${java[@]}" kafka.tools.StorageTool format "--cluster-id=$cluster_id" \
+  # The one-shot format tool starts faster with the client compiler and serial GC.
+  "${java[@]}" -XX:TieredStopAtLevel=1 -XX:+UseSerialGC kafka.tools.StorageTool format "--cluster-id=$cluster_id" \
     -c "$d/server.properties" >>"$(log_of kafka)" 2>&1 || fail kafka "storage format failed"
   start_bg kafka "${java[@]}" kafka.Kafka "$d/server.properties"
   started kafka
@@ -296,6 +298,8 @@ up_kube() {
   if [ "$restarted" = 0 ] && running kube-apiserver "${readyz[@]}"; then
     log "kube-apiserver: already running"
   else
+    # No kubelet, so no Service traffic: the endpoint reconciler would only log that
+    # 127.0.0.1 is not a valid endpoint address, every 10 s.
     stop_bg kube-controller-manager
     fresh kube-apiserver "$P_KUBE"
     start_bg kube-apiserver "$kdir/kube-apiserver" \
@@ -307,7 +311,7 @@ up_kube() {
       --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true \
       --service-account-issuer "https://127.0.0.1:$P_KUBE/" \
       --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
-      --profiling=false
+      --endpoint-reconciler-type none --profiling=false
     started kube-apiserver; restarted=1
     ready kube-apiserver 90 "${readyz[@]}"
   fi
