@@ -51,6 +51,14 @@ crds: venv ## regenerate crds/ from the pydantic models
 crds-check: venv ## fail when crds/ is stale
 	$(BIN)/python -m ductape_operator.crdgen --check
 
+.PHONY: deploy-render
+deploy-render: ## re-render deploy/ from its sources (chart CRD copy, kustomize base, argocd-cm)
+	hack/render-deploy.sh
+
+.PHONY: deploy-check
+deploy-check: ## fail when anything rendered under deploy/ is stale
+	hack/render-deploy.sh --check
+
 .PHONY: testenv-up
 testenv-up: ## start the local stack (idempotent); writes .testenv/env
 	hack/testenv-up.sh
