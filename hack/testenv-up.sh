@@ -39,8 +39,17 @@ fail() {
   fi
   exit 1
 }
+quietly() { "$@" >/dev/null 2>&1; }
 # running NAME CMD...: NAME's recorded process is alive and CMD (a real request) answers.
-running() { local name="$1"; shift; alive "$name" && "$@" >/dev/null 2>&1; }
+# A live process gets 30 s to answer, so a busy broker that others are using is not
+# restarted under them for one slow reply.
+running() {
+  local name="$1"; shift
+  alive "$name" || return 1
+  wait_until 30 quietly "$@" && return 0
+  log "$name: alive but not answering for 30s; restarting it"
+  return 1
+}
 # fresh NAME PORT...: clears what is left of an earlier NAME, checks its ports are free.
 fresh() {
   local name="$1" p; shift
