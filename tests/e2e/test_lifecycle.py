@@ -118,12 +118,15 @@ def test_missing_secret_then_created_then_rotated(
     kube.wait_condition(namespace, name, "True", "AllEnvsReady")
     assert kube.secret(namespace, f"{name}-dev")["password"] == private_redis.password  # type: ignore[index]
 
-    # Rotation: the broker's password changes, then the Secret follows.
+    # Rotation: the Secret changes first. The operator picks it up without the
+    # MessageBroker being touched, reconnects with it, and is refused...
     new_password = f"rotated-{uuid.uuid4().hex}"
-    private_redis.set_password(new_password)
-    kube.wait_condition(namespace, name, "False", "BrokerUnreachable", timeout=60)
     kube.replace_secret(namespace, "redis-auth", {"password": new_password})
-    kube.wait_condition(namespace, name, "True", "AllEnvsReady", timeout=60)
+    obj = kube.wait_condition(namespace, name, "False", "BrokerUnreachable", timeout=60)
+    assert obj["metadata"]["generation"] == 1
+    # ...until the broker is given the new password too.
+    private_redis.set_password(new_password)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady", timeout=2 * HEALTH_INTERVAL + 30)
     kit.wait_until(
         lambda: (kube.secret(namespace, f"{name}-dev") or {}).get("password") == new_password,
         timeout=30,
