@@ -8,7 +8,9 @@ application does, with `Broker.from_binding`.
 from __future__ import annotations
 
 import asyncio
+import json
 import pathlib
+import sys
 import time
 
 import pytest
@@ -190,3 +192,30 @@ async def test_unknown_tag_and_subscription_name_the_binding(
             await broker.publish("nope", "x")
         with pytest.raises(errors.InvalidConfigError, match="no subscription 'audit'"):
             broker.subscribe("orders", "audit")
+
+
+async def test_cli_publishes_and_consumes_json_lines(
+    topic: stack.Provisioned, tmp_path: pathlib.Path
+) -> None:
+    folder = topic.write(tmp_path / "message-bus")
+    cli = [sys.executable, "-m", "ductape_operator.messaging"]
+    common = ["--binding", str(folder), "--topic", "orders"]
+
+    async def run(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *cli, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), DEADLINE * 2)
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    published = json.loads(await run("publish", *common, "--header", "k=v", "--json", '{"a": 1}'))
+    out = await run(
+        "consume", *common, "--subscription", "shipping", "--count", "1", "--timeout", "30"
+    )
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 1
+    assert lines[0]["id"] == published["id"]
+    assert lines[0]["headers"] == {"k": "v"}
+    assert lines[0]["data"] == {"a": 1}
+    assert lines[0]["content_type"] == "application/json"

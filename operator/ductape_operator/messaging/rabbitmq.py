@@ -142,7 +142,7 @@ class RabbitTransport:
                     exchange.publish(
                         aio_pika.Message(
                             m.data,
-                            headers=dict(m.headers),
+                            headers=dict(m.headers) or None,
                             content_type=m.content_type,
                             message_id=m.id,
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
