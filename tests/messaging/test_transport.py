@@ -88,3 +88,19 @@ async def test_batcher_survives_a_failed_send() -> None:
     batcher.add(2)
     await batcher.flush()
     assert sent == [[1], [2]]
+
+
+def test_client_imports_without_the_operator_or_any_sdk() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for blocked in ('kopf', 'kubernetes', 'pydantic'): sys.modules[blocked] = None\n"
+        "import ductape_operator.messaging\n"
+        "sdks = ('aiokafka', 'redis', 'aio_pika', 'google', 'aioboto3', 'botocore')\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & set(sdks))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
