@@ -1,9 +1,8 @@
 """Fixtures of the delivery tests: the chart's tools, a real install of its RBAC, and the
 operator run out of cluster with the chart's ServiceAccount token.
 
-Everything is named uniquely (other engineers share the local stack) and removed at the
-end. Cluster-wide objects are only ever applied with --dry-run=server, except the CRDs,
-which are the same files every test installs.
+The Kubernetes side runs on an API server of this package's own (see `private_kube`); the
+brokers are the shared stack's. Names are unique all the same, and removed at the end.
 """
 
 from __future__ import annotations
@@ -68,18 +67,55 @@ def helm() -> str:
     return found.splitlines()[-1]
 
 
-@pytest.fixture(scope="session")
-def admin() -> kit.Kube:
+@pytest.fixture(scope="package")
+def private_kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    """A kube-apiserver of this package's own, started by the stack's script.
+
+    The shared stack's API server is no place to prove what the operator did: end-to-end
+    tests there run a cluster-wide operator that reconciles every namespace, ours too. So
+    these tests start a second etcd, kube-apiserver and controller-manager (RBAC on, the
+    same cached binaries) on free ports, and use the shared stack for its brokers only.
+    KUBECONFIG points at it while the package's tests run; it is stopped at the end.
+    """
     if not os.environ.get("KUBECONFIG"):
         pytest.fail("KUBECONFIG is not set: source .testenv/env (make testenv-up) first")
-    api = kubernetes.config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+    state = tmp_path_factory.mktemp("kube")
+    env = {
+        **os.environ,
+        "DUCTAPE_STATE_DIR": str(state),
+        "TESTENV_COMPONENTS": "kube",
+        "TESTENV_ETCD_PORT": str(free_port()),
+        "TESTENV_ETCD_PEER_PORT": str(free_port()),
+        "TESTENV_KUBE_PORT": str(free_port()),
+    }
+    shared = os.environ["KUBECONFIG"]
+    try:
+        up = subprocess.run(
+            [str(ROOT / "hack" / "testenv-up.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert up.returncode == 0, up.stderr[-4000:]
+        os.environ["KUBECONFIG"] = str(state / "kubeconfig")
+        yield state / "kubeconfig"
+    finally:
+        os.environ["KUBECONFIG"] = shared
+        subprocess.run(
+            [str(ROOT / "hack" / "testenv-down.sh")], env=env, capture_output=True, timeout=300
+        )
+
+
+@pytest.fixture(scope="package")
+def admin(private_kube: pathlib.Path) -> kit.Kube:
+    api = kubernetes.config.new_client_from_config(config_file=str(private_kube))
     return kit.Kube(api)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def crds(admin: kit.Kube) -> None:
-    """The chart's CRDs, for real: the MessageBroker CRD only when it is the generated one
-    (a stale copy must never overwrite what other tests use)."""
+    """The chart's CRDs, for real (the MessageBroker CRD only when it is the generated one)."""
     assert CHART_CRD_FILE.read_bytes() == CRD_FILE.read_bytes(), (
         "the chart's CRD differs from crds/: run hack/render-deploy.sh"
     )
@@ -148,7 +184,7 @@ def token_kubeconfig(admin: kit.Kube, namespace: str, sa: str, path: pathlib.Pat
     path.chmod(0o600)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def release(
     admin: kit.Kube, crds: None, helm: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Release]:
