@@ -125,7 +125,11 @@ async def test_nack_redelivers_and_ack_settles(
         broker_for(topic, tmp_path, redelivery_timeout=REDELIVERY) as broker,
         broker.subscribe("orders", "billing") as sub,
     ):
-        sent = await broker.publish("orders", "again", headers={"attempt": "one"})
+        chosen = f"order-{time.time_ns()}"
+        sent = await broker.publish(
+            "orders", "again", headers={"attempt": "one"}, message_id=chosen
+        )
+        assert sent == chosen
         first = await sub.receive(timeout=DEADLINE)
         assert first is not None and first.id == sent
         await first.nack(requeue=True)

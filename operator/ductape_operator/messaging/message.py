@@ -76,7 +76,7 @@ def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 class OutgoingMessage:
     """A message ready to send: what every transport's publish receives."""
 
-    __slots__ = ("content_type", "data", "headers", "id", "key")
+    __slots__ = ("content_type", "data", "explicit_id", "headers", "id", "key")
 
     def __init__(
         self,
@@ -86,12 +86,17 @@ class OutgoingMessage:
         headers: dict[str, str],
         id: str,
         key: str | None,
+        explicit_id: bool = False,
     ) -> None:
         self.data = data
         self.content_type = content_type
         self.headers = headers
+        #: The message id; a transport whose broker names messages itself (Redis
+        #: stream entry ids) may replace it while publishing, unless it is explicit.
         self.id = id
         self.key = key
+        #: True when the application chose the id (`publish(message_id=...)`).
+        self.explicit_id = explicit_id
 
     @classmethod
     def build(
@@ -109,6 +114,7 @@ class OutgoingMessage:
             headers=check_headers(headers),
             id=message_id or new_id(),
             key=key,
+            explicit_id=message_id is not None,
         )
 
     def wire_headers(self) -> dict[str, str]:

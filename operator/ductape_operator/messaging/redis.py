@@ -1,8 +1,10 @@
 """Redis transport: a topic is a stream, a subscription a consumer group on it.
 
 A message is one stream entry: the payload in field `data`, each application
-header in a field `h:<name>`, the message id and content type in the reserved
-`ductape-id` and `ductape-content-type` fields (see `message`). Publishing uses XADD with
+header in a field `h:<name>`, the content type in the reserved
+`ductape-content-type` field (see `message`). The message id is the stream
+entry id (the same in every consumer group), unless the application chose one
+with `publish(message_id=...)`, which travels in a `ductape-id` field. Publishing uses XADD with
 NOMKSTREAM, so a topic that was never provisioned raises instead of creating a
 stream no group reads. Consumers read new entries with XREADGROUP; an entry left
 pending longer than the redelivery timeout (its consumer crashed or never
@@ -124,6 +126,8 @@ class RedisTransport:
                 for m in messages:
                     fields: dict[Any, Any] = {DATA_FIELD: m.data}
                     for name, value in m.wire_headers().items():
+                        if name == message_.ID_HEADER and not m.explicit_id:
+                            continue  # the stream entry id is the message id
                         reserved = name.startswith(message_.RESERVED_PREFIX)
                         fields[name if reserved else HEADER_PREFIX + name.encode()] = value
                     if m.key is not None:
@@ -134,6 +138,9 @@ class RedisTransport:
                 raise errors.ProvisioningError(
                     f"redis: stream {stream!r} does not exist (is topic {route.tag!r} provisioned?)"
                 )
+            for m, entry_id in zip(messages, results, strict=True):
+                if not m.explicit_id:
+                    m.id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
         await _transport.retrying(
             send, what="redis publish", timeout=self._options.retry_timeout, map_error=map_error
