@@ -109,6 +109,25 @@ def test_template_namespaced_applies_on_server(
             admin.delete_namespace(ns)
 
 
+def test_service_monitor_renders_when_enabled(helm: str) -> None:
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            helm_template(helm, "x", "ns", "metrics.serviceMonitor.enabled=true")
+        )
+        if d
+    ]
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert "ServiceMonitor" not in [
+        d["kind"] for d in yaml.safe_load_all(helm_template(helm, "x", "ns")) if d
+    ]
+
+
 def test_pod_security(helm: str) -> None:
     docs = [d for d in yaml.safe_load_all(helm_template(helm, "x", "ns")) if d]
     pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
