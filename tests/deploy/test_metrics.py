@@ -1,11 +1,22 @@
-"""The Prometheus endpoint and the health endpoint the chart's probes use."""
+"""The Prometheus endpoint and the health endpoint the chart's probes use, with the
+operator configured exactly by the chart: the environment of the rendered Deployment's
+container (so a chart value that the operator does not read fails here)."""
 
 from __future__ import annotations
 
 import pathlib
 import urllib.request
 
-from tests.deploy.conftest import OperatorProcess, Release, free_port, sa_operator, wait_ready
+import yaml
+
+from tests.deploy.conftest import (
+    CHART,
+    OperatorProcess,
+    Release,
+    free_port,
+    run,
+    wait_ready,
+)
 from tests.e2e import kit
 
 SERIES = (
@@ -33,21 +44,45 @@ def scrape(port: int) -> dict[str, float]:
     return samples
 
 
+def chart_env(helm: str, *values: str) -> dict[str, str]:
+    """The operator container's environment as the chart renders it."""
+    sets = [arg for value in values for arg in ("--set", value)]
+    manifest = run(helm, "template", "m", str(CHART), "--namespace", "m", *sets).stdout
+    deployment = next(d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["livenessProbe"]["httpGet"]["port"] == "health"
+    assert str(ports["health"]) == env["DUCTAPE_HEALTH_PORT"]
+    assert str(ports["metrics"]) == env["DUCTAPE_METRICS_PORT"]
+    return env
+
+
 def test_metrics_after_a_reconcile(
     admin: kit.Kube,
+    helm: str,
     release: Release,
     operators: list[OperatorProcess],
     tmp_path: pathlib.Path,
 ) -> None:
     namespace = release.watched[2]
     metrics_port, health_port = free_port(), free_port()
-    operator = sa_operator(
-        release,
-        tmp_path / "operator.log",
-        namespace,
-        "--standalone",
-        f"--metrics-port={metrics_port}",
-        f"--health-port={health_port}",
+    env = chart_env(
+        helm,
+        f"watchNamespaces={{{namespace}}}",
+        f"metrics.port={metrics_port}",
+        f"healthPort={health_port}",
+        "healthInterval=3",
+        "probeTimeout=3",
+        "peering.enabled=false",
+        "logFormat=text",
+        "verbose=true",
+    )
+    assert env["DUCTAPE_BIND_ADDRESS"] == "0.0.0.0"
+    # Out of cluster: the pod's address would be every interface of this machine.
+    env["DUCTAPE_BIND_ADDRESS"] = "127.0.0.1"
+    operator = OperatorProcess(
+        tmp_path / "operator.log", [], env={**env, "KUBECONFIG": str(release.kubeconfig)}
     )
     operators.append(operator.start())
 
