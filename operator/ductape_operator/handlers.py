@@ -121,6 +121,7 @@ async def reconcile_broker(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> N
 async def health_round(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Timer: probe every broker, repair drift, retry what failed."""
     obj = reconcile.BrokerObject.from_body(body)
+    logger.debug("health round for %s/%s", obj.ref.namespace, obj.ref.name)
     owner = tag_owner(kwargs, obj)
     await _reconciler(memo).reconcile(obj, tag_owner=owner)
 

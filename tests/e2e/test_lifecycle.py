@@ -362,3 +362,110 @@ def private_redis() -> Iterator[PrivateRedis]:
         redis_proc.start()
         yield redis_proc
         redis_proc.stop()
+
+
+async def test_removed_topic_gets_the_deletion_policy(kube: kit.Kube, namespace: str) -> None:
+    name = kit.unique("rmtopic")
+    topics = kit.topics_for(name, count=2)
+    manifest = kit.broker_manifest(
+        name, envs=[("dev", "REDIS")], topics=topics, deletion_policy="Delete"
+    )
+    kube.apply(namespace, manifest)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    _, kept = _secret_entry(kube, namespace, f"{name}-dev", "t0")
+    _, removed = _secret_entry(kube, namespace, f"{name}-dev", "t1")
+
+    manifest["spec"]["topics"] = topics[:1]
+    kube.apply(namespace, manifest)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    assert not await raw.exists("REDIS", removed), "Delete must remove a topic taken out"
+    assert await raw.exists("REDIS", kept)
+    assert set(kit.topics_json(kube.secret(namespace, f"{name}-dev") or {})) == {"t0"}
+
+    # With Retain, taking a topic out leaves it on the broker.
+    manifest["spec"]["deletionPolicy"] = "Retain"
+    manifest["spec"]["topics"] = []
+    kube.apply(namespace, manifest)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    assert await raw.exists("REDIS", kept)
+
+
+def test_healthy_unchanged_resource_causes_no_writes(
+    kube: kit.Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    name = kit.unique("quiet")
+    kube.apply(
+        namespace,
+        kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=kit.topics_for(name, 1)),
+    )
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    kit.kubectl("wait", "--for=condition=Ready", f"mb/{name}", "-n", namespace, "--timeout=30s")
+    marker = f"health round for {namespace}/{name}"
+    # One round first: labels and the applied record are written once, then never again.
+    kit.wait_until(lambda: operator.log().count(marker) >= 1, timeout=60, what="a health round")
+    version = kube.get(namespace, name)["metadata"]["resourceVersion"]  # type: ignore[index]
+    secret_version = kube.secret_object(namespace, f"{name}-dev").metadata.resource_version
+    rounds = operator.log().count(marker)
+    kit.wait_until(
+        lambda: operator.log().count(marker) >= rounds + 3,
+        timeout=HEALTH_INTERVAL * 3 + 30,
+        what="three more health rounds",
+    )
+    assert kube.get(namespace, name)["metadata"]["resourceVersion"] == version  # type: ignore[index]
+    assert kube.secret_object(namespace, f"{name}-dev").metadata.resource_version == secret_version
+
+
+def test_finalizer_gives_up_on_an_unreachable_broker(
+    kube: kit.Kube, namespace: str, private_redis: PrivateRedis
+) -> None:
+    from tests.e2e.conftest import FINALIZER_TIMEOUT
+
+    name = kit.unique("stuck")
+    kube.create_secret(namespace, "redis-auth", {"password": private_redis.password})
+    manifest = private_redis.manifest(name)
+    manifest["spec"]["deletionPolicy"] = "Delete"
+    kube.apply(namespace, manifest)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    private_redis.stop()
+
+    kube.delete(namespace, name)
+    kit.wait_until(
+        lambda: kube.get(namespace, name) is None,
+        timeout=FINALIZER_TIMEOUT + 60,
+        what="the finalizer to let go after its timeout",
+    )
+    warnings = [
+        e
+        for e in kube.events(namespace)
+        if e.reason == "DeletionIncomplete" and e.type == "Warning"
+    ]
+    assert warnings, "a Warning event must name what was left on the broker"
+    assert f"{name}.t0" in warnings[0].message
+
+
+def test_namespace_deletion_is_not_held_hostage(
+    kube: kit.Kube, operator: OperatorProcess, private_redis: PrivateRedis
+) -> None:
+    ns = f"e2e-ns-{uuid.uuid4().hex[:6]}"
+    kube.create_namespace(ns)
+    name = kit.unique("hostage")
+    kube.create_secret(ns, "redis-auth", {"password": private_redis.password})
+    manifest = private_redis.manifest(name)
+    manifest["spec"]["deletionPolicy"] = "Delete"
+    kube.apply(ns, manifest)
+    kube.wait_condition(ns, name, "True", "AllEnvsReady")
+    private_redis.stop()
+
+    kube.delete_namespace(ns)
+
+    def gone() -> bool:
+        try:
+            kube.core.read_namespace(ns)
+        except Exception:
+            return True
+        return False
+
+    # Well under the finalizer timeout would be ideal; the namespace controller's own
+    # pace sets the floor, so allow it generous time but less than timeout + slack.
+    kit.wait_until(gone, timeout=90, what=f"namespace {ns} to be deleted")
+    operator.assert_alive()
