@@ -69,6 +69,7 @@ def test_template_cluster_wide_applies_on_server(
     assert ("ClusterRole", "ductape-operator") in objects
     assert ("ClusterKopfPeering", "ductape-operator") in objects
     assert not [k for k, _ in objects if k in ("Role", "RoleBinding")]
+    assert (("PodDisruptionBudget", "ductape-operator") in objects) == ("replicas=2" in values)
     out = dry_run(manifest)
     assert "deployment.apps/ductape-operator serverside-applied (server dry run)" in out
 

@@ -26,3 +26,12 @@ def test_argocd_cm_carries_the_health_check_verbatim() -> None:
     key = "resource.customizations.health.ductape.app_MessageBroker"
     assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "argocd-cm"
     assert cm["data"][key] == lua, "argocd-cm.yaml is stale: run hack/render-deploy.sh"
+
+
+def test_argocd_applications_point_at_this_repository() -> None:
+    for name in ("application-helm.yaml", "application-kustomize.yaml"):
+        app = yaml.safe_load((ROOT / "deploy" / "argocd" / name).read_text())
+        assert app["kind"] == "Application"
+        assert app["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-1"
+        path = ROOT / app["spec"]["source"]["path"]
+        assert (path / "Chart.yaml").exists() or (path / "kustomization.yaml").exists(), path
