@@ -664,72 +664,49 @@ class Reconciler:
         unhealthy = [r for r in results if not r.healthy]
         unprovisioned = [r for r in results if not r.provisioned]
 
-        def reason_of(rs: Sequence[EnvResult]) -> str:
-            reasons = {r.reason for r in rs if r.reason}
-            return next((p for p in _REASON_PRIORITY if p in reasons), "ProvisioningFailed")
+        def verdict(
+            conds: list[models.Condition],
+            type_: str,
+            failed: Sequence[EnvResult],
+            fallback_reason: str,
+            ok: tuple[str, str],
+            extra: Sequence[str] = (),
+        ) -> list[models.Condition]:
+            """One condition: False with the most telling failure, else True."""
+            if failed or extra:
+                reasons = {r.reason for r in failed if r.reason}
+                reason = next((p for p in _REASON_PRIORITY if p in reasons), fallback_reason)
+                message = "; ".join([*(f"{r.slug}: {r.message}" for r in failed), *extra])
+                status = models.ConditionStatus.FALSE
+            else:
+                (reason, message), status = ok, models.ConditionStatus.TRUE
+            return conditions.set_condition(
+                conds, type=type_, status=status, reason=reason, message=message, generation=gen
+            )
 
-        def message_of(rs: Sequence[EnvResult]) -> str:
-            return "; ".join(f"{r.slug}: {r.message}" for r in rs)
-
-        conds = list(current.conditions)
-        if unprovisioned or retire_failures:
-            msg = "; ".join([message_of(unprovisioned), *retire_failures]).strip("; ")
-            conds = conditions.set_condition(
-                conds,
-                type=conditions.PROVISIONED,
-                status=models.ConditionStatus.FALSE,
-                reason=reason_of(unprovisioned) if unprovisioned else "ProvisioningFailed",
-                message=msg,
-                generation=gen,
-            )
-        else:
-            conds = conditions.set_condition(
-                conds,
-                type=conditions.PROVISIONED,
-                status=models.ConditionStatus.TRUE,
-                reason="AllEnvsProvisioned",
-                message=f"topics, subscriptions and Secrets exist for generation {gen}",
-                generation=gen,
-            )
-        if unhealthy:
-            conds = conditions.set_condition(
-                conds,
-                type=conditions.HEALTHY,
-                status=models.ConditionStatus.FALSE,
-                reason=reason_of(unhealthy)
-                if any(r.reason for r in unhealthy)
-                else "BrokerUnreachable",
-                message=message_of(unhealthy),
-                generation=gen,
-            )
-        else:
-            conds = conditions.set_condition(
-                conds,
-                type=conditions.HEALTHY,
-                status=models.ConditionStatus.TRUE,
-                reason="AllBrokersHealthy",
-                message="every broker answered its last probe",
-                generation=gen,
-            )
-        if failing or retire_failures:
-            msg = "; ".join([message_of(failing), *retire_failures]).strip("; ")
-            conds = conditions.set_condition(
-                conds,
-                type=conditions.READY,
-                status=models.ConditionStatus.FALSE,
-                reason=reason_of(failing) if failing else "ProvisioningFailed",
-                message=msg,
-                generation=gen,
-            )
-        else:
-            conds = conditions.set_condition(
-                conds,
-                type=conditions.READY,
-                status=models.ConditionStatus.TRUE,
-                reason="AllEnvsReady",
-                message=f"{len(results)} env(s) ready: " + _summary_of(results),
-                generation=gen,
-            )
+        conds = verdict(
+            list(current.conditions),
+            conditions.PROVISIONED,
+            unprovisioned,
+            "ProvisioningFailed",
+            ("AllEnvsProvisioned", f"topics, subscriptions and Secrets exist for generation {gen}"),
+            retire_failures,
+        )
+        conds = verdict(
+            conds,
+            conditions.HEALTHY,
+            unhealthy,
+            "BrokerUnreachable",
+            ("AllBrokersHealthy", "every broker answered its last probe"),
+        )
+        conds = verdict(
+            conds,
+            conditions.READY,
+            failing,
+            "ProvisioningFailed",
+            ("AllEnvsReady", f"{len(results)} env(s) ready: {_summary_of(results)}"),
+            retire_failures,
+        )
 
         previous_envs = {e.slug: e for e in current.envs}
         env_statuses = []
