@@ -71,6 +71,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # startup: no cluster-wide list/watch of Namespaces or CRDs, so its RBAC needs no
     # cluster-scoped rule at all (the chart installs the CRDs before the operator starts).
     settings.scanning.disabled = bool(app.namespaces)
+    # kopf re-checks a stopping timer this often; its default (60 s) delays deletions.
+    settings.background.cancellation_polling = 1.0
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     kube.configure()
