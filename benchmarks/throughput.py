@@ -7,7 +7,9 @@ with `ack()` per message) does the same, in the same run. Printed: messages per
 second for each (best of BENCH_ROUNDS, default 2, alternating) and the ratio
 client / raw. Figures only, never an assertion.
 
-The raw side is what a careful application would write with that SDK alone:
+Both sides read each message's payload and headers (what any consumer does at
+least) and acknowledge it. The raw side is what a careful application would
+write with that SDK alone:
 Kafka sends everything then awaits every delivery, and consumes with the
 SDK's auto-commit (the fastest it offers; the client commits acked offsets); Redis
 pipelines XADD and XACKs per batch; RabbitMQ publishes with confirms and
@@ -44,6 +46,12 @@ DEADLINE = 120.0
 
 def _payloads(n: int) -> list[bytes]:
     return [os.urandom(PAYLOAD_SIZE) for _ in range(n)]
+
+
+def _use(data: Any, headers: Any) -> None:
+    """What every consumer here does with a message: look at its payload and headers."""
+    if data is None or headers is None:
+        pass
 
 
 async def _timed(op: Callable[[], Awaitable[Any]], n: int) -> float:
@@ -98,7 +106,10 @@ async def _raw_kafka(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[f
             seen = 0
             while seen < n:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=100)
-                seen += sum(len(r) for r in batches.values())
+                for records in batches.values():
+                    for record in records:
+                        _use(record.value, record.headers)
+                        seen += 1
 
         con = await _timed(consume, n)
     finally:
@@ -127,6 +138,8 @@ async def _raw_redis(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[f
                     group, "raw", {topic.name: ">"}, count=100, block=1000
                 )
                 for _stream, entries in response or []:
+                    for _id, fields in entries:
+                        _use(fields[b"data"], fields)
                     seen += len(entries)
                     await client.xack(topic.name, group, *(i for i, _ in entries))
 
@@ -165,6 +178,7 @@ async def _raw_rabbitmq(topic: stack.Provisioned, payloads: list[bytes]) -> tupl
             seen = 0
             async with queue.iterator() as messages:
                 async for message in messages:
+                    _use(message.body, message.headers)
                     await message.ack()
                     seen += 1
                     if seen >= n:
@@ -212,7 +226,10 @@ async def _raw_pubsub(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[
             seen = 0
             while seen < n:
                 response = await subscriber.pull(subscription=sub_path, max_messages=100)
-                ids = [r.ack_id for r in response.received_messages]
+                ids = []
+                for received in response.received_messages:
+                    _use(received.message.data, received.message.attributes)
+                    ids.append(received.ack_id)
                 if ids:
                     await subscriber.acknowledge(subscription=sub_path, ack_ids=ids)
                 seen += len(ids)
@@ -257,6 +274,8 @@ async def _raw_sqs(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[flo
                     QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1
                 )
                 got = response.get("Messages") or []
+                for m in got:
+                    _use(base64.b64decode(m["Body"]), m.get("MessageAttributes"))
                 if got:
                     await sqs.delete_message_batch(
                         QueueUrl=queue,
@@ -293,6 +312,7 @@ async def _client(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[floa
                 async def consume() -> None:
                     seen = 0
                     async for message in messages:
+                        _use(message.data, message.headers)
                         await message.ack()
                         seen += 1
                         if seen >= n:

@@ -256,16 +256,28 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         return out
 
     def _message(self, record: Any, tp: aiokafka.TopicPartition) -> message_.Message:
-        wire = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
-        return message_.make_message(
+        # One pass over the record headers (this runs for every message): reserved
+        # ones are picked out, the others are the application's.
+        headers: dict[str, str] = {}
+        message_id = content_type = None
+        for name, value in record.headers or ():
+            if name == message_.ID_HEADER:
+                message_id = value.decode()
+            elif name == message_.CONTENT_TYPE_HEADER:
+                content_type = value.decode()
+            elif not name.startswith(message_.RESERVED_PREFIX):
+                headers[name] = value.decode("utf-8", "replace")
+        key = record.key
+        return message_.Message(
             data=record.value or b"",
-            wire_headers=wire,
+            headers=headers,
+            id=message_id or f"{record.topic}:{record.partition}:{record.offset}",
+            content_type=content_type or message_.OCTET_STREAM,
             topic=self._tag,
             subscription=self._subscription,
             settler=self,
             token=(tp, record.offset),
-            fallback_id=f"{record.topic}:{record.partition}:{record.offset}",
-            key=record.key.decode("utf-8", "replace") if record.key is not None else None,
+            key=key.decode("utf-8", "replace") if key is not None else None,
         )
 
     async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:

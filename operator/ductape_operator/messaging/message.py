@@ -180,7 +180,7 @@ class Message:
         delivery_count: int | None = None,
     ) -> None:
         self.data = data
-        self.headers = dict(headers)
+        self.headers = headers if isinstance(headers, dict) else dict(headers)
         self.id = id
         self.content_type = content_type
         self.topic = topic
