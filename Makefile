@@ -72,7 +72,7 @@ test-unit: venv ## unit tests only (no stack)
 	$(BIN)/pytest -m "not stack and not e2e" $(PYTEST_ARGS)
 
 .PHONY: test
-test: venv lint crds-check ## everything: lint, stack up, all tests, stack down
+test: venv lint crds-check deploy-check ## everything: lint, stack up, all tests, stack down
 	@hack/testenv-up.sh || { hack/testenv-down.sh; exit 1; }; \
 	status=0; \
 	( . .testenv/env && $(BIN)/pytest $(PYTEST_ARGS) ) || status=$$?; \
