@@ -107,19 +107,20 @@ async def read_secret_values(
     return values
 
 
-async def read_secret_data(namespace: str, name: str) -> dict[str, str] | None:
-    """A Secret's decoded data, or None when it does not exist."""
-
-    def read() -> Any:
-        return _core().read_namespaced_secret(name, namespace)
-
+async def _read_secret(namespace: str, name: str) -> Any | None:
+    """The V1Secret, or None when it does not exist."""
     try:
-        secret = await asyncio.to_thread(read)
+        return await asyncio.to_thread(lambda: _core().read_namespaced_secret(name, namespace))
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise _api_error(exc, f"read Secret {namespace}/{name}") from exc
-    return _decode(secret.data)
+
+
+async def read_secret_data(namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's decoded data, or None when it does not exist."""
+    secret = await _read_secret(namespace, name)
+    return None if secret is None else _decode(secret.data)
 
 
 async def apply_connection_secret(
@@ -137,16 +138,7 @@ async def apply_connection_secret(
     encoded = {k: base64.b64encode(v.encode("utf-8")).decode("ascii") for k, v in data.items()}
     all_labels = {**labels, "app.kubernetes.io/managed-by": MANAGED_BY}
 
-    def read() -> Any:
-        return _core().read_namespaced_secret(name, namespace)
-
-    try:
-        existing = await asyncio.to_thread(read)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise _api_error(exc, f"read Secret {namespace}/{name}") from exc
-        existing = None
-
+    existing = await _read_secret(namespace, name)
     body: Any = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -193,12 +185,9 @@ async def apply_connection_secret(
 async def delete_secret(owner: BrokerRef, name: str) -> None:
     """Delete a connection Secret if `owner` owns it; success when it is gone."""
     namespace = owner.namespace
-    try:
-        existing = await asyncio.to_thread(lambda: _core().read_namespaced_secret(name, namespace))
-    except ApiException as exc:
-        if exc.status == 404:
-            return
-        raise _api_error(exc, f"read Secret {namespace}/{name}") from exc
+    existing = await _read_secret(namespace, name)
+    if existing is None:
+        return
     existing_owners = existing.metadata.owner_references if existing.metadata else None
     if not any(ref.uid == owner.uid for ref in existing_owners or []):
         return

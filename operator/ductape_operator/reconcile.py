@@ -423,8 +423,13 @@ class Reconciler:
                             f" {provider.endpoint} and was re-created",
                         )
                     )
-            if spec.deletion_policy is models.DeletionPolicy.DELETE and prev is not None:
-                await self._delete_removed_topics(provider, prev.topics, spec.topics, same_broker)
+            if (
+                spec.deletion_policy is models.DeletionPolicy.DELETE
+                and prev is not None
+                and same_broker
+            ):
+                # After a move, the old broker is handled as a whole by _leave_old_broker.
+                await self._delete_removed_topics(provider, prev.topics, spec.topics)
 
             entries = binding_entries(spec, env, provider, locations)
             labels = {TAG_LABEL: spec.tag, ENV_LABEL: env.slug, TYPE_LABEL: env.type.binding_type}
@@ -497,11 +502,8 @@ class Reconciler:
         provider: base.Provider,
         before: Sequence[models.TopicSpec],
         after: Sequence[models.TopicSpec],
-        same_broker: bool,
     ) -> None:
         """deletionPolicy Delete: remove topics and subscriptions no longer declared."""
-        if not same_broker:
-            return  # the old broker is handled as a whole by _leave_old_broker
         now = {t.tag: t for t in after}
         for old in before:
             new = now.get(old.tag)

@@ -109,6 +109,30 @@ async def exists(type_: str, entry: Entry) -> bool:
     raise ValueError(type_)
 
 
+def _redis_from_secret(secret: Mapping[str, str]) -> Any:
+    import redis.asyncio as aredis
+
+    return aredis.Redis(
+        host=secret["host"],
+        port=int(secret["port"]),
+        db=int(secret.get("database", "0")),
+        username=secret.get("username") or None,
+        password=secret.get("password") or None,
+    )
+
+
+def _sqs_from_secret(secret: Mapping[str, str]) -> Any:
+    import aioboto3
+
+    return aioboto3.Session().client(
+        "sqs",
+        endpoint_url=secret.get("endpoint") or None,
+        region_name=secret["region"],
+        aws_access_key_id=secret.get("access-key-id"),
+        aws_secret_access_key=secret.get("secret-access-key"),
+    )
+
+
 def _sqs() -> Any:
     import aioboto3
 
@@ -189,15 +213,7 @@ async def publish_with_secret(secret: Mapping[str, str], entry: Entry, payload: 
         finally:
             await producer.stop()
     elif type_ == "redis":
-        import redis.asyncio as aredis
-
-        client = aredis.Redis(
-            host=secret["host"],
-            port=int(secret["port"]),
-            db=int(secret.get("database", "0")),
-            username=secret.get("username") or None,
-            password=secret.get("password") or None,
-        )
+        client = _redis_from_secret(secret)
         try:
             await client.xadd(name, {"data": payload})
         finally:
@@ -221,15 +237,7 @@ async def publish_with_secret(secret: Mapping[str, str], entry: Entry, payload: 
 
         await asyncio.to_thread(publish)
     elif type_ == "aws-sqs":
-        import aioboto3
-
-        async with aioboto3.Session().client(
-            "sqs",
-            endpoint_url=secret.get("endpoint") or None,
-            region_name=secret["region"],
-            aws_access_key_id=secret.get("access-key-id"),
-            aws_secret_access_key=secret.get("secret-access-key"),
-        ) as sqs:
+        async with _sqs_from_secret(secret) as sqs:
             for url in [name] if name else list(subs.values()):
                 await sqs.send_message(QueueUrl=url, MessageBody=payload.decode())
     else:
@@ -265,15 +273,7 @@ async def receive_with_secret(
         finally:
             await consumer.stop()
     if type_ == "redis":
-        import redis.asyncio as aredis
-
-        client = aredis.Redis(
-            host=secret["host"],
-            port=int(secret["port"]),
-            db=int(secret.get("database", "0")),
-            username=secret.get("username") or None,
-            password=secret.get("password") or None,
-        )
+        client = _redis_from_secret(secret)
         try:
             reply = await client.xreadgroup(
                 physical, "e2e", {name: ">"}, count=100, block=int(timeout * 1000)
@@ -325,15 +325,7 @@ async def receive_with_secret(
 
         return await asyncio.to_thread(pull)
     if type_ == "aws-sqs":
-        import aioboto3
-
-        async with aioboto3.Session().client(
-            "sqs",
-            endpoint_url=secret.get("endpoint") or None,
-            region_name=secret["region"],
-            aws_access_key_id=secret.get("access-key-id"),
-            aws_secret_access_key=secret.get("secret-access-key"),
-        ) as sqs:
+        async with _sqs_from_secret(secret) as sqs:
             resp = await sqs.receive_message(
                 QueueUrl=physical, MaxNumberOfMessages=10, WaitTimeSeconds=min(int(timeout), 20)
             )

@@ -34,7 +34,7 @@ class Fake:
     endpoint = "redis://fake:6379/0"
 
     async def start(self) -> None:
-        await asyncio.sleep(0.01)  # let concurrent acquirers interleave
+        await asyncio.sleep(0)  # yield, so concurrent acquirers interleave here
         self.starts += 1
         if self.fail:
             raise errors.BrokerUnreachableError("down")
