@@ -10,6 +10,31 @@ import kopf
 from ductape_operator import handlers, redaction, settings
 
 
+class KopfChatter(logging.Filter):
+    """kopf's per-handler lines ("Handler 'health' succeeded", "failed temporarily") go to
+    DEBUG: the reconciler logs one line per transition instead (docs/operations.md, "Logs").
+
+    Dropping a record here also keeps kopf from posting it as an Event.
+    """
+
+    def __init__(self, *, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        chatter = record.levelno <= logging.INFO or (
+            record.levelno == logging.ERROR
+            and "failed temporarily" in str(record.msg)
+            and not record.exc_info
+        )
+        if not chatter:
+            return True
+        if not self.verbose:
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     app = settings.parse_settings(sys.argv[1:] if argv is None else argv)
     kopf.configure(
@@ -17,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         log_format=kopf.LogFormat.JSON if app.log_format == "json" else kopf.LogFormat.FULL,
     )
     redaction.install()
+    logging.getLogger("kopf.objects").addFilter(KopfChatter(verbose=app.verbose))
     # Third-party clients log connection URLs at INFO; keep them to warnings.
     for noisy in ("aiokafka", "aio_pika", "aiormq", "botocore", "aiobotocore", "kubernetes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

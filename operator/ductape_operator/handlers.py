@@ -8,8 +8,11 @@ startup and closed at cleanup.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
+from collections import Counter
 from typing import Any
 
 import kopf
@@ -78,12 +81,40 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     kube.configure()
     if app.metrics_port:
         metrics.serve(app.metrics_port, app.bind_address)
-    memo["reconciler"] = reconcile.Reconciler(app)
+    reconciler = reconcile.Reconciler(app)
+    memo["reconciler"] = reconciler
+    memo["summary_task"] = asyncio.create_task(_log_summaries(reconciler, app))
 
 
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get("summary_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     if "reconciler" in memo:
         await _reconciler(memo).aclose()
+
+
+async def _log_summaries(reconciler: reconcile.Reconciler, app: Settings) -> None:
+    """One INFO line now and then: resources by Ready reason, endpoints, the last round."""
+    period = max(app.health_interval, 30.0)
+    while True:
+        await asyncio.sleep(period)
+        reasons = Counter(reconciler.ready_reasons.values())
+        if not reasons:
+            continue
+        stats = reconciler.health.stats
+        logger.info(
+            "%d MessageBroker(s): %s; %d endpoint(s), %d probe(s) and %d inventory listing(s)"
+            " so far, last round %.3fs",
+            sum(reasons.values()),
+            ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items())),
+            reconciler.health.endpoints,
+            stats.probes,
+            stats.inventories,
+            stats.last_round_seconds,
+        )
 
 
 # --- indexes ----------------------------------------------------------------
@@ -107,6 +138,15 @@ async def secrets_index(
     return {(namespace, secret): name for secret in reconcile.referenced_secrets(spec)}
 
 
+async def brokers_index(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> the body as last watched: Secret events read it from here."""
+    if namespace is None:
+        return {}
+    return {(namespace, name): dict(body)}
+
+
 # --- MessageBroker handlers -------------------------------------------------
 
 
@@ -114,18 +154,23 @@ async def reconcile_broker(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> N
     """create / update / resume: the same level-based reconcile."""
     obj = reconcile.BrokerObject.from_body(body)
     owner = tag_owner(kwargs, obj)
-    outcome = await _reconciler(memo).reconcile(obj, tag_owner=owner)
+    delay = min(_app_settings(memo).health_interval, 15.0)
+    try:
+        outcome = await _reconciler(memo).reconcile(obj, tag_owner=owner)
+    except errors.DuctapeError as exc:  # the API server failing us: retry, no traceback
+        raise kopf.TemporaryError(exc.message, delay=delay) from exc
     if outcome.retry:
-        delay = min(_app_settings(memo).health_interval, 15.0)
         raise kopf.TemporaryError(outcome.message or "not ready yet", delay=delay)
 
 
 async def health_round(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """Timer: probe every broker, repair drift, retry what failed."""
+    """Timer: this resource's share of the per-endpoint round (probe, drift, retry)."""
     obj = reconcile.BrokerObject.from_body(body)
-    logger.debug("health round for %s/%s", obj.ref.namespace, obj.ref.name)
     owner = tag_owner(kwargs, obj)
-    await _reconciler(memo).reconcile(obj, tag_owner=owner)
+    try:
+        await _reconciler(memo).reconcile(obj, tag_owner=owner, trigger=reconcile.HEALTH)
+    except errors.DuctapeError as exc:
+        logger.debug("health round of %s/%s: %s", obj.ref.namespace, obj.ref.name, exc.message)
 
 
 async def pause_changed(
@@ -162,21 +207,41 @@ async def finalize_broker(body: kopf.Body, memo: kopf.Memo, runtime: Any, **_: A
 async def secret_changed(
     namespace: str | None,
     name: str,
+    body: kopf.Body,
+    type: str | None,
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    """A Secret that a MessageBroker references appeared, changed or went away."""
-    secrets_index: kopf.Index[Any, Any] = kwargs["secrets_index"]
-    if namespace is None or (namespace, name) not in secrets_index:
+    """A Secret appeared, changed or went away: a referenced one, or one we wrote."""
+    if namespace is None:
         return
-    for broker_name in sorted(set(secrets_index[(namespace, name)])):
-        body = await kube.get_broker(namespace, broker_name)
-        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+    gone = type == "DELETED"
+    secrets_index: kopf.Index[Any, Any] = kwargs["secrets_index"]
+    referenced = (namespace, name) in secrets_index
+    owners: set[str] = set()
+    if referenced:
+        before = kube.cached_data_or_none(namespace, name)
+        kube.remember_secret(namespace, name, None if gone else dict(body.get("data") or {}))
+        # The initial listing (type None) only fills the cache: `resume` reconciles then.
+        if type is not None and before != kube.cached_data_or_none(namespace, name):
+            owners.update(secrets_index[(namespace, name)])
+    else:
+        kube.forget_secret(namespace, name)
+    if kube.connection_secret_seen(namespace, name, None if gone else body):
+        refs = body.get("metadata", {}).get("ownerReferences") or []
+        owners.update(ref["name"] for ref in refs if ref.get("kind") == models.KIND)
+    brokers: kopf.Index[Any, Any] = kwargs["brokers_index"]
+    for broker_name in sorted(owners):
+        bodies = list(brokers.get((namespace, broker_name), []))
+        if not bodies or bodies[0].get("metadata", {}).get("deletionTimestamp"):
             continue
-        obj = reconcile.BrokerObject.from_body(body)
+        obj = reconcile.BrokerObject.from_body(bodies[0])
         owner = tag_owner(kwargs, obj)
         logger.info("Secret %s/%s changed: reconciling %s", namespace, name, broker_name)
-        await _reconciler(memo).reconcile(obj, tag_owner=owner)
+        try:
+            await _reconciler(memo).reconcile(obj, tag_owner=owner)
+        except errors.DuctapeError as exc:
+            raise kopf.TemporaryError(exc.message, delay=10) from exc
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -194,6 +259,7 @@ def register(registry: kopf.OperatorRegistry, app: Settings) -> None:
     kopf.on.cleanup(registry=registry)(cleanup)
     kopf.index(*RESOURCE, registry=registry)(tags_index)
     kopf.index(*RESOURCE, registry=registry)(secrets_index)
+    kopf.index(*RESOURCE, registry=registry)(brokers_index)
     kopf.on.create(*RESOURCE, registry=registry, id="create")(reconcile_broker)
     kopf.on.update(*RESOURCE, registry=registry, id="update")(reconcile_broker)
     kopf.on.resume(*RESOURCE, registry=registry, id="resume")(reconcile_broker)

@@ -2,23 +2,35 @@
 
 It reads the Secrets a MessageBroker references, writes its connection
 Secrets, patches its status and metadata, and posts Events. The official
-client is synchronous, so every call runs in a worker thread; callers see
-plain async functions and the project's own errors.
+client is synchronous, so every call runs in a worker thread of a pool of its
+own, sized with the client's connection pool (`API_CONCURRENCY`): API calls
+never queue behind the default executor's handful of threads, and a thousand
+resources never mean a thousand simultaneous calls either.
+
+Reads come from what the watches delivered wherever possible
+(docs/operations.md, "Steady state"): referenced Secrets are cached from the
+operator's Secret watch (`remember_secret`), and a connection Secret is
+written only when its content differs from what this process last wrote or
+saw. Callers see plain async functions and the project's own errors; an API
+server that does not answer is a retriable error, never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from ductape_operator import errors, models, redaction
@@ -26,6 +38,10 @@ from ductape_operator import errors, models, redaction
 logger = logging.getLogger(__name__)
 
 MANAGED_BY = "ductape-operator"
+#: API calls in flight at once: worker threads and pooled HTTP connections alike.
+API_CONCURRENCY = 32
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,16 +64,48 @@ class BrokerRef:
 
 
 _api_client: kubernetes.client.ApiClient | None = None
+_executor = concurrent.futures.ThreadPoolExecutor(
+    max_workers=API_CONCURRENCY, thread_name_prefix="kube-api"
+)
+
+#: Referenced Secrets' decoded data as the Secret watch delivered it; None = known absent.
+_secrets: dict[tuple[str, str], dict[str, str] | None] = {}
+#: Digest of each connection Secret as this process last wrote or saw it.
+_written: dict[tuple[str, str], str] = {}
 
 
 def configure() -> None:
     """Load in-cluster credentials, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
     global _api_client
+    configuration = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    _api_client = kubernetes.client.ApiClient()
+        kubernetes.config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = API_CONCURRENCY
+    _api_client = kubernetes.client.ApiClient(configuration)
+    # urllib3 logs each of its own retries; an API server restart is reported once,
+    # by whoever gives up, as a retriable error.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+async def _call(action: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | None:
+    """Run one blocking client call in the API pool; errors become the project's.
+
+    With `missing_ok`, a 404 returns None instead of raising.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(_executor, fn)
+    except ApiException as exc:
+        if missing_ok and exc.status == 404:
+            return None
+        raise _api_error(exc, action) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise errors.DuctapeError(
+            f"Kubernetes API: cannot {action}: API server unreachable ({type(exc).__name__})",
+            retriable=True,
+        ) from exc
 
 
 def _client() -> kubernetes.client.ApiClient:
@@ -91,7 +139,7 @@ async def read_secret_values(
     for ref in refs:
         by_secret.setdefault(ref.name, []).append(ref.key)
     for secret_name, keys in sorted(by_secret.items()):
-        data = await read_secret_data(namespace, secret_name)
+        data = await cached_secret_data(namespace, secret_name)
         if data is None:
             raise errors.SecretNotFoundError(
                 f"Secret {namespace}/{secret_name} not found", secret_name=secret_name
@@ -109,18 +157,64 @@ async def read_secret_values(
 
 async def _read_secret(namespace: str, name: str) -> Any | None:
     """The V1Secret, or None when it does not exist."""
-    try:
-        return await asyncio.to_thread(lambda: _core().read_namespaced_secret(name, namespace))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise _api_error(exc, f"read Secret {namespace}/{name}") from exc
+    return await _call(
+        f"read Secret {namespace}/{name}",
+        lambda: _core().read_namespaced_secret(name, namespace),
+        missing_ok=True,
+    )
 
 
 async def read_secret_data(namespace: str, name: str) -> dict[str, str] | None:
     """A Secret's decoded data, or None when it does not exist."""
     secret = await _read_secret(namespace, name)
     return None if secret is None else _decode(secret.data)
+
+
+async def cached_secret_data(namespace: str, name: str) -> dict[str, str] | None:
+    """A referenced Secret's data from the watch's cache; read once when not yet seen."""
+    key = (namespace, name)
+    if key not in _secrets:
+        _secrets[key] = await read_secret_data(namespace, name)
+    return _secrets[key]
+
+
+def cached_data_or_none(namespace: str, name: str) -> dict[str, str] | None:
+    return _secrets.get((namespace, name))
+
+
+def remember_secret(namespace: str, name: str, data: Mapping[str, str] | None) -> None:
+    """The Secret watch delivered a referenced Secret (raw base64 `data`; None: deleted)."""
+    _secrets[(namespace, name)] = None if data is None else _decode(data)
+
+
+def forget_secret(namespace: str, name: str) -> None:
+    """Nothing references this Secret any more (or it is not ours to track)."""
+    _secrets.pop((namespace, name), None)
+
+
+def connection_secret_seen(namespace: str, name: str, body: Mapping[str, Any] | None) -> bool:
+    """The watch delivered one of our connection Secrets; True when it is not what we wrote.
+
+    A Secret deleted or edited out of band is forgotten, so the next reconcile
+    writes it again instead of trusting this process's memory.
+    """
+    key = (namespace, name)
+    if key not in _written:
+        return False
+    if body is None:
+        del _written[key]
+        return True
+    meta = body.get("metadata") or {}
+    seen = _digest(body.get("type"), meta.get("labels") or {}, body.get("data") or {})
+    if seen == _written[key]:
+        return False
+    del _written[key]
+    return True
+
+
+def _digest(type_: object, labels: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    raw = json.dumps([type_, dict(labels), dict(data)], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 async def apply_connection_secret(
@@ -138,7 +232,6 @@ async def apply_connection_secret(
     encoded = {k: base64.b64encode(v.encode("utf-8")).decode("ascii") for k, v in data.items()}
     all_labels = {**labels, "app.kubernetes.io/managed-by": MANAGED_BY}
 
-    existing = await _read_secret(namespace, name)
     body: Any = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -151,11 +244,14 @@ async def apply_connection_secret(
         },
         "data": encoded,
     }
+    digest = _digest(body["type"], all_labels, encoded)
+    if _written.get((namespace, name)) == digest:
+        return False  # what we last wrote, and the watch has not seen it change since
+    existing = await _read_secret(namespace, name)
+    action = f"write Secret {namespace}/{name}"
     if existing is None:
-        try:
-            await asyncio.to_thread(lambda: _core().create_namespaced_secret(namespace, body))
-        except ApiException as exc:
-            raise _api_error(exc, f"create Secret {namespace}/{name}") from exc
+        await _call(action, lambda: _core().create_namespaced_secret(namespace, body))
+        _written[(namespace, name)] = digest
         return True
 
     owners = existing.metadata.owner_references or []
@@ -167,71 +263,48 @@ async def apply_connection_secret(
     same_data = (existing.data or {}) == encoded
     same_labels = all((existing.metadata.labels or {}).get(k) == v for k, v in all_labels.items())
     if same_data and same_labels and existing.type == body["type"]:
+        _written[(namespace, name)] = digest
         return False
     if existing.type != body["type"]:
         # The type of a Secret is immutable: replace it (the switch is atomic enough
         # for applications that re-read the binding; they never see partial data).
         await delete_secret(owner, name)
-        await asyncio.to_thread(lambda: _core().create_namespaced_secret(namespace, body))
+        await _call(action, lambda: _core().create_namespaced_secret(namespace, body))
+        _written[(namespace, name)] = digest
         return True
     body["metadata"]["resourceVersion"] = existing.metadata.resource_version
-    try:
-        await asyncio.to_thread(lambda: _core().replace_namespaced_secret(name, namespace, body))
-    except ApiException as exc:
-        raise _api_error(exc, f"update Secret {namespace}/{name}") from exc
+    await _call(action, lambda: _core().replace_namespaced_secret(name, namespace, body))
+    _written[(namespace, name)] = digest
     return True
 
 
 async def delete_secret(owner: BrokerRef, name: str) -> None:
     """Delete a connection Secret if `owner` owns it; success when it is gone."""
     namespace = owner.namespace
+    _written.pop((namespace, name), None)
     existing = await _read_secret(namespace, name)
     if existing is None:
         return
     existing_owners = existing.metadata.owner_references if existing.metadata else None
     if not any(ref.uid == owner.uid for ref in existing_owners or []):
         return
-    try:
-        await asyncio.to_thread(lambda: _core().delete_namespaced_secret(name, namespace))
-    except ApiException as exc:
-        if exc.status != 404:
-            raise _api_error(exc, f"delete Secret {namespace}/{name}") from exc
-
-
-async def get_broker(namespace: str, name: str) -> dict[str, Any] | None:
-    def read() -> Any:
-        return _custom().get_namespaced_custom_object(
-            models.GROUP, models.VERSION, namespace, models.PLURAL, name
-        )
-
-    try:
-        body: dict[str, Any] = await asyncio.to_thread(read)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise _api_error(exc, f"read MessageBroker {namespace}/{name}") from exc
-    return body
+    await _call(
+        f"delete Secret {namespace}/{name}",
+        lambda: _core().delete_namespaced_secret(name, namespace),
+        missing_ok=True,
+    )
 
 
 async def patch_status(ref: BrokerRef, status: Mapping[str, Any]) -> None:
     """Merge-patch the status subresource (lists are replaced whole by a merge patch)."""
-
-    def patch() -> Any:
-        return _custom().patch_namespaced_custom_object_status(
-            models.GROUP,
-            models.VERSION,
-            ref.namespace,
-            models.PLURAL,
-            ref.name,
-            {"status": json.loads(redaction.redact(json.dumps(dict(status))))},
-        )
-
-    try:
-        await asyncio.to_thread(patch)
-    except ApiException as exc:
-        if exc.status == 404:
-            return  # deleted meanwhile: nothing to report on
-        raise _api_error(exc, f"patch status of MessageBroker {ref.namespace}/{ref.name}") from exc
+    body = {"status": json.loads(redaction.redact(json.dumps(dict(status))))}
+    await _call(
+        f"patch status of MessageBroker {ref.namespace}/{ref.name}",
+        lambda: _custom().patch_namespaced_custom_object_status(
+            models.GROUP, models.VERSION, ref.namespace, models.PLURAL, ref.name, body
+        ),
+        missing_ok=True,  # deleted meanwhile: nothing to report on
+    )
 
 
 async def patch_metadata(
@@ -248,22 +321,18 @@ async def patch_metadata(
     if not metadata:
         return
 
-    def patch() -> Any:
-        return _custom().patch_namespaced_custom_object(
+    await _call(
+        f"patch MessageBroker {ref.namespace}/{ref.name}",
+        lambda: _custom().patch_namespaced_custom_object(
             models.GROUP,
             models.VERSION,
             ref.namespace,
             models.PLURAL,
             ref.name,
             {"metadata": metadata},
-        )
-
-    try:
-        await asyncio.to_thread(patch)
-    except ApiException as exc:
-        if exc.status == 404:
-            return
-        raise _api_error(exc, f"patch MessageBroker {ref.namespace}/{ref.name}") from exc
+        ),
+        missing_ok=True,
+    )
 
 
 async def post_event(ref: BrokerRef, *, type: str, reason: str, message: str) -> None:
@@ -294,20 +363,26 @@ async def post_event(ref: BrokerRef, *, type: str, reason: str, message: str) ->
         "count": 1,
     }
     try:
-        await asyncio.to_thread(lambda: _core().create_namespaced_event(ref.namespace, body))
-    except ApiException as exc:
-        logger.warning(
-            "could not post event %s on %s/%s: %s", reason, ref.namespace, ref.name, exc.reason
+        await _call(
+            f"post Event {reason}", lambda: _core().create_namespaced_event(ref.namespace, body)
         )
+    except errors.DuctapeError as exc:
+        logger.warning("could not post event on %s/%s: %s", ref.namespace, ref.name, exc.message)
 
 
 async def namespace_terminating(namespace: str) -> bool:
+    loop = asyncio.get_running_loop()
     try:
-        ns = await asyncio.to_thread(lambda: _core().read_namespace(namespace))
+        ns = await loop.run_in_executor(_executor, lambda: _core().read_namespace(namespace))
     except ApiException as exc:
         if exc.status in (403, 404):
             return bool(exc.status == 404)
         raise _api_error(exc, f"read Namespace {namespace}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise errors.DuctapeError(
+            f"Kubernetes API: cannot read Namespace {namespace}: API server unreachable",
+            retriable=True,
+        ) from exc
     deleting = bool(ns.metadata and ns.metadata.deletion_timestamp)
     return deleting or bool(ns.status and ns.status.phase == "Terminating")
 

@@ -72,6 +72,8 @@ def observe_env(
 
 def set_ready(namespace: str, name: str, ready: bool) -> None:
     with _lock:
+        if _ready.get((namespace, name)) is ready:
+            return
         _ready[(namespace, name)] = ready
         _publish_counts()
 
@@ -88,6 +90,7 @@ def forget(namespace: str, name: str) -> None:
 
 
 def _publish_counts() -> None:
+    # Only on a change (set_ready, forget), so the sum is not paid on every reconcile.
     BROKERS_READY.set(sum(1 for ready in _ready.values() if ready))
     BROKERS_TOTAL.set(len(_ready))
 

@@ -14,7 +14,14 @@ compares the desired spec with what it last provisioned, recorded in the
   the old broker.
 
 Status is computed from the outcome and written only when it differs from
-what is there. This module does not import kopf; handlers map its outcome.
+what is there. "What is there" is the body the watch delivered, overlaid with
+what this process itself last wrote (`Written`): a trigger's body may predate
+our own last write, and reading the object again would cost a GET per trigger.
+
+Health rounds (`trigger="health"`) take their probe and drift inventory from
+`health.EndpointHealth`, once per broker endpoint per round, and touch a
+broker only to repair what is missing. This module does not import kopf;
+handlers map its outcome.
 """
 
 from __future__ import annotations
@@ -29,11 +36,15 @@ from typing import Any
 
 import pydantic
 
-from ductape_operator import conditions, errors, kube, metrics, models, providers
+from ductape_operator import conditions, errors, health, kube, metrics, models, providers
 from ductape_operator.providers import base
 from ductape_operator.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: A first reconcile that takes longer than this writes a `Provisioning` status
+#: first, so that users see progress; a quick one writes only its final status.
+PROVISIONING_NOTICE_SECONDS = 1.0
 
 APPLIED_ANNOTATION = "ductape.app/applied"
 PAUSED_ANNOTATION = "ductape.app/paused"
@@ -253,13 +264,48 @@ class Outcome:
     message: str
 
 
+@dataclasses.dataclass
+class Written:
+    """What this process last wrote on one MessageBroker (status, label, applied record)."""
+
+    uid: str
+    status: Mapping[str, Any] | None = None
+    tag_label: str | None = None
+    applied: str | None = None
+
+    def overlay(self, obj: BrokerObject) -> BrokerObject:
+        """`obj` as it is after our own writes, whether or not the watch saw them yet."""
+        if obj.ref.uid != self.uid:
+            return obj
+        labels = dict(obj.labels)
+        annotations = dict(obj.annotations)
+        if self.tag_label is not None:
+            labels[TAG_LABEL] = self.tag_label
+        if self.applied is not None:
+            annotations[APPLIED_ANNOTATION] = self.applied
+        status = obj.status if self.status is None else self.status
+        return dataclasses.replace(obj, labels=labels, annotations=annotations, status=status)
+
+
+Trigger = str
+#: Triggers: a change (create, update, resume, a Secret) or the health timer.
+CHANGE: Trigger = "change"
+HEALTH: Trigger = "health"
+
+
 class Reconciler:
     """Reconciles MessageBrokers; one per operator process, shared by all handlers."""
 
     def __init__(self, settings: Settings, pool: providers.ProviderPool | None = None) -> None:
         self.settings = settings
         self.pool = pool or providers.ProviderPool()
+        self.health = health.EndpointHealth(
+            round_seconds=settings.health_interval, probe_timeout=settings.probe_timeout
+        )
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._written: dict[tuple[str, str], Written] = {}
+        #: The Ready condition's reason per resource, for the periodic summary.
+        self.ready_reasons: dict[tuple[str, str], str] = {}
 
     def lock(self, ref: kube.BrokerRef) -> asyncio.Lock:
         return self._locks.setdefault((ref.namespace, ref.name), asyncio.Lock())
@@ -267,22 +313,33 @@ class Reconciler:
     async def aclose(self) -> None:
         await self.pool.aclose()
 
+    def forget(self, ref: kube.BrokerRef) -> None:
+        """The resource is gone: drop everything kept about it."""
+        key = (ref.namespace, ref.name)
+        self._written.pop(key, None)
+        self._locks.pop(key, None)
+        self.ready_reasons.pop(key, None)
+        metrics.forget(ref.namespace, ref.name)
+
+    def _written_for(self, ref: kube.BrokerRef) -> Written:
+        written = self._written.get((ref.namespace, ref.name))
+        if written is None or written.uid != ref.uid:
+            written = self._written[(ref.namespace, ref.name)] = Written(uid=ref.uid)
+        return written
+
     # --- the reconcile ------------------------------------------------------
 
-    async def reconcile(self, obj: BrokerObject, *, tag_owner: str | None = None) -> Outcome:
+    async def reconcile(
+        self, obj: BrokerObject, *, tag_owner: str | None = None, trigger: Trigger = CHANGE
+    ) -> Outcome:
         """Bring one MessageBroker to its desired state; never raises for user errors."""
         async with self.lock(obj.ref):
-            # Triggers hand over bodies that may predate our own last write (the
-            # applied record, the status): read the object fresh under the lock.
-            fresh = await kube.get_broker(obj.ref.namespace, obj.ref.name)
-            if fresh is None or fresh.get("metadata", {}).get("deletionTimestamp"):
-                return Outcome(
-                    status=obj.current_status(), ready=False, retry=False, message="gone"
-                )
-            obj = BrokerObject.from_body(fresh)
+            written = self._written.get((obj.ref.namespace, obj.ref.name))
+            if written is not None:
+                obj = written.overlay(obj)
             started = time.monotonic()
             try:
-                outcome = await self._reconcile(obj, tag_owner=tag_owner)
+                outcome = await self._reconcile(obj, tag_owner=tag_owner, trigger=trigger)
             except Exception:
                 metrics.observe_reconcile(time.monotonic() - started, "error")
                 raise
@@ -292,7 +349,9 @@ class Reconciler:
             metrics.set_ready(obj.ref.namespace, obj.ref.name, outcome.ready)
             return outcome
 
-    async def _reconcile(self, obj: BrokerObject, *, tag_owner: str | None) -> Outcome:
+    async def _reconcile(
+        self, obj: BrokerObject, *, tag_owner: str | None, trigger: Trigger
+    ) -> Outcome:
         current = obj.current_status()
         try:
             spec = models.parse_spec(obj.spec)
@@ -302,9 +361,6 @@ class Reconciler:
             return await self._finish_without_envs(
                 obj, current, reason="InvalidConfig", message=message, retry=False
             )
-
-        if obj.labels.get(TAG_LABEL) != spec.tag:
-            await kube.patch_metadata(obj.ref, labels={TAG_LABEL: spec.tag})
 
         if tag_owner is not None and tag_owner != obj.ref.name:
             message = (
@@ -325,14 +381,19 @@ class Reconciler:
 
         applied = load_applied(obj.annotations)
         reconciled = [env for env in spec.envs if self.settings.reconciles_env(env.slug)]
-        if not current.conditions:
-            await self._write_status(obj, current, self._provisioning_status(obj, spec, reconciled))
-
-        results = list(
-            await asyncio.gather(
-                *(self._reconcile_env(obj, spec, env, applied.get(env.slug)) for env in reconciled)
+        tasks = [
+            asyncio.ensure_future(
+                self._reconcile_env(obj, spec, env, applied.get(env.slug), trigger)
             )
-        )
+            for env in reconciled
+        ]
+        if not current.conditions and tasks:
+            _, pending = await asyncio.wait(tasks, timeout=PROVISIONING_NOTICE_SECONDS)
+            if pending:
+                provisioning = self._provisioning_status(obj, spec, reconciled)
+                await self._write_status(obj, current, provisioning)
+                current = provisioning
+        results = list(await asyncio.gather(*tasks))
 
         new_applied = dict(applied)
         for result in results:
@@ -349,10 +410,7 @@ class Reconciler:
             except errors.DuctapeError as exc:
                 retire_failures.append(f"removed env {slug}: {exc.message}")
 
-        if dump_applied(new_applied) != obj.annotations.get(APPLIED_ANNOTATION, dump_applied({})):
-            await kube.patch_metadata(
-                obj.ref, annotations={APPLIED_ANNOTATION: dump_applied(new_applied)}
-            )
+        await self._write_metadata(obj, spec.tag, dump_applied(new_applied))
 
         status = self._status_from_results(obj, current, spec, results, retire_failures)
         await self._write_status(obj, current, status)
@@ -375,6 +433,7 @@ class Reconciler:
         spec: models.MessageBrokerSpec,
         env: models.EnvSpec,
         prev: AppliedEnv | None,
+        trigger: Trigger = CHANGE,
     ) -> EnvResult:
         ref = obj.ref
         secret_name = secret_name_for(ref.name, env)
@@ -387,40 +446,61 @@ class Reconciler:
             topics=[models.TopicStatus(tag=t.tag, name=t.physical_name) for t in spec.topics],
             message="",
         )
-        timeout = self.settings.probe_timeout
         try:
             secrets = base.SecretValues(
                 await kube.read_secret_values(ref.namespace, env.config.secret_refs())
             )
-            provider = await self.pool.acquire(
-                (ref.namespace, ref.name, env.slug), env.type, env.config, secrets
-            )
+            owner = (ref.namespace, ref.name, env.slug)
+            provider = await self.pool.acquire(owner, env.type, env.config, secrets)
+            endpoint_key = providers.identity(env.type, env.config, secrets)
             result.endpoint = provider.endpoint
-            probe_started = time.monotonic()
-            try:
-                await provider.probe(timeout)
-            finally:
-                result.probe_seconds = time.monotonic() - probe_started
+            probe = await self.health.probe(endpoint_key, provider)
+            result.probe_seconds = probe.seconds
+            if probe.error is not None:
+                self._record_failure(result, probe.error, prev)
+                return self._observed(ref, env, result)
             result.healthy = True
 
             same_broker = prev is not None and broker_identity(prev.env) == broker_identity(env)
             known = {t.tag: t for t in prev.topics} if prev is not None and same_broker else {}
             known_locations = dict(prev.locations) if prev is not None and same_broker else {}
             locations: dict[str, base.TopicLocation] = {}
+            inventory = (
+                await self.health.inventory(endpoint_key, provider) if trigger == HEALTH else None
+            )
+            to_ensure: list[tuple[models.TopicSpec, bool]] = []
             for topic in spec.topics:
                 plan = base.TopicPlan.from_spec(topic)
                 unchanged = known.get(topic.tag) == topic and topic.tag in known_locations
-                if unchanged and await provider.topic_exists(plan):
-                    locations[topic.tag] = known_locations[topic.tag]
-                    continue
-                locations[topic.tag] = await provider.ensure_topic(plan)
                 if unchanged:
+                    if inventory is not None and inventory.knows(plan):
+                        exists = inventory.has(plan)
+                    else:
+                        exists = await provider.topic_exists(plan)
+                    if exists:
+                        locations[topic.tag] = known_locations[topic.tag]
+                        continue
+                to_ensure.append((topic, unchanged))
+            ensured = await asyncio.gather(
+                *(provider.ensure_topic(base.TopicPlan.from_spec(t)) for t, _ in to_ensure)
+            )
+            for (topic, drifted), location in zip(to_ensure, ensured, strict=True):
+                locations[topic.tag] = location
+                if drifted:
+                    logger.info(
+                        "%s/%s: topic %s (%s) was missing on %s; re-created",
+                        ref.namespace,
+                        ref.name,
+                        topic.tag,
+                        topic.physical_name,
+                        provider.endpoint,
+                    )
                     result.events.append(
                         (
                             "Normal",
                             "DriftRepaired",
-                            f"{env.slug}: topic {topic.tag} ({plan.name}) was missing on"
-                            f" {provider.endpoint} and was re-created",
+                            f"{env.slug}: topic {topic.tag} ({topic.physical_name}) was missing"
+                            f" on {provider.endpoint} and was re-created",
                         )
                     )
             if (
@@ -460,6 +540,9 @@ class Reconciler:
             result.provisioned = True
             result.phase = models.Phase.READY
             result.message = f"{len(spec.topics)} topic(s) provisioned on {provider.endpoint}"
+            self.health.want(
+                endpoint_key, owner, (base.TopicPlan.from_spec(t) for t in spec.topics)
+            )
         except errors.DuctapeError as exc:
             self._record_failure(result, exc, prev)
         except Exception as exc:  # an SDK error nobody mapped: report it, keep running
@@ -471,6 +554,10 @@ class Reconciler:
                 errors.ProvisioningError(f"unexpected {type(exc).__name__}: {exc}", retriable=True),
                 prev,
             )
+        return self._observed(ref, env, result)
+
+    @staticmethod
+    def _observed(ref: kube.BrokerRef, env: models.EnvSpec, result: EnvResult) -> EnvResult:
         metrics.observe_env(
             ref.namespace,
             ref.name,
@@ -562,7 +649,9 @@ class Reconciler:
         if spec.deletion_policy is models.DeletionPolicy.DELETE:
             await self._delete_on_broker(obj.ref.namespace, old)
         await kube.delete_secret(obj.ref, old.secret_name)
-        await self.pool.release((obj.ref.namespace, obj.ref.name, old.env.slug))
+        owner = (obj.ref.namespace, obj.ref.name, old.env.slug)
+        await self.pool.release(owner)
+        self.health.drop(owner)
         await kube.post_event(
             obj.ref,
             type="Normal",
@@ -587,6 +676,9 @@ class Reconciler:
         Warning event naming what was left behind.
         """
         async with self.lock(obj.ref):
+            written = self._written.get((obj.ref.namespace, obj.ref.name))
+            if written is not None:
+                obj = written.overlay(obj)
             try:
                 spec = models.parse_spec(obj.spec)
                 policy = spec.deletion_policy
@@ -594,24 +686,21 @@ class Reconciler:
                 policy = models.DeletionPolicy.RETAIN
             applied = load_applied(obj.annotations)
             slugs = [slug for slug in applied if self.settings.reconciles_env(slug)]
-            if policy is models.DeletionPolicy.RETAIN or not slugs:
-                for slug in applied:
-                    await self.pool.release((obj.ref.namespace, obj.ref.name, slug))
-                metrics.forget(obj.ref.namespace, obj.ref.name)
-                return True
             left: list[str] = []
-            for slug in slugs:
-                entry = applied[slug]
-                try:
-                    await self._delete_on_broker(obj.ref.namespace, entry)
-                except errors.DuctapeError as exc:
-                    names = ", ".join(t.physical_name for t in entry.topics)
-                    left.append(f"{slug} ({entry.env.type.value}): {names}: {exc.message}")
-                await self.pool.release((obj.ref.namespace, obj.ref.name, slug))
-            if not left:
-                metrics.forget(obj.ref.namespace, obj.ref.name)
-                return True
-            if namespace_terminating or elapsed >= self.settings.finalizer_timeout:
+            if policy is models.DeletionPolicy.DELETE:
+                for slug in slugs:
+                    entry = applied[slug]
+                    try:
+                        await self._delete_on_broker(obj.ref.namespace, entry)
+                    except errors.DuctapeError as exc:
+                        names = ", ".join(t.physical_name for t in entry.topics)
+                        left.append(f"{slug} ({entry.env.type.value}): {names}: {exc.message}")
+            gave_up = bool(left) and (
+                namespace_terminating or elapsed >= self.settings.finalizer_timeout
+            )
+            if left and not gave_up:
+                raise errors.BrokerUnreachableError("deletion pending: " + "; ".join(left))
+            if gave_up:
                 await kube.post_event(
                     obj.ref,
                     type="Warning",
@@ -619,9 +708,19 @@ class Reconciler:
                     message="gave up deleting on unreachable brokers; left behind: "
                     + "; ".join(left),
                 )
-                metrics.forget(obj.ref.namespace, obj.ref.name)
-                return True
-            raise errors.BrokerUnreachableError("deletion pending: " + "; ".join(left))
+            for slug in applied:
+                owner = (obj.ref.namespace, obj.ref.name, slug)
+                await self.pool.release(owner)
+                self.health.drop(owner)
+            logger.info(
+                "%s/%s: deleted (deletionPolicy %s%s)",
+                obj.ref.namespace,
+                obj.ref.name,
+                policy.value,
+                "; left behind on unreachable brokers: " + "; ".join(left) if left else "",
+            )
+        self.forget(obj.ref)
+        return True
 
     # --- status -------------------------------------------------------------
 
@@ -791,22 +890,53 @@ class Reconciler:
     ) -> None:
         """Patch the status only when it changed; post an Event when Ready changes."""
         new = status_to_json(status)
+        before = conditions.find(current.conditions, conditions.READY)
+        after = conditions.find(status.conditions, conditions.READY)
+        if after is not None:
+            self.ready_reasons[(obj.ref.namespace, obj.ref.name)] = (
+                after.reason if after.status is not models.ConditionStatus.TRUE else "Ready"
+            )
         if new == status_to_json(current) and obj.status:
             return
         await kube.patch_status(obj.ref, new)
-        before = conditions.find(current.conditions, conditions.READY)
-        after = conditions.find(status.conditions, conditions.READY)
-        if after is not None and (
-            before is None or (before.status, before.reason) != (after.status, after.reason)
+        self._written_for(obj.ref).status = new
+        if after is None or (
+            before is not None and (before.status, before.reason) == (after.status, after.reason)
         ):
-            if after.status is models.ConditionStatus.TRUE:
-                await kube.post_event(
-                    obj.ref, type="Normal", reason=after.reason, message=after.message
-                )
-            elif after.reason != "Provisioning":
-                await kube.post_event(
-                    obj.ref, type="Warning", reason=after.reason, message=after.message
-                )
+            return
+        where = f"{obj.ref.namespace}/{obj.ref.name}"
+        if after.status is models.ConditionStatus.TRUE:
+            verb = "recovered" if before is not None and before.reason != "Provisioning" else ""
+            logger.info(
+                "%s: Ready%s (%s): %s",
+                where,
+                f", {verb}" if verb else "",
+                after.reason,
+                after.message,
+            )
+            await kube.post_event(
+                obj.ref, type="Normal", reason=after.reason, message=after.message
+            )
+        elif after.reason == "Provisioning":
+            logger.info("%s: provisioning %s", where, status.summary or "")
+        else:
+            logger.warning("%s: not Ready (%s): %s", where, after.reason, after.message)
+            await kube.post_event(
+                obj.ref, type="Warning", reason=after.reason, message=after.message
+            )
+
+    async def _write_metadata(self, obj: BrokerObject, tag: str, applied: str) -> None:
+        """The tag label and the applied record, in one patch, only when either changed."""
+        labels = {TAG_LABEL: tag} if obj.labels.get(TAG_LABEL) != tag else None
+        empty = dump_applied({})
+        changed = applied != obj.annotations.get(APPLIED_ANNOTATION, empty)
+        annotations = {APPLIED_ANNOTATION: applied} if changed else None
+        if labels is None and annotations is None:
+            return
+        await kube.patch_metadata(obj.ref, labels=labels, annotations=annotations)
+        written = self._written_for(obj.ref)
+        written.tag_label = tag
+        written.applied = applied
 
 
 def status_to_json(status: models.MessageBrokerStatus) -> dict[str, Any]:

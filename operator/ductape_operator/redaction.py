@@ -19,17 +19,22 @@ MIN_LENGTH = 4
 
 _lock = threading.Lock()
 _values: set[str] = set()
+#: `_values`, longest first (a secret containing another is masked whole); sorted on change.
+_ordered: tuple[str, ...] = ()
 
 
 def register(values: Iterable[str]) -> None:
+    global _ordered
+    new = {v for v in values if len(v) >= MIN_LENGTH} - _values
+    if not new:
+        return
     with _lock:
-        _values.update(v for v in values if len(v) >= MIN_LENGTH)
+        _values.update(new)
+        _ordered = tuple(sorted(_values, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
-    with _lock:
-        values = sorted(_values, key=len, reverse=True)
-    for value in values:
+    for value in _ordered:
         if value in text:
             text = text.replace(value, MASK)
     return text

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import contextvars
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -24,6 +25,17 @@ logger = logging.getLogger(__name__)
 
 #: Upper bound of one provisioning operation (a network round trip or a few).
 DEFAULT_TIMEOUT = 30.0
+#: Operations one provider runs at once against its broker. A thousand resources
+#: reconciling together queue here, on our side, instead of exhausting the SDK's
+#: connection pool or racing channel opens, which the broker would see as a storm
+#: and we would misreport as the broker being down.
+DEFAULT_CONCURRENCY = 16
+
+#: The providers whose operation slot the current task holds: nested `guard`s (a
+#: lazy start inside an operation) must not wait for a second slot of their own.
+_holding: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "ductape_provider_slots", default=frozenset()
+)
 
 #: `scheme://user:password@host` -> `scheme://***@host`, whatever the SDK put in a message.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
@@ -75,9 +87,11 @@ class ProviderBase:
         secrets: base.SecretValues,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self._config = config
         self._timeout = timeout
+        self._slots = asyncio.Semaphore(concurrency)
         self._started = False
         self._closed = False
         self._start_lock = asyncio.Lock()
@@ -153,16 +167,45 @@ class ProviderBase:
             raise errors.ProvisioningError(f"{self.endpoint}: provider is closed")
         await self.start()
 
+    async def topic_exists(self, topic: base.TopicPlan) -> bool:
+        raise NotImplementedError
+
+    async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
+        """One lookup per topic; providers whose broker can list do it in one call."""
+        return frozenset([topic for topic in topics if await self.topic_exists(topic)])
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, limited: bool) -> AsyncIterator[None]:
+        held = _holding.get()
+        if not limited or id(self) in held:
+            yield
+            return
+        async with self._slots:
+            token = _holding.set(held | {id(self)})
+            try:
+                yield
+            finally:
+                _holding.reset(token)
+
     @contextlib.asynccontextmanager
     async def guard(
-        self, what: str, mapper: Mapper, timeout: float | None = None
+        self, what: str, mapper: Mapper, timeout: float | None = None, *, limited: bool = True
     ) -> AsyncIterator[None]:
         """Run a block under a timeout, mapping every SDK error to the project's.
 
         `what` says what was being done ("creating topic orders"); messages name
-        the endpoint and that, never a credential.
+        the endpoint and that, never a credential. A `limited` block first waits
+        for one of the provider's operation slots; that wait is ours, so the
+        timeout (the broker's answer) starts only once the slot is held. Probes
+        are not limited: one per endpoint per round, they must not queue behind
+        a provisioning storm.
         """
         limit = self._timeout if timeout is None else timeout
+        async with self._slot(limited), self._guarded(what, mapper, limit):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _guarded(self, what: str, mapper: Mapper, limit: float) -> AsyncIterator[None]:
         try:
             async with asyncio.timeout(limit):
                 yield

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -114,6 +114,12 @@ class Provider(Protocol):
 
     async def topic_exists(self, topic: TopicPlan) -> bool:
         """Whether the topic and every subscription exist now (drift detection)."""
+        ...
+
+    async def inventory(self, topics: Collection[TopicPlan]) -> frozenset[TopicPlan]:
+        """Which of `topics` exist now with every subscription, in as few calls as the
+        broker allows (one listing or one pipelined batch): drift detection for every
+        resource on this endpoint at once (docs/operations.md, health rounds)."""
         ...
 
     async def probe(self, timeout: float) -> None:

@@ -8,14 +8,16 @@ topic where the group has no committed offset yet, its current beginning
 offset. An existing commit is never touched, so a group is never rewound.
 
 aiokafka's admin client has no "describe without auto-creating" and no
-"delete consumer groups", so those two go through its request API with the
-protocol classes it ships (`_request`); everything else is public API.
+"delete consumer groups", and its offset listing drops the broker's error code,
+so those three go through its request API with the protocol classes it ships
+(`_request`); everything else is public API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -23,6 +25,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.admin import DeleteGroupsRequest
+from aiokafka.protocol.commit import OffsetFetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import TopicPartition
 
@@ -36,6 +39,10 @@ logger = logging.getLogger(__name__)
 MAX_DEFAULT_REPLICATION_FACTOR = 3
 #: How long ensure_topic waits for a new topic's partitions to get leaders, in seconds.
 LEADER_WAIT = 10.0
+#: Consumer groups an inventory asks about at once. aiokafka 0.14 speaks OffsetFetch
+#: up to v3 and FindCoordinator up to v1, one group each (the batched forms are v8
+#: and v4), so each group costs two small requests; these run a few at a time.
+GROUP_LOOKUP_CONCURRENCY = 8
 
 _NO_ERROR = 0
 _UNKNOWN_TOPIC_OR_PARTITION = kafka_errors.UnknownTopicOrPartitionError.errno
@@ -143,7 +150,7 @@ class KafkaProvider(_common.ProviderBase):
     # --- lifecycle ----------------------------------------------------------
 
     async def _open(self) -> None:
-        async with self.guard("connecting", self._map):
+        async with self.guard("connecting", self._map, limited=False):
             self._admin = AIOKafkaAdminClient(**self._client_options())
             await self._admin.start()
 
@@ -211,18 +218,42 @@ class KafkaProvider(_common.ProviderBase):
         await self._ensure_started()
         name = topic.name
         async with self.guard(f"looking up topic {name}", self._map):
-            partitions = _partition_count(await self._metadata([name]), name)
-            if partitions is None or partitions < (topic.partitions or 1):
+            if not _large_enough(await self._metadata([name]), topic):
                 return False
-            admin = self._require_admin()
             for sub in topic.subscriptions:
-                offsets = await admin.list_consumer_group_offsets(group_id(name, sub))
-                if not any(tp.topic == name and meta.offset >= 0 for tp, meta in offsets.items()):
+                if not await self._has_offsets(group_id(name, sub), name):
                     return False
         return True
 
+    async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
+        """One Metadata request for every topic, then the groups of the topics that exist.
+
+        A group's committed offsets cost a coordinator lookup and an OffsetFetch
+        (no batched form aiokafka can send, see `GROUP_LOOKUP_CONCURRENCY`); the
+        groups are asked concurrently, a few at a time, under this one operation slot.
+        """
+        plans = list(topics)
+        if not plans:
+            return frozenset()
+        await self._ensure_started()
+        names = sorted({plan.name for plan in plans})
+        async with self.guard(f"listing {len(names)} topic(s)", self._map):
+            metadata = await self._metadata(names)
+            sized = [plan for plan in plans if _large_enough(metadata, plan)]
+            pairs = {
+                (group_id(plan.name, sub), plan.name)
+                for plan in sized
+                for sub in plan.subscriptions
+            }
+            committed = await self._groups_with_offsets(pairs)
+        return frozenset(
+            plan
+            for plan in sized
+            if all((group_id(plan.name, sub), plan.name) in committed for sub in plan.subscriptions)
+        )
+
     async def probe(self, timeout: float) -> None:
-        async with self.guard("probing", self._map, timeout=timeout):
+        async with self.guard("probing", self._map, timeout=timeout, limited=False):
             await self._ensure_started()
             await self._metadata([])
 
@@ -238,6 +269,52 @@ class KafkaProvider(_common.ProviderBase):
         response = await self._request(MetadataRequest(topics, allow_auto_topic_creation=False))
         result: dict[str, Any] = response.to_object()
         return result
+
+    async def _has_offsets(self, group: str, topic: str) -> bool:
+        """Whether `group` has a committed offset on some partition of `topic`.
+
+        aiokafka's `list_consumer_group_offsets` ignores the response's own error
+        code: a coordinator still loading would read as "no offsets", i.e. drift.
+        """
+        coordinator = await self._require_admin().find_coordinator(group)
+        response = await self._request(OffsetFetchRequest(group, None), coordinator)
+        code = getattr(response, "error_code", _NO_ERROR)  # v2 and later
+        if code == _GROUP_ID_NOT_FOUND:
+            return False
+        if code != _NO_ERROR:
+            raise self._code_error(code, f"fetching the offsets of consumer group {group}", [])
+        return any(
+            name == topic and offset >= 0 and not error
+            for name, partitions in response.topics
+            for _partition, offset, _metadata, error in partitions
+        )
+
+    async def _groups_with_offsets(
+        self, pairs: Collection[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """The (group, topic) pairs whose group has committed offsets on the topic.
+
+        A failure cancels the lookups still running and is raised as it came, so
+        the guard maps it like any other (not as an exception group).
+        """
+        limit = asyncio.Semaphore(GROUP_LOOKUP_CONCURRENCY)
+        found: set[tuple[str, str]] = set()
+
+        async def lookup(group: str, topic: str) -> None:
+            async with limit:
+                if await self._has_offsets(group, topic):
+                    found.add((group, topic))
+
+        error: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for group, topic in pairs:
+                    tasks.create_task(lookup(group, topic))
+        except BaseExceptionGroup as failed:
+            error = failed.exceptions[0]
+        if error is not None:
+            raise error  # outside the handler: its own cause and context stay
+        return found
 
     async def _wait_for_leaders(self, name: str, at_least: int = 1) -> int:
         """Wait a little for every partition to have a leader; a created topic needs a moment.
@@ -337,6 +414,12 @@ def _topic_meta(metadata: dict[str, Any], name: str) -> dict[str, Any] | None:
 def _partition_count(metadata: dict[str, Any], name: str) -> int | None:
     entry = _topic_meta(metadata, name)
     return None if entry is None else len(entry.get("partitions") or [])
+
+
+def _large_enough(metadata: dict[str, Any], topic: base.TopicPlan) -> bool:
+    """The topic exists with at least its declared partitions (more is not drift)."""
+    count = _partition_count(metadata, topic.name)
+    return count is not None and count >= (topic.partitions or 1)
 
 
 def _all_led(metadata: dict[str, Any], name: str) -> bool:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 SCOPES = ("https://www.googleapis.com/auth/pubsub",)
 #: What Pub/Sub puts in a subscription's `topic` once its topic is deleted.
 DELETED_TOPIC = "_deleted-topic_"
+#: Entries asked for per page of a listing (the service may send fewer).
+LIST_PAGE_SIZE = 1000
 
 
 def subscription_id(topic: str, subscription: str) -> str:
@@ -92,7 +95,7 @@ class PubSubProvider(_common.ProviderBase):
     # --- lifecycle ----------------------------------------------------------
 
     async def _open(self) -> None:
-        async with self.guard("connecting", self._map):
+        async with self.guard("connecting", self._map, limited=False):
             if self._emulator:
                 pub_channel = grpc.aio.insecure_channel(self._emulator)
                 sub_channel = grpc.aio.insecure_channel(self._emulator)
@@ -233,8 +236,40 @@ class PubSubProvider(_common.ProviderBase):
                 return False
         return True
 
+    async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
+        """Two paged listings of the project: its topics, then its subscriptions.
+
+        The subscriptions are listed only when a topic that exists declares some.
+        As in `topic_exists`, a subscription counts only while attached to its
+        topic (not detached, `_deleted-topic_`, nor on another topic).
+        """
+        plans = list(topics)
+        if not plans:
+            return frozenset()
+        await self._ensure_started()
+        publisher, subscriber = self._clients()
+        project = f"projects/{self._project}"
+        request = {"project": project, "page_size": LIST_PAGE_SIZE}
+        attached: dict[str, str] = {}
+        async with self.guard(f"listing topics and subscriptions of {project}", self._map):
+            pager = await publisher.list_topics(request=request, timeout=self._timeout)
+            existing = {topic.name async for topic in pager}
+            found = [plan for plan in plans if self._topic_path(plan.name) in existing]
+            if any(plan.subscriptions for plan in found):
+                subs = await subscriber.list_subscriptions(request=request, timeout=self._timeout)
+                attached = {sub.name: sub.topic async for sub in subs}
+        return frozenset(
+            plan
+            for plan in found
+            if all(
+                attached.get(self._subscription_path(subscription_id(plan.name, sub)))
+                == self._topic_path(plan.name)
+                for sub in plan.subscriptions
+            )
+        )
+
     async def probe(self, timeout: float) -> None:
-        async with self.guard("probing", self._map, timeout=timeout):
+        async with self.guard("probing", self._map, timeout=timeout, limited=False):
             await self._ensure_started()
             publisher, _subscriber = self._clients()
             # One page of at most one topic: answers with zero topics too.

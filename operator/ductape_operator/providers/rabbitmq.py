@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import aio_pika
 from aio_pika import abc as aio_pika_abc
@@ -101,13 +101,22 @@ class RabbitMQProvider(_common.ProviderBase):
     # --- lifecycle ----------------------------------------------------------
 
     async def _open(self) -> None:
-        async with self.guard("connecting", self._map):
+        async with self.guard("connecting", self._map, limited=False):
             await self._connect()
 
     async def _connect(self) -> aio_pika_abc.AbstractConnection:
         async with self._connect_lock:
-            if self._connection is not None and not self._connection.is_closed:
-                return self._connection
+            current = self._connection
+            if current is not None and _usable(current):
+                return current
+            if current is not None:
+                # Closed by the broker (restart, `close_connection`, a channel error that
+                # took the connection down): aio-pika does not reopen a plain connection,
+                # and its `is_closed` stays False, so it is replaced here.
+                logger.info("the AMQP connection to %s was closed; reopening", self.endpoint)
+                self._connection = None
+                with contextlib.suppress(Exception):
+                    await current.close()
             self._connection = await aio_pika.connect(
                 host=self._host,
                 port=self._port,
@@ -130,13 +139,23 @@ class RabbitMQProvider(_common.ProviderBase):
 
     @contextlib.asynccontextmanager
     async def _channel(self) -> AsyncIterator[aio_pika_abc.AbstractChannel]:
-        connection = await self._connect()
-        channel = await connection.channel(publisher_confirms=False)
+        channel = await self._open_channel()
         try:
             yield channel
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+    async def _open_channel(self) -> aio_pika_abc.AbstractChannel:
+        """A new channel; the connection is reopened once if it died under us."""
+        connection = await self._connect()
+        try:
+            return await connection.channel(publisher_confirms=False)
+        except (RuntimeError, amqp_errors.AMQPConnectionError, ConnectionError):
+            if _usable(connection):
+                raise
+            connection = await self._connect()
+            return await connection.channel(publisher_confirms=False)
 
     # --- the interface ------------------------------------------------------
 
@@ -145,10 +164,24 @@ class RabbitMQProvider(_common.ProviderBase):
         exchange = topic.name
         queues = {sub: queue_name(exchange, sub) for sub in topic.subscriptions}
         async with self.guard(f"ensuring exchange {exchange}", self._map):
-            async with self._channel() as channel:
-                await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-            for queue in queues.values():
-                await self._ensure_queue(queue, exchange)
+            try:
+                # The usual case in one channel: exchange, queues and bindings.
+                async with self._channel() as channel:
+                    await channel.declare_exchange(
+                        exchange, aio_pika.ExchangeType.TOPIC, durable=True
+                    )
+                    for queue in queues.values():
+                        declared = await channel.declare_queue(queue, durable=True)
+                        await declared.bind(exchange, routing_key=ROUTING_KEY)
+            except amqp_errors.ChannelPreconditionFailed:
+                # Something exists with other arguments and closed that channel:
+                # sort it out one declaration per channel.
+                async with self._channel() as channel:
+                    await channel.declare_exchange(
+                        exchange, aio_pika.ExchangeType.TOPIC, durable=True
+                    )
+                for queue in queues.values():
+                    await self._ensure_queue(queue, exchange)
         return base.TopicLocation(name=exchange, subscriptions=queues)
 
     async def _ensure_queue(self, queue: str, exchange: str) -> None:
@@ -202,8 +235,39 @@ class RabbitMQProvider(_common.ProviderBase):
                 return False
         return True
 
+    async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
+        """Passive declarations on one channel, a new channel only after a miss.
+
+        AMQP has no listing (the management API is a plugin with a port of its
+        own), but passive declarations on one open channel cost one round trip
+        each, not a channel open each.
+        """
+        await self._ensure_started()
+        present: set[base.TopicPlan] = set()
+        async with self.guard(f"looking up {len(topics)} exchange(s)", self._map):
+            channel = await self._open_channel()
+            try:
+                for topic in topics:
+                    names = [("exchange", topic.name)] + [
+                        ("queue", queue_name(topic.name, sub)) for sub in topic.subscriptions
+                    ]
+                    try:
+                        for kind, name in names:
+                            if kind == "exchange":
+                                await channel.get_exchange(name, ensure=True)
+                            else:
+                                await channel.get_queue(name, ensure=True)
+                    except amqp_errors.ChannelNotFoundEntity:
+                        channel = await self._open_channel()
+                        continue
+                    present.add(topic)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        return frozenset(present)
+
     async def probe(self, timeout: float) -> None:
-        async with self.guard("probing", self._map, timeout=timeout):
+        async with self.guard("probing", self._map, timeout=timeout, limited=False):
             await self._ensure_started()
             async with self._channel():
                 pass
@@ -230,3 +294,9 @@ class RabbitMQProvider(_common.ProviderBase):
         ):
             return _common.unreachable(endpoint, what, exc)
         return _common.refused(endpoint, what, exc, retriable=True)
+
+
+def _usable(connection: aio_pika_abc.AbstractConnection) -> bool:
+    """Open and connected: `is_closed` alone misses a close that came from the broker."""
+    connected = getattr(connection, "connected", None)
+    return not connection.is_closed and (connected is None or connected.is_set())

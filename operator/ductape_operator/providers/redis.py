@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import urllib.parse
 import uuid
+from collections.abc import Collection
 
 import redis.asyncio as aredis
 from redis import exceptions as redis_errors
@@ -90,8 +91,11 @@ class RedisProvider(_common.ProviderBase):
             socket_connect_timeout=self._timeout,
             socket_timeout=self._timeout,
             decode_responses=True,
+            # Room for every operation slot plus the unlimited probe: the pool is
+            # never what makes an operation fail.
+            max_connections=_common.DEFAULT_CONCURRENCY + 4,
         )
-        async with self.guard("connecting", self._map):
+        async with self.guard("connecting", self._map, limited=False):
             await self._client.ping()
 
     async def _close(self) -> None:
@@ -157,8 +161,39 @@ class RedisProvider(_common.ProviderBase):
             groups = {group["name"] for group in await client.xinfo_groups(key)}
         return set(topic.subscriptions) <= groups
 
+    async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
+        """Two pipelined round trips for every topic of every resource on this database.
+
+        No SCAN: the keyspace may hold millions of application keys, the declared
+        streams are what we need to know about.
+        """
+        await self._ensure_started()
+        plans = list(topics)
+        if not plans:
+            return frozenset()
+        async with self.guard(f"listing {len(plans)} stream(s)", self._map):
+            client = self._require_client()
+            async with client.pipeline(transaction=False) as pipe:
+                for plan in plans:
+                    pipe.type(plan.name)
+                kinds = [_text(kind) for kind in await pipe.execute()]
+            streams = [plan for plan, kind in zip(plans, kinds, strict=True) if kind == "stream"]
+            with_groups = [plan for plan in streams if plan.subscriptions]
+            async with client.pipeline(transaction=False) as pipe:
+                for plan in with_groups:
+                    pipe.xinfo_groups(plan.name)
+                replies = await pipe.execute(raise_on_error=False)
+        present = {plan for plan in streams if not plan.subscriptions}
+        for plan, reply in zip(with_groups, replies, strict=True):
+            if isinstance(reply, Exception):
+                continue  # deleted between the two round trips: missing
+            groups = {group["name"] for group in reply}
+            if set(plan.subscriptions) <= groups:
+                present.add(plan)
+        return frozenset(present)
+
     async def probe(self, timeout: float) -> None:
-        async with self.guard("probing", self._map, timeout=timeout):
+        async with self.guard("probing", self._map, timeout=timeout, limited=False):
             await self._ensure_started()
             await self._require_client().ping()
 

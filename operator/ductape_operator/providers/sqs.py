@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Collection
 from typing import Any
 
 import aioboto3
@@ -24,6 +25,8 @@ from ductape_operator.providers import _common, base
 logger = logging.getLogger(__name__)
 
 QUEUE_NAME_MAX_LENGTH = 80
+#: Queue URLs per ListQueues page: the most SQS sends.
+LIST_PAGE_SIZE = 1000
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _NOT_FOUND = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 _ALREADY_EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
@@ -109,7 +112,7 @@ class SQSProvider(_common.ProviderBase):
     # --- lifecycle ----------------------------------------------------------
 
     async def _open(self) -> None:
-        async with self.guard("connecting", self._map):
+        async with self.guard("connecting", self._map, limited=False):
             stack = contextlib.AsyncExitStack()
             self._stack = stack
             config = Config(
@@ -210,8 +213,35 @@ class SQSProvider(_common.ProviderBase):
                     raise
         return True
 
+    async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
+        """One ListQueues listing, paged, under the longest prefix the queue names share.
+
+        A topic counts when every one of its queues is listed. A name SQS would
+        refuse cannot exist, so it is left out of the prefix and counts as missing.
+        """
+        wanted = {plan: set(queue_names(plan).values()) for plan in topics}
+        valid = [name for names in wanted.values() for name in names if _QUEUE_NAME.match(name)]
+        if not valid:
+            return frozenset()
+        await self._ensure_started()
+        prefix = _common_prefix(valid)
+        request: dict[str, Any] = {"MaxResults": LIST_PAGE_SIZE}
+        if prefix:
+            request["QueueNamePrefix"] = prefix
+        existing: set[str] = set()
+        async with self.guard(f"listing queues {prefix}*", self._map):
+            client = self._require_client()
+            while True:
+                reply = await client.list_queues(**request)
+                existing.update(str(url).rsplit("/", 1)[-1] for url in reply.get("QueueUrls", []))
+                token = reply.get("NextToken")
+                if not token:
+                    break
+                request["NextToken"] = token
+        return frozenset(plan for plan, names in wanted.items() if names <= existing)
+
     async def probe(self, timeout: float) -> None:
-        async with self.guard("probing", self._map, timeout=timeout):
+        async with self.guard("probing", self._map, timeout=timeout, limited=False):
             await self._ensure_started()
             await self._require_client().list_queues(MaxResults=1)
 
@@ -240,6 +270,15 @@ class SQSProvider(_common.ProviderBase):
         ):
             return _common.unreachable(endpoint, what, exc)
         return _common.refused(endpoint, what, exc, retriable=True)
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The longest string every one of `names` starts with (character by character)."""
+    first, last = min(names), max(names)
+    size = 0
+    while size < min(len(first), len(last)) and first[size] == last[size]:
+        size += 1
+    return first[:size]
 
 
 def _code(exc: botocore_errors.ClientError) -> str:
