@@ -166,6 +166,7 @@ async def reconcile_broker(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> N
 async def health_round(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Timer: this resource's share of the per-endpoint round (probe, drift, retry)."""
     obj = reconcile.BrokerObject.from_body(body)
+    logger.debug("health round for %s/%s", obj.ref.namespace, obj.ref.name)
     owner = tag_owner(kwargs, obj)
     try:
         await _reconciler(memo).reconcile(obj, tag_owner=owner, trigger=reconcile.HEALTH)

@@ -11,6 +11,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -118,3 +119,12 @@ def namespace(kube: kit.Kube, operator: OperatorProcess) -> Iterator[str]:
     yield name
     operator.assert_alive()
     kube.delete_namespace(name)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[kit.PrivateRedis]:
+    with tempfile.TemporaryDirectory() as workdir:
+        redis_proc = kit.PrivateRedis(pathlib.Path(workdir))
+        redis_proc.start()
+        yield redis_proc
+        redis_proc.stop()

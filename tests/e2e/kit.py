@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
+import pathlib
+import shutil
+import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import uuid
@@ -308,3 +313,147 @@ def invalid_broker(name: str) -> dict[str, Any]:
             "envs": [{"slug": "dev", "type": "KAFKA", "config": {"host": "127.0.0.1"}}],
         },
     }
+
+
+class PrivateRedis:
+    def __init__(self, workdir: pathlib.Path) -> None:
+        self.workdir = workdir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.password = f"pw-{uuid.uuid4().hex}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server not on PATH (make testenv-up installs it)"
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--requirepass",
+                self.password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def answers() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(answers, timeout=20, what=f"private redis on {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+
+    def pings(self) -> int:
+        """PING commands this server answered so far (its own count: `INFO commandstats`)."""
+        client = self.client()
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        return int(stats.get("cmdstat_ping", {}).get("calls", 0))
+
+    def set_password(self, password: str) -> None:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+        client.config_set("requirepass", password)
+        client.close()
+        self.password = password
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        m = broker_manifest(name, envs=[("dev", "REDIS")], topics=topics_for(name, 1))
+        m["spec"]["envs"][0]["config"] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "password": {"secretKeyRef": {"name": "redis-auth", "key": "password"}},
+        }
+        return m
+
+
+class WriteCounter:
+    """Counts writes in a namespace, as the watches see them: MessageBrokers, Secrets, Events.
+
+    Every ADDED, MODIFIED or DELETED event after `start()` is one write. Watches run
+    in threads from the resourceVersion of a fresh list, so nothing before is counted.
+    """
+
+    KINDS = ("messagebrokers", "secrets", "events")
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.writes: dict[str, list[str]] = {kind: [] for kind in self.KINDS}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _list(self, kind: str) -> Callable[..., Any]:
+        ns = self.namespace
+        if kind == "messagebrokers":
+            return functools.partial(
+                self.kube.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL
+            )
+        if kind == "secrets":
+            return functools.partial(self.kube.core.list_namespaced_secret, ns)
+        return functools.partial(self.kube.core.list_namespaced_event, ns)
+
+    def start(self) -> WriteCounter:
+        ready = threading.Barrier(len(self.KINDS) + 1)
+        for kind in self.KINDS:
+            thread = threading.Thread(target=self._watch, args=(kind, ready), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        ready.wait(timeout=60)
+        return self
+
+    def _watch(self, kind: str, ready: threading.Barrier) -> None:
+        list_fn = self._list(kind)
+        listed = list_fn()
+        version = (
+            listed["metadata"]["resourceVersion"]
+            if isinstance(listed, dict)
+            else listed.metadata.resource_version
+        )
+        ready.wait(timeout=60)
+        while not self._stop.is_set():
+            watch = kubernetes.watch.Watch()
+            for event in watch.stream(list_fn, resource_version=version, timeout_seconds=2):
+                obj = event["object"]
+                meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
+                name = meta["name"] if isinstance(meta, dict) else meta.name
+                version = (
+                    meta["resourceVersion"] if isinstance(meta, dict) else meta.resource_version
+                )
+                if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                    self.writes[kind].append(f"{event['type']} {name}")
+                if self._stop.is_set():
+                    watch.stop()
+
+    def stop(self) -> dict[str, list[str]]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        return self.writes

@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -106,7 +101,7 @@ async def test_delete_applies_policy_and_secrets_are_collected(
 
 
 def test_missing_secret_then_created_then_rotated(
-    kube: kit.Kube, namespace: str, private_redis: PrivateRedis
+    kube: kit.Kube, namespace: str, private_redis: kit.PrivateRedis
 ) -> None:
     name = kit.unique("sec")
     manifest = private_redis.manifest(name)
@@ -135,7 +130,7 @@ def test_missing_secret_then_created_then_rotated(
 
 
 def test_broker_outage_is_reported_and_recovers(
-    kube: kit.Kube, namespace: str, private_redis: PrivateRedis
+    kube: kit.Kube, namespace: str, private_redis: kit.PrivateRedis
 ) -> None:
     name = kit.unique("down")
     kube.create_secret(namespace, "redis-auth", {"password": private_redis.password})
@@ -228,7 +223,7 @@ async def test_drift_is_repaired_within_a_health_round(kube: kit.Kube, namespace
 
 
 def test_no_credential_in_status_events_or_log(
-    kube: kit.Kube, namespace: str, private_redis: PrivateRedis, operator: OperatorProcess
+    kube: kit.Kube, namespace: str, private_redis: kit.PrivateRedis, operator: OperatorProcess
 ) -> None:
     name = kit.unique("creds")
     sqs_secret = f"sqs-secret-{uuid.uuid4().hex}"
@@ -290,80 +285,6 @@ def test_operator_survives_a_resource_that_fails_validation(
 # --- a Redis of the test's own, to stop, restart and re-password ------------------
 
 
-class PrivateRedis:
-    def __init__(self, workdir: pathlib.Path) -> None:
-        self.workdir = workdir
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.password = f"pw-{uuid.uuid4().hex}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server not on PATH (make testenv-up installs it)"
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--requirepass",
-                self.password,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def answers() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return True
-            except OSError:
-                return False
-
-        kit.wait_until(answers, timeout=20, what=f"private redis on {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-            self.proc = None
-
-    def set_password(self, password: str) -> None:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
-        client.config_set("requirepass", password)
-        client.close()
-        self.password = password
-
-    def manifest(self, name: str) -> dict[str, Any]:
-        m = kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=kit.topics_for(name, 1))
-        m["spec"]["envs"][0]["config"] = {
-            "host": "127.0.0.1",
-            "port": self.port,
-            "password": {"secretKeyRef": {"name": "redis-auth", "key": "password"}},
-        }
-        return m
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    with tempfile.TemporaryDirectory() as workdir:
-        redis_proc = PrivateRedis(pathlib.Path(workdir))
-        redis_proc.start()
-        yield redis_proc
-        redis_proc.stop()
-
-
 async def test_removed_topic_gets_the_deletion_policy(kube: kit.Kube, namespace: str) -> None:
     name = kit.unique("rmtopic")
     topics = kit.topics_for(name, count=2)
@@ -416,7 +337,7 @@ def test_healthy_unchanged_resource_causes_no_writes(
 
 
 def test_finalizer_gives_up_on_an_unreachable_broker(
-    kube: kit.Kube, namespace: str, private_redis: PrivateRedis
+    kube: kit.Kube, namespace: str, private_redis: kit.PrivateRedis
 ) -> None:
     from tests.e2e.conftest import FINALIZER_TIMEOUT
 
@@ -444,7 +365,7 @@ def test_finalizer_gives_up_on_an_unreachable_broker(
 
 
 def test_namespace_deletion_is_not_held_hostage(
-    kube: kit.Kube, operator: OperatorProcess, private_redis: PrivateRedis
+    kube: kit.Kube, operator: OperatorProcess, private_redis: kit.PrivateRedis
 ) -> None:
     ns = f"e2e-ns-{uuid.uuid4().hex[:6]}"
     kube.create_namespace(ns)
