@@ -272,6 +272,9 @@ class Written:
     status: Mapping[str, Any] | None = None
     tag_label: str | None = None
     applied: str | None = None
+    #: The newest generation reconciled: a trigger holding an older body (a timer
+    #: that waited for the lock while an update went through) must not undo it.
+    generation: int = 0
 
     def overlay(self, obj: BrokerObject) -> BrokerObject:
         """`obj` as it is after our own writes, whether or not the watch saw them yet."""
@@ -336,7 +339,11 @@ class Reconciler:
         async with self.lock(obj.ref):
             written = self._written.get((obj.ref.namespace, obj.ref.name))
             if written is not None:
+                if written.uid == obj.ref.uid and obj.generation < written.generation:
+                    current = obj.current_status()
+                    return Outcome(status=current, ready=False, retry=False, message="stale")
                 obj = written.overlay(obj)
+            self._written_for(obj.ref).generation = obj.generation
             started = time.monotonic()
             try:
                 outcome = await self._reconcile(obj, tag_owner=tag_owner, trigger=trigger)
@@ -575,6 +582,9 @@ class Reconciler:
         result.reason = exc.reason
         result.retriable = exc.retriable
         result.message = exc.message
+        if isinstance(exc, errors.BrokerUnreachableError | errors.BrokerAuthError):
+            # The round's probe may predate the outage: the broker failing us now counts.
+            result.healthy = False
         if isinstance(exc, errors.BrokerError) and result.healthy is False:
             result.phase = models.Phase.DEGRADED if prev is not None else models.Phase.PENDING
         elif isinstance(exc, errors.SecretNotFoundError):

@@ -147,7 +147,15 @@ class Kube:
     ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             obj = self.get(ns, name) or {}
-            cond = self.condition(ns, name, type_)
+            # The condition from the same read as the object it is returned with.
+            cond = next(
+                (
+                    dict(c)
+                    for c in (obj.get("status") or {}).get("conditions") or []
+                    if c.get("type") == type_
+                ),
+                None,
+            )
             if cond is None or cond.get("status") != status:
                 return None
             if reason is not None and cond.get("reason") != reason:
