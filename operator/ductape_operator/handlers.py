@@ -58,8 +58,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     app = _app_settings(memo)
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    # What counts as a change is the spec alone: the tag label we add ourselves, or a
+    # user's label, must not cost a reconcile and a diff-base write per resource.
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
+        prefix=PREFIX,
+        key="last-handled-configuration",
+        ignored_fields=["metadata.labels", "metadata.annotations"],
     )
     # kopf posts an Event per handler outcome; ours are posted on transitions only.
     settings.posting.level = logging.WARNING
@@ -141,10 +145,14 @@ async def secrets_index(
 async def brokers_index(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """(namespace, name) -> the body as last watched: Secret events read it from here."""
+    """(namespace, name) -> the body as last watched: Secret events read it from here.
+
+    Only what the reconciler reads is kept: kubectl's and kopf's own annotations
+    each repeat the whole spec, and a thousand resources would keep them all.
+    """
     if namespace is None:
         return {}
-    return {(namespace, name): dict(body)}
+    return {(namespace, name): reconcile.trimmed_body(body)}
 
 
 # --- MessageBroker handlers -------------------------------------------------

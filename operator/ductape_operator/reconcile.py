@@ -133,6 +133,29 @@ class AppliedEnv:
         )
 
 
+def trimmed_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a MessageBroker body `BrokerObject.from_body` reads, and no more."""
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    return {
+        "metadata": {
+            key: meta[key]
+            for key in ("namespace", "name", "uid", "generation", "creationTimestamp", "labels")
+            if key in meta
+        }
+        | {
+            "annotations": {
+                key: annotations[key]
+                for key in (APPLIED_ANNOTATION, PAUSED_ANNOTATION)
+                if key in annotations
+            },
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
 def load_applied(annotations: Mapping[str, str]) -> dict[str, AppliedEnv]:
     """The applied record; an unreadable one counts as empty (nothing known provisioned)."""
     raw = annotations.get(APPLIED_ANNOTATION)
