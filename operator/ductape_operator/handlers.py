@@ -158,26 +158,30 @@ async def brokers_index(
 # --- MessageBroker handlers -------------------------------------------------
 
 
-async def reconcile_broker(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+async def reconcile_broker(
+    body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any
+) -> None:
     """create / update / resume: the same level-based reconcile."""
     obj = reconcile.BrokerObject.from_body(body)
     owner = tag_owner(kwargs, obj)
     delay = min(_app_settings(memo).health_interval, 15.0)
     try:
-        outcome = await _reconciler(memo).reconcile(obj, tag_owner=owner)
+        outcome = await _reconciler(memo).reconcile(obj, tag_owner=owner, patch=patch)
     except errors.DuctapeError as exc:  # the API server failing us: retry, no traceback
         raise kopf.TemporaryError(exc.message, delay=delay) from exc
     if outcome.retry:
         raise kopf.TemporaryError(outcome.message or "not ready yet", delay=delay)
 
 
-async def health_round(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+async def health_round(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any) -> None:
     """Timer: this resource's share of the per-endpoint round (probe, drift, retry)."""
     obj = reconcile.BrokerObject.from_body(body)
     logger.debug("health round for %s/%s", obj.ref.namespace, obj.ref.name)
     owner = tag_owner(kwargs, obj)
     try:
-        await _reconciler(memo).reconcile(obj, tag_owner=owner, trigger=reconcile.HEALTH)
+        await _reconciler(memo).reconcile(
+            obj, tag_owner=owner, trigger=reconcile.HEALTH, patch=patch
+        )
     except errors.DuctapeError as exc:
         logger.debug("health round of %s/%s: %s", obj.ref.namespace, obj.ref.name, exc.message)
 

@@ -247,8 +247,18 @@ async def apply_connection_secret(
     digest = _digest(body["type"], all_labels, encoded)
     if _written.get((namespace, name)) == digest:
         return False  # what we last wrote, and the watch has not seen it change since
-    existing = await _read_secret(namespace, name)
     action = f"write Secret {namespace}/{name}"
+    if (namespace, name) not in _written:
+        # Usually a new resource's first Secret: create it blind, look only on a conflict.
+        try:
+            await _call(action, lambda: _core().create_namespaced_secret(namespace, body))
+        except errors.DuctapeError as exc:
+            if not isinstance(exc.__cause__, ApiException) or exc.__cause__.status != 409:
+                raise
+        else:
+            _written[(namespace, name)] = digest
+            return True
+    existing = await _read_secret(namespace, name)
     if existing is None:
         await _call(action, lambda: _core().create_namespaced_secret(namespace, body))
         _written[(namespace, name)] = digest
@@ -333,6 +343,17 @@ async def patch_metadata(
         ),
         missing_ok=True,
     )
+
+
+#: Events being posted; kept so that the tasks are not garbage-collected mid-flight.
+_posting: set[asyncio.Task[None]] = set()
+
+
+def emit_event(ref: BrokerRef, *, type: str, reason: str, message: str) -> None:
+    """Post an Event in the background: it is never on the path to a resource's Ready."""
+    task = asyncio.ensure_future(post_event(ref, type=type, reason=reason, message=message))
+    _posting.add(task)
+    task.add_done_callback(_posting.discard)
 
 
 async def post_event(ref: BrokerRef, *, type: str, reason: str, message: str) -> None:
