@@ -15,6 +15,7 @@ import secrets
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import kopf
 
 from ductape_operator import errors, kube, metrics, models, reconcile
@@ -257,12 +258,32 @@ async def secret_changed(
             raise kopf.TemporaryError(exc.message, delay=10) from exc
 
 
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """Authenticate like the Kubernetes client: in-cluster token, else the kubeconfig.
+#: HTTP connections kopf keeps to the API server (its watches included). kopf's own
+#: session has no limit: a thousand resources created at once opened a TLS connection
+#: each, and every one kept its buffers (docs/operations.md, "Memory").
+KOPF_CONNECTIONS = 64
 
-    kopf registers this for its default registry only; ours is a fresh one.
+
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """Authenticate like the Kubernetes client: in-cluster token, else the kubeconfig,
+    through an HTTP session with a bounded connection pool.
+
+    kopf registers its login handlers for its default registry only; ours is a fresh one.
     """
-    return kopf.login_via_client(**kwargs)
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=KOPF_CONNECTIONS, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+    )
+    return kopf.AiohttpSession(
+        server=info.server,
+        priority=info.priority,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+        aiohttp_session=session,
+    )
 
 
 def register(registry: kopf.OperatorRegistry, app: Settings) -> None:
