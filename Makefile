@@ -88,6 +88,15 @@ bench: venv ## benchmarks: print figures (starts the local stack)
 	hack/testenv-up.sh
 	. .testenv/env && $(BIN)/python -m benchmarks
 
+N ?= 1000
+PROVIDER ?= REDIS
+BENCH_SCALE_ARGS ?=
+
+.PHONY: bench-scale
+bench-scale: venv ## N resources at once (N=1000 PROVIDER=REDIS|RABBITMQ|KAFKA): figures to .bench/
+	hack/testenv-up.sh
+	. .testenv/env && $(BIN)/python -m benchmarks.scale --count $(N) --provider $(PROVIDER) $(BENCH_SCALE_ARGS)
+
 .PHONY: clean
 clean: ## remove the venv and caches of this checkout (not ~/.cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
