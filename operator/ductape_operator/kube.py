@@ -26,8 +26,8 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import kubernetes
 import urllib3
@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 MANAGED_BY = "ductape-operator"
 #: API calls in flight at once: worker threads and pooled HTTP connections alike.
 API_CONCURRENCY = 32
-
-T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,29 +88,25 @@ def configure() -> None:
 
 
 async def _call(
-    action: str, fn: Callable[..., Any], *, missing_ok: bool = False
+    action: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    content_type: str = "application/json",
+    missing_ok: bool = False,
 ) -> dict[str, Any] | None:
-    """Run one blocking client call in the API pool; errors become the project's.
+    """One request to the API server, run in the API pool; errors become the project's.
 
-    The answer is returned as plain JSON, not as the client's model objects:
-    `fn` is called with `_preload_content=False` and the body parsed here, which
-    costs a fraction of the client's own deserialization (CPU under the GIL that
-    the event loop would wait for, and memory). With `missing_ok`, a 404 returns
-    None instead of raising.
+    It goes through the client's REST layer, not its generated API methods: those
+    validate every call with pydantic, which builds a schema of each method's whole
+    model tree on first use (tens of megabytes of native memory) and costs CPU under
+    the GIL on every call after. Answers are plain JSON. With `missing_ok`, a 404
+    returns None instead of raising.
     """
-
-    def call() -> dict[str, Any]:
-        response = fn(_preload_content=False)
-        try:
-            raw = response.data
-        finally:
-            response.release_conn()
-        parsed: dict[str, Any] = json.loads(raw) if raw else {}
-        return parsed
-
     loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(_executor, call)
+        return await loop.run_in_executor(_executor, _request, method, path, body, content_type)
     except ApiException as exc:
         if missing_ok and exc.status == 404:
             return None
@@ -124,19 +118,47 @@ async def _call(
         ) from exc
 
 
+def _request(method: str, path: str, body: Any, content_type: str) -> dict[str, Any]:
+    client = _client()
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    serialized = client.param_serialize(
+        method=method,
+        resource_path=path,
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = client.call_api(*serialized)
+    raw = response.read()  # type: ignore[no-untyped-call]
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(http_resp=response, body=raw, data=None)
+    parsed: dict[str, Any] = json.loads(raw) if raw else {}
+    return parsed
+
+
+def _secrets_path(namespace: str, name: str | None = None) -> str:
+    base = f"/api/v1/namespaces/{namespace}/secrets"
+    return base if name is None else f"{base}/{name}"
+
+
+def _broker_path(ref: BrokerRef, subresource: str = "") -> str:
+    path = (
+        f"/apis/{models.GROUP}/{models.VERSION}/namespaces/{ref.namespace}"
+        f"/{models.PLURAL}/{ref.name}"
+    )
+    return f"{path}/{subresource}" if subresource else path
+
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
 def _client() -> kubernetes.client.ApiClient:
     if _api_client is None:
         configure()
     assert _api_client is not None
     return _api_client
-
-
-def _core() -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(_client())
-
-
-def _custom() -> kubernetes.client.CustomObjectsApi:
-    return kubernetes.client.CustomObjectsApi(_client())
 
 
 def _decode(data: Mapping[str, str] | None) -> dict[str, str]:
@@ -174,9 +196,7 @@ async def read_secret_values(
 async def _read_secret(namespace: str, name: str) -> Any | None:
     """The V1Secret, or None when it does not exist."""
     return await _call(
-        f"read Secret {namespace}/{name}",
-        lambda **kw: _core().read_namespaced_secret(name, namespace, **kw),
-        missing_ok=True,
+        f"read Secret {namespace}/{name}", "GET", _secrets_path(namespace, name), missing_ok=True
     )
 
 
@@ -267,9 +287,7 @@ async def apply_connection_secret(
     if (namespace, name) not in _written:
         # Usually a new resource's first Secret: create it blind, look only on a conflict.
         try:
-            await _call(
-                action, lambda **kw: _core().create_namespaced_secret(namespace, body, **kw)
-            )
+            await _call(action, "POST", _secrets_path(namespace), body)
         except errors.DuctapeError as exc:
             if not isinstance(exc.__cause__, ApiException) or exc.__cause__.status != 409:
                 raise
@@ -278,7 +296,7 @@ async def apply_connection_secret(
             return True
     existing = await _read_secret(namespace, name)
     if existing is None:
-        await _call(action, lambda **kw: _core().create_namespaced_secret(namespace, body, **kw))
+        await _call(action, "POST", _secrets_path(namespace), body)
         _written[(namespace, name)] = digest
         return True
 
@@ -298,11 +316,11 @@ async def apply_connection_secret(
         # The type of a Secret is immutable: replace it (the switch is atomic enough
         # for applications that re-read the binding; they never see partial data).
         await delete_secret(owner, name)
-        await _call(action, lambda **kw: _core().create_namespaced_secret(namespace, body, **kw))
+        await _call(action, "POST", _secrets_path(namespace), body)
         _written[(namespace, name)] = digest
         return True
     body["metadata"]["resourceVersion"] = existing_meta.get("resourceVersion")
-    await _call(action, lambda **kw: _core().replace_namespaced_secret(name, namespace, body, **kw))
+    await _call(action, "PUT", _secrets_path(namespace, name), body)
     _written[(namespace, name)] = digest
     return True
 
@@ -318,7 +336,8 @@ async def delete_secret(owner: BrokerRef, name: str) -> None:
         return
     await _call(
         f"delete Secret {namespace}/{name}",
-        lambda **kw: _core().delete_namespaced_secret(name, namespace, **kw),
+        "DELETE",
+        _secrets_path(namespace, name),
         missing_ok=True,
     )
 
@@ -328,9 +347,10 @@ async def patch_status(ref: BrokerRef, status: Mapping[str, Any]) -> None:
     body = {"status": json.loads(redaction.redact(json.dumps(dict(status))))}
     await _call(
         f"patch status of MessageBroker {ref.namespace}/{ref.name}",
-        lambda **kw: _custom().patch_namespaced_custom_object_status(
-            models.GROUP, models.VERSION, ref.namespace, models.PLURAL, ref.name, body, **kw
-        ),
+        "PATCH",
+        _broker_path(ref, "status"),
+        body,
+        content_type=MERGE_PATCH,
         missing_ok=True,  # deleted meanwhile: nothing to report on
     )
 
@@ -351,15 +371,10 @@ async def patch_metadata(
 
     await _call(
         f"patch MessageBroker {ref.namespace}/{ref.name}",
-        lambda **kw: _custom().patch_namespaced_custom_object(
-            models.GROUP,
-            models.VERSION,
-            ref.namespace,
-            models.PLURAL,
-            ref.name,
-            {"metadata": metadata},
-            **kw,
-        ),
+        "PATCH",
+        _broker_path(ref),
+        {"metadata": metadata},
+        content_type=MERGE_PATCH,
         missing_ok=True,
     )
 
@@ -405,27 +420,25 @@ async def post_event(ref: BrokerRef, *, type: str, reason: str, message: str) ->
     try:
         await _call(
             f"post Event {reason}",
-            lambda **kw: _core().create_namespaced_event(ref.namespace, body, **kw),
+            "POST",
+            f"/api/v1/namespaces/{ref.namespace}/events",
+            body,
         )
     except errors.DuctapeError as exc:
         logger.warning("could not post event on %s/%s: %s", ref.namespace, ref.name, exc.message)
 
 
 async def namespace_terminating(namespace: str) -> bool:
-    loop = asyncio.get_running_loop()
     try:
-        ns = await loop.run_in_executor(_executor, lambda: _core().read_namespace(namespace))
-    except ApiException as exc:
-        if exc.status in (403, 404):
-            return bool(exc.status == 404)
-        raise _api_error(exc, f"read Namespace {namespace}") from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise errors.DuctapeError(
-            f"Kubernetes API: cannot read Namespace {namespace}: API server unreachable",
-            retriable=True,
-        ) from exc
-    deleting = bool(ns.metadata and ns.metadata.deletion_timestamp)
-    return deleting or bool(ns.status and ns.status.phase == "Terminating")
+        ns = await _call(f"read Namespace {namespace}", "GET", f"/api/v1/namespaces/{namespace}")
+    except errors.DuctapeError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ApiException) and cause.status in (403, 404):
+            return bool(cause.status == 404)
+        raise
+    assert ns is not None
+    deleting = bool((ns.get("metadata") or {}).get("deletionTimestamp"))
+    return deleting or (ns.get("status") or {}).get("phase") == "Terminating"
 
 
 def _owned_by(metadata: Mapping[str, Any], owner: BrokerRef) -> bool:
