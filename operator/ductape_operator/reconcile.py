@@ -45,6 +45,11 @@ logger = logging.getLogger(__name__)
 #: A first reconcile that takes longer than this writes a `Provisioning` status
 #: first, so that users see progress; a quick one writes only its final status.
 PROVISIONING_NOTICE_SECONDS = 2.0
+#: Reconciles in flight at once (controller-runtime's MaxConcurrentReconciles): a burst
+#: of a thousand creates waits here, first come first served, instead of holding a
+#: thousand half-done reconciles (and their memory) at once. The API server is the
+#: bottleneck of such a burst either way.
+MAX_CONCURRENT_RECONCILES = 64
 
 APPLIED_ANNOTATION = "ductape.app/applied"
 PAUSED_ANNOTATION = "ductape.app/paused"
@@ -329,6 +334,7 @@ class Reconciler:
             round_seconds=settings.health_interval, probe_timeout=settings.probe_timeout
         )
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._in_flight = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
         self._written: dict[tuple[str, str], Written] = {}
         #: The Ready condition's reason per resource, for the periodic summary.
         self.ready_reasons: dict[tuple[str, str], str] = {}
@@ -369,7 +375,7 @@ class Reconciler:
         as kopf's own bookkeeping), metadata changes go there instead of a patch of
         their own: one API write less per created resource.
         """
-        async with self.lock(obj.ref):
+        async with self._in_flight, self.lock(obj.ref):
             written = self._written.get((obj.ref.namespace, obj.ref.name))
             if written is not None:
                 if written.uid == obj.ref.uid and obj.generation < written.generation:
