@@ -245,7 +245,7 @@ def binding_entries(
     provider: base.Provider,
     locations: Mapping[str, base.TopicLocation],
 ) -> dict[str, str]:
-    """The connection Secret's entries (DESIGN.md section 4)."""
+    """The connection Secret's entries (README.md, "The connection Secret")."""
     entries = dict(provider.binding())
     entries.update(
         {

@@ -3,7 +3,7 @@
 This is the contract test between the two halves of the project: the topic,
 its subscriptions and the connection Secret's entries are made exactly as the
 operator makes them (`providers.build_provider`, `ensure_topic`, `binding()`,
-plus the common entries of DESIGN.md section 4), and the client must work from
+plus the common entries of README.md, "The connection Secret"), and the client must work from
 those entries alone. The broker configs come from the local stack's environment
 (`.testenv/env`).
 """

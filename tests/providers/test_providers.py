@@ -51,7 +51,7 @@ async def plans(provider: base.Provider) -> AsyncIterator[list[base.TopicPlan]]:
 
 
 def expected_location(type_: T, plan: base.TopicPlan, location: base.TopicLocation) -> None:
-    """The location's names follow DESIGN.md section 4."""
+    """The location's names follow README.md, "The connection Secret"."""
     assert set(location.subscriptions) == set(plan.subscriptions)
     for sub, physical in location.subscriptions.items():
         if type_ is T.REDIS:

@@ -1,6 +1,6 @@
 """Reading a connection Secret the way an application sees it: a service binding.
 
-The operator writes one Secret per environment (DESIGN.md section 4). An
+The operator writes one Secret per environment (README.md, "The connection Secret"). An
 application gets it in one of three shapes, and `Binding.load` reads each:
 
 - mounted as a folder, the Service Binding for Kubernetes way:

@@ -5,7 +5,7 @@
 
 A provider's identity is its type, its connection config and the values of
 the Secrets it references. Every env with the same identity shares one
-provider (DESIGN.md section 3, step 2); an env whose endpoint or credentials
+provider (docs/operations.md, "Health rounds"); an env whose endpoint or credentials
 change gets a new one, and the old one is closed once no env uses it.
 """
 
@@ -99,6 +99,8 @@ class ProviderPool:
         self._lock = asyncio.Lock()
         self._providers: dict[str, base.Provider] = {}
         self._owners: dict[Hashable, str] = {}
+        #: Owners per identity: whether a provider is still used, without a scan of all owners.
+        self._holders: dict[str, int] = {}
         #: One per identity being started, so a slow broker holds up only its own owners.
         self._starting: dict[str, asyncio.Lock] = {}
 
@@ -140,6 +142,8 @@ class ProviderPool:
         """`owner` no longer needs its provider; close it if nobody else uses it."""
         async with self._lock:
             key = self._owners.pop(owner, None)
+            if key is not None:
+                self._holders[key] -= 1
             stale = self._drop_if_unused(key)
         if stale is not None:
             await _close_quietly(stale)
@@ -150,20 +154,26 @@ class ProviderPool:
             providers = list(self._providers.values())
             self._providers.clear()
             self._owners.clear()
+            self._holders.clear()
             self._starting.clear()
         await asyncio.gather(*(_close_quietly(p) for p in providers))
 
     def _assign(self, owner: Hashable, key: str) -> base.Provider | None:
         """Record that `owner` holds `key`; return the provider it left, if now unused."""
         previous = self._owners.get(owner)
-        self._owners[owner] = key
-        if previous is None or previous == key:
+        if previous == key:
             return None
+        self._owners[owner] = key
+        self._holders[key] = self._holders.get(key, 0) + 1
+        if previous is None:
+            return None
+        self._holders[previous] -= 1
         return self._drop_if_unused(previous)
 
     def _drop_if_unused(self, key: str | None) -> base.Provider | None:
-        if key is None or key in self._owners.values():
+        if key is None or self._holders.get(key, 0) > 0:
             return None
+        self._holders.pop(key, None)
         return self._providers.pop(key, None)
 
 

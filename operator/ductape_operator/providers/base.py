@@ -127,6 +127,6 @@ class Provider(Protocol):
         ...
 
     def binding(self) -> dict[str, str]:
-        """Connection Secret entries of this type (DESIGN.md section 4) except the
+        """Connection Secret entries of this type (README.md, "The connection Secret") except the
         common ones (`type`, `provider`, `broker-tag`, `env`, `topics.json`)."""
         ...

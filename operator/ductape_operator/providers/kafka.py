@@ -1,7 +1,7 @@
 """Kafka: topics through the admin API, subscriptions as consumer groups.
 
 A subscription is the consumer group `<topic>.<subscription>`. Kafka has nothing
-to create for a group, but DESIGN.md section 5 wants every subscription to get
+to create for a group, but the README ("The connection Secret") promises every subscription gets
 every message published after it was provisioned, even before anyone consumes.
 So provisioning commits the group's start offsets: for each partition of the
 topic where the group has no committed offset yet, its current beginning

@@ -1,6 +1,6 @@
 """Redis: a topic is a stream key, a subscription a consumer group on it.
 
-The group is named after the subscription alone (DESIGN.md section 4) and is
+The group is named after the subscription alone (README.md, "The connection Secret") and is
 created at `$`, so it receives every entry added after it was provisioned. A
 topic without subscriptions still gets its (empty) stream, made by creating and
 destroying a throwaway group, since Redis has no "create an empty stream".
