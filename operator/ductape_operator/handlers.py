@@ -234,10 +234,11 @@ async def secret_changed(
     referenced = (namespace, name) in secrets_index
     owners: set[str] = set()
     if referenced:
-        before = kube.cached_data_or_none(namespace, name)
-        kube.remember_secret(namespace, name, None if gone else dict(body.get("data") or {}))
+        changed = kube.remember_secret(
+            namespace, name, None if gone else dict(body.get("data") or {})
+        )
         # The initial listing (type None) only fills the cache: `resume` reconciles then.
-        if type is not None and before != kube.cached_data_or_none(namespace, name):
+        if type is not None and changed:
             owners.update(secrets_index[(namespace, name)])
     else:
         kube.forget_secret(namespace, name)

@@ -95,20 +95,21 @@ async def _call(
     *,
     content_type: str = "application/json",
     missing_ok: bool = False,
+    conflict_ok: bool = False,
 ) -> dict[str, Any] | None:
     """One request to the API server, run in the API pool; errors become the project's.
 
     It goes through the client's REST layer, not its generated API methods: those
     validate every call with pydantic, which builds a schema of each method's whole
     model tree on first use (tens of megabytes of native memory) and costs CPU under
-    the GIL on every call after. Answers are plain JSON. With `missing_ok`, a 404
-    returns None instead of raising.
+    the GIL on every call after. Answers are plain JSON. With `missing_ok` a 404,
+    with `conflict_ok` a 409, returns None instead of raising.
     """
     loop = asyncio.get_running_loop()
     try:
         return await loop.run_in_executor(_executor, _request, method, path, body, content_type)
     except ApiException as exc:
-        if missing_ok and exc.status == 404:
+        if (missing_ok and exc.status == 404) or (conflict_ok and exc.status == 409):
             return None
         raise _api_error(exc, action) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -214,13 +215,15 @@ async def cached_secret_data(namespace: str, name: str) -> dict[str, str] | None
     return _secrets[key]
 
 
-def cached_data_or_none(namespace: str, name: str) -> dict[str, str] | None:
-    return _secrets.get((namespace, name))
+def remember_secret(namespace: str, name: str, data: Mapping[str, str] | None) -> bool:
+    """The Secret watch delivered a referenced Secret (raw base64 `data`; None: deleted).
 
-
-def remember_secret(namespace: str, name: str, data: Mapping[str, str] | None) -> None:
-    """The Secret watch delivered a referenced Secret (raw base64 `data`; None: deleted)."""
-    _secrets[(namespace, name)] = None if data is None else _decode(data)
+    True when its content differs from what was known (never seen counts as absent).
+    """
+    key = (namespace, name)
+    before = _secrets.get(key)
+    _secrets[key] = None if data is None else _decode(data)
+    return _secrets[key] != before
 
 
 def forget_secret(namespace: str, name: str) -> None:
@@ -280,48 +283,48 @@ async def apply_connection_secret(
         },
         "data": encoded,
     }
+    key = (namespace, name)
     digest = _digest(body["type"], all_labels, encoded)
-    if _written.get((namespace, name)) == digest:
+    if _written.get(key) == digest:
         return False  # what we last wrote, and the watch has not seen it change since
+    changed = await _put_secret(owner, body, known=key in _written)
+    _written[key] = digest
+    return changed
+
+
+async def _put_secret(owner: BrokerRef, body: Any, *, known: bool) -> bool:
+    """Make the Secret `body` exist as given; True when something was written."""
+    namespace, name = owner.namespace, body["metadata"]["name"]
     action = f"write Secret {namespace}/{name}"
-    if (namespace, name) not in _written:
-        # Usually a new resource's first Secret: create it blind, look only on a conflict.
-        try:
-            await _call(action, "POST", _secrets_path(namespace), body)
-        except errors.DuctapeError as exc:
-            if not isinstance(exc.__cause__, ApiException) or exc.__cause__.status != 409:
-                raise
-        else:
-            _written[(namespace, name)] = digest
-            return True
+
+    async def create(*, conflict_ok: bool = False) -> bool:
+        made = await _call(action, "POST", _secrets_path(namespace), body, conflict_ok=conflict_ok)
+        return made is not None
+
+    # Usually a new resource's first Secret: create it blind, look only on a conflict.
+    if not known and await create(conflict_ok=True):
+        return True
     existing = await _read_secret(namespace, name)
     if existing is None:
-        await _call(action, "POST", _secrets_path(namespace), body)
-        _written[(namespace, name)] = digest
-        return True
-
+        return await create()
     existing_meta = existing.get("metadata") or {}
     if not _owned_by(existing_meta, owner):
         raise errors.InvalidConfigError(
             f"Secret {namespace}/{name} already exists and is not owned by this"
             " MessageBroker; set envs[].secretName to another name or remove that Secret"
         )
-    same_data = (existing.get("data") or {}) == encoded
     existing_labels = existing_meta.get("labels") or {}
-    same_labels = all(existing_labels.get(k) == v for k, v in all_labels.items())
-    if same_data and same_labels and existing.get("type") == body["type"]:
-        _written[(namespace, name)] = digest
+    same_labels = all(existing_labels.get(k) == v for k, v in body["metadata"]["labels"].items())
+    same_type = existing.get("type") == body["type"]
+    if same_type and same_labels and (existing.get("data") or {}) == body["data"]:
         return False
-    if existing.get("type") != body["type"]:
+    if not same_type:
         # The type of a Secret is immutable: replace it (the switch is atomic enough
         # for applications that re-read the binding; they never see partial data).
         await delete_secret(owner, name)
-        await _call(action, "POST", _secrets_path(namespace), body)
-        _written[(namespace, name)] = digest
-        return True
+        return await create()
     body["metadata"]["resourceVersion"] = existing_meta.get("resourceVersion")
     await _call(action, "PUT", _secrets_path(namespace, name), body)
-    _written[(namespace, name)] = digest
     return True
 
 

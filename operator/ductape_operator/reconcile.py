@@ -305,9 +305,8 @@ class Written:
     generation: int = 0
 
     def overlay(self, obj: BrokerObject) -> BrokerObject:
-        """`obj` as it is after our own writes, whether or not the watch saw them yet."""
-        if obj.ref.uid != self.uid:
-            return obj
+        """`obj` (of this uid) as it is after our own writes, whether or not the watch
+        saw them yet."""
         labels = dict(obj.labels)
         annotations = dict(obj.annotations)
         if self.tag_label is not None:
@@ -376,13 +375,12 @@ class Reconciler:
         their own: one API write less per created resource.
         """
         async with self._in_flight, self.lock(obj.ref):
-            written = self._written.get((obj.ref.namespace, obj.ref.name))
-            if written is not None:
-                if written.uid == obj.ref.uid and obj.generation < written.generation:
-                    current = obj.current_status()
-                    return Outcome(status=current, ready=False, retry=False, message="stale")
-                obj = written.overlay(obj)
-            self._written_for(obj.ref).generation = obj.generation
+            written = self._written_for(obj.ref)
+            if obj.generation < written.generation:
+                current = obj.current_status()
+                return Outcome(status=current, ready=False, retry=False, message="stale")
+            written.generation = obj.generation
+            obj = written.overlay(obj)
             started = time.monotonic()
             try:
                 outcome = await self._reconcile(
@@ -510,7 +508,8 @@ class Reconciler:
             )
             owner = (ref.namespace, ref.name, env.slug)
             provider = await self.pool.acquire(owner, env.type, env.config, secrets)
-            endpoint_key = providers.identity(env.type, env.config, secrets)
+            endpoint_key = self.pool.key_of(owner)
+            assert endpoint_key is not None  # acquired just now, under this resource's lock
             result.endpoint = provider.endpoint
             probe = await self.health.probe(endpoint_key, provider)
             result.probe_seconds = probe.seconds
@@ -737,9 +736,7 @@ class Reconciler:
         Warning event naming what was left behind.
         """
         async with self.lock(obj.ref):
-            written = self._written.get((obj.ref.namespace, obj.ref.name))
-            if written is not None:
-                obj = written.overlay(obj)
+            obj = self._written_for(obj.ref).overlay(obj)
             try:
                 spec = models.parse_spec(obj.spec)
                 policy = spec.deletion_policy

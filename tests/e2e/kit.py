@@ -128,11 +128,7 @@ class Kube:
                 raise
 
     def condition(self, ns: str, name: str, type_: str) -> dict[str, Any] | None:
-        obj = self.get(ns, name) or {}
-        for cond in (obj.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == type_:
-                return dict(cond)
-        return None
+        return condition_of(self.get(ns, name) or {}, type_)
 
     def wait_condition(
         self,
@@ -148,14 +144,7 @@ class Kube:
         def check() -> dict[str, Any] | None:
             obj = self.get(ns, name) or {}
             # The condition from the same read as the object it is returned with.
-            cond = next(
-                (
-                    dict(c)
-                    for c in (obj.get("status") or {}).get("conditions") or []
-                    if c.get("type") == type_
-                ),
-                None,
-            )
+            cond = condition_of(obj, type_)
             if cond is None or cond.get("status") != status:
                 return None
             if reason is not None and cond.get("reason") != reason:
@@ -274,11 +263,16 @@ def topics_json(secret: Mapping[str, str]) -> dict[str, Any]:
     return data
 
 
-def kube_condition_message(obj: Mapping[str, Any], type_: str = "Ready") -> str:
+def condition_of(obj: Mapping[str, Any], type_: str = "Ready") -> dict[str, Any] | None:
+    """The status condition `type_` of a MessageBroker body, if it has one."""
     for cond in (obj.get("status") or {}).get("conditions") or []:
         if cond.get("type") == type_:
-            return str(cond.get("message", ""))
-    return ""
+            return dict(cond)
+    return None
+
+
+def kube_condition_message(obj: Mapping[str, Any], type_: str = "Ready") -> str:
+    return str((condition_of(obj, type_) or {}).get("message", ""))
 
 
 def lax_crd(crd_file: Any) -> str:
@@ -438,30 +432,46 @@ class WriteCounter:
         return self
 
     def _watch(self, kind: str, ready: threading.Barrier) -> None:
-        list_fn = self._list(kind)
-        listed = list_fn()
-        version = (
-            listed["metadata"]["resourceVersion"]
-            if isinstance(listed, dict)
-            else listed.metadata.resource_version
-        )
-        ready.wait(timeout=60)
-        while not self._stop.is_set():
-            watch = kubernetes.watch.Watch()
-            for event in watch.stream(list_fn, resource_version=version, timeout_seconds=2):
-                obj = event["object"]
-                meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
-                name = meta["name"] if isinstance(meta, dict) else meta.name
-                version = (
-                    meta["resourceVersion"] if isinstance(meta, dict) else meta.resource_version
-                )
-                if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                    self.writes[kind].append(f"{event['type']} {name}")
-                if self._stop.is_set():
-                    watch.stop()
+        def count(type_: str, obj: Any) -> None:
+            if type_ in ("ADDED", "MODIFIED", "DELETED"):
+                self.writes[kind].append(f"{type_} {_metadata(obj, 'name')}")
+
+        follow(self._list(kind), self._stop, count, started=ready)
 
     def stop(self) -> dict[str, list[str]]:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
         return self.writes
+
+
+def _metadata(obj: Any, key: str) -> Any:
+    """A metadata field of a watched object, a dict or one of the client's models."""
+    if isinstance(obj, dict):
+        return obj["metadata"][key]
+    return getattr(obj.metadata, {"resourceVersion": "resource_version"}.get(key, key))
+
+
+def follow(
+    list_fn: Callable[..., Any],
+    stop: threading.Event,
+    on_event: Callable[[str, Any], None],
+    *,
+    started: threading.Barrier | None = None,
+) -> None:
+    """Watch what `list_fn` lists, from a fresh list's resourceVersion, until `stop` is set.
+
+    Each event goes to `on_event(type, object)`; the watch is renewed every 2 s so a
+    `stop` is noticed. `started` is passed once the list is taken: nothing after it is missed.
+    """
+    listed = list_fn()
+    version = _metadata(listed, "resourceVersion")
+    if started is not None:
+        started.wait(timeout=60)
+    while not stop.is_set():
+        watch = kubernetes.watch.Watch()
+        for event in watch.stream(list_fn, resource_version=version, timeout_seconds=2):
+            version = _metadata(event["object"], "resourceVersion")
+            on_event(event["type"], event["object"])
+            if stop.is_set():
+                watch.stop()

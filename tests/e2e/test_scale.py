@@ -11,6 +11,7 @@ rounds, not on wall-clock time.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -36,14 +37,7 @@ def ready_counts(kube: kit.Kube, ns: str) -> dict[str, int]:
     listed = kube.custom.list_namespaced_custom_object(kit.GROUP, kit.VERSION, ns, kit.PLURAL)
     counts: dict[str, int] = {}
     for obj in listed["items"]:
-        ready = next(
-            (
-                c
-                for c in (obj.get("status") or {}).get("conditions") or []
-                if c.get("type") == "Ready"
-            ),
-            None,
-        )
+        ready = kit.condition_of(obj)
         key = (
             "missing"
             if ready is None
@@ -96,26 +90,20 @@ class ReadyWatch:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        list_fn = self.kube.custom.list_namespaced_custom_object
-        args = (kit.GROUP, kit.VERSION, self.ns, kit.PLURAL)
-        version = list_fn(*args)["metadata"]["resourceVersion"]
-        while not self._stop.is_set():
-            watch = kit.kubernetes.watch.Watch()
-            for event in watch.stream(list_fn, *args, resource_version=version, timeout_seconds=2):
-                obj = event["object"]
-                version = obj["metadata"]["resourceVersion"]
-                for cond in (obj.get("status") or {}).get("conditions") or []:
-                    if cond.get("type") == "Ready":
-                        self.seen.append(
-                            (
-                                time.monotonic(),
-                                obj["metadata"]["name"],
-                                cond["status"],
-                                cond["reason"],
-                            )
-                        )
-                if self._stop.is_set():
-                    watch.stop()
+        def record(_: str, obj: Any) -> None:
+            ready = kit.condition_of(obj)
+            if ready is not None:
+                seen = (time.monotonic(), obj["metadata"]["name"], ready["status"], ready["reason"])
+                self.seen.append(seen)
+
+        list_fn = functools.partial(
+            self.kube.custom.list_namespaced_custom_object,
+            kit.GROUP,
+            kit.VERSION,
+            self.ns,
+            kit.PLURAL,
+        )
+        kit.follow(list_fn, self._stop, record)
 
     def false_since(self, since: float, until: float) -> list[tuple[str, str]]:
         return [

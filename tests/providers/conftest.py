@@ -6,16 +6,18 @@ comes from the shell (`. .testenv/env`) or, failing that, from `.testenv/env`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shlex
 import urllib.parse
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
-from ductape_operator import models
-from ductape_operator.providers import base
+from ductape_operator import errors, models
+from ductape_operator.providers import base, build_provider
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TYPES = list(models.MessageBrokerTypes)
@@ -124,3 +126,23 @@ def unique_topic(
         subscriptions=subscriptions,
         partitions=partitions,
     )
+
+
+@pytest.fixture
+async def provider(
+    type_: models.MessageBrokerTypes, stack: dict[str, str]
+) -> AsyncIterator[base.Provider]:
+    """A started provider of `type_` (the test's parameter) on the stack's broker."""
+    config, secrets = stack_config(type_, stack)
+    async with build_provider(type_, config, secrets) as started:
+        yield started
+
+
+@pytest.fixture
+async def plans(provider: base.Provider) -> AsyncIterator[list[base.TopicPlan]]:
+    """Topics a test creates; deleted afterwards whatever happened."""
+    created: list[base.TopicPlan] = []
+    yield created
+    for plan in created:
+        with contextlib.suppress(errors.DuctapeError):
+            await provider.delete_topic(plan)

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,23 +20,6 @@ from tests.providers.conftest import TYPES, stack_config, unique_topic
 
 T = models.MessageBrokerTypes
 each_type = pytest.mark.parametrize("type_", TYPES, ids=[t.value for t in TYPES])
-
-
-@pytest.fixture
-async def provider(type_: T, stack: dict[str, str]) -> AsyncIterator[base.Provider]:
-    config, secrets = stack_config(type_, stack)
-    async with build_provider(type_, config, secrets) as started:
-        yield started
-
-
-@pytest.fixture
-async def plans(provider: base.Provider) -> AsyncIterator[list[base.TopicPlan]]:
-    """Topics a test creates; deleted afterwards whatever happened."""
-    created: list[base.TopicPlan] = []
-    yield created
-    for plan in created:
-        with contextlib.suppress(errors.DuctapeError):
-            await provider.delete_topic(plan)
 
 
 def never_created(prefix: str = "ductape.t") -> base.TopicPlan:

@@ -8,10 +8,9 @@ engineers sharing the brokers are not disturbed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -31,23 +30,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0
         if time.monotonic() > deadline:
             pytest.fail(f"condition still false after {timeout}s")
         await asyncio.sleep(0.2)
-
-
-@pytest.fixture
-async def provider(type_: T, stack: dict[str, str]) -> AsyncIterator[base.Provider]:
-    config, secrets = stack_config(type_, stack)
-    async with build_provider(type_, config, secrets) as started:
-        yield started
-
-
-@pytest.fixture
-async def plans(provider: base.Provider) -> AsyncIterator[list[base.TopicPlan]]:
-    """Topics a test creates; deleted afterwards whatever happened."""
-    created: list[base.TopicPlan] = []
-    yield created
-    for plan in created:
-        with contextlib.suppress(errors.DuctapeError):
-            await provider.delete_topic(plan)
 
 
 def expected_location(type_: T, plan: base.TopicPlan, location: base.TopicLocation) -> None:

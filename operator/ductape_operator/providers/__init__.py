@@ -138,6 +138,10 @@ class ProviderPool:
             await _close_quietly(stale)
         return provider
 
+    def key_of(self, owner: Hashable) -> str | None:
+        """The identity (a digest) of the provider `owner` holds: its endpoint's key."""
+        return self._owners.get(owner)
+
     async def release(self, owner: Hashable) -> None:
         """`owner` no longer needs its provider; close it if nobody else uses it."""
         async with self._lock:
