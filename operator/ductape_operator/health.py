@@ -123,9 +123,10 @@ class EndpointHealth:
         last = self._probes.get(endpoint)
         if last is not None and self._fresh(last.at, failed=not last.healthy):
             return last
-        result = await self._single_flight("probe", endpoint, lambda: self._probe(provider))
+        result = await self._single_flight(
+            "probe", endpoint, lambda: self._probe(endpoint, provider)
+        )
         assert isinstance(result, Probe)
-        self._probes[endpoint] = result
         return result
 
     async def inventory(self, endpoint: str, provider: base.Provider) -> Inventory:
@@ -135,10 +136,9 @@ class EndpointHealth:
             return last
         wanted = frozenset().union(*self._wanted.get(endpoint, {}).values())
         result = await self._single_flight(
-            "inventory", endpoint, lambda: self._inventory(provider, wanted)
+            "inventory", endpoint, lambda: self._inventory(endpoint, provider, wanted)
         )
         assert isinstance(result, Inventory)
-        self._inventories[endpoint] = result
         return result
 
     def _fresh(self, at: float, *, failed: bool) -> bool:
@@ -169,22 +169,30 @@ class EndpointHealth:
             self.stats.last_round_seconds = self._clock() - started
             return result
 
-    async def _probe(self, provider: base.Provider) -> Probe:
+    # The round stores its own result before it completes: a caller arriving between
+    # the round's end and its waiters resuming must find it, not start another one.
+
+    async def _probe(self, endpoint: str, provider: base.Provider) -> Probe:
         started = self._clock()
         self.stats.probes += 1
+        error: errors.DuctapeError | None = None
         try:
             await provider.probe(self.probe_timeout)
         except errors.DuctapeError as exc:
-            return Probe(at=started, seconds=self._clock() - started, error=exc)
-        return Probe(at=started, seconds=self._clock() - started)
+            error = exc
+        result = self._probes[endpoint] = Probe(
+            at=started, seconds=self._clock() - started, error=error
+        )
+        return result
 
     async def _inventory(
-        self, provider: base.Provider, wanted: frozenset[base.TopicPlan]
+        self, endpoint: str, provider: base.Provider, wanted: frozenset[base.TopicPlan]
     ) -> Inventory:
         started = self._clock()
         self.stats.inventories += 1
         try:
-            present = await provider.inventory(wanted)
+            result = Inventory(at=started, checked=wanted, present=await provider.inventory(wanted))
         except errors.DuctapeError as exc:
-            return Inventory(at=started, error=exc)
-        return Inventory(at=started, checked=wanted, present=present)
+            result = Inventory(at=started, error=exc)
+        self._inventories[endpoint] = result
+        return result

@@ -188,3 +188,26 @@ async def test_operations_queue_on_our_side_and_waiting_is_not_a_timeout() -> No
 async def test_a_nested_guard_does_not_wait_for_a_second_slot() -> None:
     provider = Limited(concurrency=1)
     await asyncio.wait_for(provider.operation(nested=True), timeout=5)
+
+
+async def test_a_caller_right_after_a_round_ends_reuses_it() -> None:
+    """The round caches its result before its task completes. A caller whose first step
+    runs between the round's end and its waiters resuming (the round no longer in
+    flight) must reuse that result, not start a second probe."""
+    clock = Clock()
+    checks = rounds(clock)
+    late: list[asyncio.Task[health.Probe]] = []
+
+    class Busy(Fake):
+        async def probe(self, timeout: float) -> None:
+            self.probes += 1
+            if self.probes == 1:
+                # Scheduled now, so its first step runs right after the round ends and
+                # before the waiter of the round resumes.
+                loop = asyncio.get_running_loop()
+                loop.call_soon(lambda: late.append(asyncio.ensure_future(checks.probe("e1", self))))  # type: ignore[arg-type]
+
+    busy = Busy()
+    await checks.probe("e1", busy)  # type: ignore[arg-type]
+    await late[0]
+    assert busy.probes == 1
