@@ -993,12 +993,12 @@ class Reconciler:
         annotations = {APPLIED_ANNOTATION: applied} if changed else None
         if labels is None and annotations is None:
             return
-        if patch is not None:
+        if patch is not None and labels is None:
+            # Only the applied record changes: it rides in kopf's own patch. A missing
+            # label is written at once instead, before the status can say Ready: tools
+            # that wait for Ready and then select by `ductape.app/tag` must find it.
             metadata = patch.setdefault("metadata", {})
-            if labels:
-                metadata.setdefault("labels", {}).update(labels)
-            if annotations:
-                metadata.setdefault("annotations", {}).update(annotations)
+            metadata.setdefault("annotations", {}).update(annotations or {})
         else:
             await kube.patch_metadata(obj.ref, labels=labels, annotations=annotations)
         written = self._written_for(obj.ref)
