@@ -1,10 +1,23 @@
-"""Latency benchmark: from `kubectl apply` to `Ready=True`, per provider type.
+"""Latency benchmark: create to Ready, per provider, against its own floor.
 
-For each type, a MessageBroker with one env and 3 topics of 2 subscriptions
-each is applied RUNS times (fresh names each run) against the operator running
-as a local process; the time until its Ready condition is True for the new
-generation is measured. Next to it, the same provisioning done with raw SDK
-calls alone, in the same run, and the ratio of the two medians. Figures only.
+For each provider a MessageBroker with one env and 3 topics of 2 subscriptions
+each is created RUNS times (fresh names each time) with the Python client, and
+the first Ready=True for its generation is taken from a watch started before
+the first create: no polling, no subprocess on the timed path. Interleaved with
+those runs, in the same process:
+
+- raw: the broker calls the same provisioning needs, made directly with the
+  SDK (connect, create the topics and subscriptions, close);
+- floor: the Kubernetes writes a Ready resource needs (create the object, patch
+  its status, create its Secret), made directly with the client in a namespace
+  no operator watches.
+
+It prints median and p95 of each, and the ratio `operator / (raw + floor)` of
+the medians and of the p95s, and writes the same as JSON to
+`.bench/latency.json`. Figures only: nothing is asserted.
+
+    . .testenv/env && python -m benchmarks.latency            # every provider
+    BENCH_RUNS=5 python -m benchmarks.latency KAFKA REDIS     # some
 """
 
 from __future__ import annotations
@@ -12,33 +25,28 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pathlib
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import kubernetes
+
+from benchmarks import kit
+from benchmarks.kit import BENCH_DIR, CRD_FILE, GROUP, PLURAL, ROOT, VERSION, Obj
+
 TYPES = ("KAFKA", "REDIS", "RABBITMQ", "GOOGLE_PUBSUB", "AWS_SQS")
 RUNS = int(os.environ.get("BENCH_RUNS", "10"))
 TOPICS, SUBS = 3, 2
+READY_TIMEOUT = 120.0
+RABBIT_SECRET, SQS_SECRET = "bench-rabbit", "bench-sqs"
+SQS_KEY = {"id": "testing", "secret": "testing"}
 
 
-def _kubectl(*args: str, input: str | None = None) -> str:
-    out = subprocess.run(
-        ["kubectl", *args], input=input, capture_output=True, text=True, timeout=120
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr}")
-    return out.stdout
-
-
-def _config(type_: str) -> dict[str, Any]:
+def _config(type_: str) -> Obj:
     if type_ == "KAFKA":
         return {"brokers": os.environ["KAFKA_BOOTSTRAP_SERVERS"].split(",")}
     if type_ == "REDIS":
@@ -50,7 +58,7 @@ def _config(type_: str) -> dict[str, Any]:
             "host": url.hostname,
             "port": url.port,
             "username": url.username,
-            "password": {"secretKeyRef": {"name": "bench-rabbit", "key": "password"}},
+            "password": {"secretKeyRef": {"name": RABBIT_SECRET, "key": "password"}},
         }
     if type_ == "GOOGLE_PUBSUB":
         return {
@@ -60,8 +68,8 @@ def _config(type_: str) -> dict[str, Any]:
     return {
         "region": os.environ.get("AWS_REGION", "us-east-1"),
         "endpoint": os.environ["SQS_ENDPOINT"],
-        "accessKeyId": {"secretKeyRef": {"name": "bench-sqs", "key": "id"}},
-        "secretAccessKey": {"secretKeyRef": {"name": "bench-sqs", "key": "secret"}},
+        "accessKeyId": {"secretKeyRef": {"name": SQS_SECRET, "key": "id"}},
+        "secretAccessKey": {"secretKeyRef": {"name": SQS_SECRET, "key": "secret"}},
     }
 
 
@@ -69,9 +77,9 @@ def _topic_names(prefix: str) -> list[tuple[str, list[str]]]:
     return [(f"{prefix}.t{i}", [f"s{j}" for j in range(SUBS)]) for i in range(TOPICS)]
 
 
-def _manifest(name: str, type_: str) -> dict[str, Any]:
+def _manifest(name: str, type_: str) -> Obj:
     return {
-        "apiVersion": "ductape.app/v1alpha1",
+        "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "MessageBroker",
         "metadata": {"name": name},
         "spec": {
@@ -86,43 +94,77 @@ def _manifest(name: str, type_: str) -> dict[str, Any]:
     }
 
 
-def _ready(ns: str, name: str) -> bool:
-    raw = _kubectl("get", "mb", name, "-n", ns, "-o", "json")
-    obj = json.loads(raw)
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond["type"] == "Ready":
-            return bool(
-                cond["status"] == "True"
-                and cond.get("observedGeneration") == obj["metadata"]["generation"]
-            )
-    return False
+def _fresh_name(kind: str, type_: str) -> str:
+    return f"{kind}-{type_.lower().replace('_', '')}-{uuid.uuid4().hex[:6]}"
 
 
-def _apply_to_ready(ns: str, type_: str) -> float:
-    name = f"lat-{type_.lower().replace('_', '')}-{uuid.uuid4().hex[:6]}"
-    body = json.dumps(_manifest(name, type_))
+# --- the three measurements -------------------------------------------------
+
+
+class Timed:
+    """Creates MessageBrokers in the operator's namespace; the watch says when each is Ready."""
+
+    def __init__(self, namespace: str, api: kubernetes.client.ApiClient) -> None:
+        self.namespace = namespace
+        self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.tracker = kit.ReadyTracker()
+        self.watcher = kit.Watcher(
+            "messagebrokers",
+            self.custom.list_namespaced_custom_object,
+            (GROUP, VERSION, namespace, PLURAL),
+            self.tracker.on_event,
+            self.tracker.on_list,
+        )
+        self.watcher.list_now()
+        self.watcher.start()
+
+    def create_to_ready(self, type_: str) -> float:
+        name = _fresh_name("lat", type_)
+        body = _manifest(name, type_)
+        start = time.monotonic()
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+        self.tracker.wait_all({name}, start + READY_TIMEOUT, self.watcher)
+        if name not in self.tracker.first_ready:
+            raise RuntimeError(f"{self.namespace}/{name} not Ready within {READY_TIMEOUT:.0f} s")
+        return self.tracker.first_ready[name] - start
+
+    def stop(self) -> None:
+        kit.stop_all([self.watcher])
+
+
+def floor_once(api: kubernetes.client.ApiClient, namespace: str, type_: str) -> float:
+    """The writes a Ready resource needs, made directly: create, status patch, Secret."""
+    custom = kubernetes.client.CustomObjectsApi(api)
+    core = kubernetes.client.CoreV1Api(api)
+    name = _fresh_name("floor", type_)
+    status = {"status": {"observedGeneration": 1, "summary": f"dev:{type_}"}}
+    secret: Any = {"metadata": {"name": f"{name}-dev"}, "stringData": {"uri": "x"}}
     start = time.monotonic()
-    _kubectl("apply", "-n", ns, "-f", "-", input=body)
-    deadline = start + 120
-    while not _ready(ns, name):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name} not Ready within 120 s")
-        time.sleep(0.05)
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, _manifest(name, type_)
+    )
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, status)
+    core.create_namespaced_secret(namespace, secret)
     return time.monotonic() - start
 
 
-# --- the same provisioning with raw SDK calls -------------------------------
-
-
 async def _raw_kafka(prefix: str) -> None:
+    """Create the topics, then give each subscription's group its start offsets (0 on a
+    new topic), as the operator must for a group to see every message."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.protocol.commit import OffsetCommitRequest
 
     admin = AIOKafkaAdminClient(bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"])
     await admin.start()
     try:
-        await admin.create_topics(
-            [NewTopic(t, num_partitions=1, replication_factor=1) for t, _ in _topic_names(prefix)]
-        )
+        topics = _topic_names(prefix)
+        await admin.create_topics([NewTopic(t, 1, 1) for t, _ in topics])
+        for topic, subs in topics:
+            for sub in subs:
+                group = f"{topic}.{sub}"
+                coordinator = await admin.find_coordinator(group)
+                request = OffsetCommitRequest(group, -1, "", -1, [(topic, [(0, 0, "")])])
+                await admin._send_request(request, coordinator)
     finally:
         await admin.close()
 
@@ -157,23 +199,32 @@ async def _raw_rabbitmq(prefix: str) -> None:
 
 
 async def _raw_pubsub(prefix: str) -> None:
-    from google.cloud import pubsub_v1
+    import grpc  # type: ignore[import-untyped]
+    from google.auth.credentials import AnonymousCredentials
+    from google.pubsub_v1.services.publisher import PublisherAsyncClient
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
+    from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 
-    project = os.environ["PUBSUB_PROJECT_ID"]
-
-    def create() -> None:
-        pub = pubsub_v1.PublisherClient()
-        sub = pubsub_v1.SubscriberClient()
+    project, host = os.environ["PUBSUB_PROJECT_ID"], os.environ["PUBSUB_EMULATOR_HOST"]
+    anonymous = AnonymousCredentials()  # type: ignore[no-untyped-call]
+    channels = [grpc.aio.insecure_channel(host), grpc.aio.insecure_channel(host)]
+    publisher = PublisherAsyncClient(
+        transport=PublisherGrpcAsyncIOTransport(channel=channels[0], credentials=anonymous)
+    )
+    subscriber = SubscriberAsyncClient(
+        transport=SubscriberGrpcAsyncIOTransport(channel=channels[1], credentials=anonymous)
+    )
+    try:
         for topic, subs in _topic_names(prefix):
-            tpath = pub.topic_path(project, topic)
-            pub.create_topic(request={"name": tpath})
-            for s in subs:
-                sub.create_subscription(
-                    request={"name": sub.subscription_path(project, f"{topic}.{s}"), "topic": tpath}
-                )
-        sub.close()
-
-    await asyncio.to_thread(create)
+            topic_path = f"projects/{project}/topics/{topic}"
+            await publisher.create_topic(request={"name": topic_path})
+            for sub in subs:
+                name = f"projects/{project}/subscriptions/{topic}.{sub}"
+                await subscriber.create_subscription(request={"name": name, "topic": topic_path})
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 async def _raw_sqs(prefix: str) -> None:
@@ -183,12 +234,12 @@ async def _raw_sqs(prefix: str) -> None:
         "sqs",
         endpoint_url=os.environ["SQS_ENDPOINT"],
         region_name=os.environ.get("AWS_REGION", "us-east-1"),
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        aws_access_key_id=SQS_KEY["id"],
+        aws_secret_access_key=SQS_KEY["secret"],
     ) as sqs:
         for topic, subs in _topic_names(prefix):
-            for s in subs:
-                await sqs.create_queue(QueueName=f"{topic}-{s}".replace(".", "-"))
+            for sub in subs:
+                await sqs.create_queue(QueueName=f"{topic}-{sub}".replace(".", "-"))
 
 
 RAW: dict[str, Callable[[str], Awaitable[None]]] = {
@@ -200,60 +251,114 @@ RAW: dict[str, Callable[[str], Awaitable[None]]] = {
 }
 
 
-def _raw_once(type_: str) -> float:
-    prefix = f"raw-{type_.lower().replace('_', '')}-{uuid.uuid4().hex[:6]}"
+def raw_once(loop: asyncio.AbstractEventLoop, type_: str) -> float:
+    prefix = _fresh_name("raw", type_)
     start = time.monotonic()
-    asyncio.run(RAW[type_](prefix))
+    loop.run_until_complete(RAW[type_](prefix))
     return time.monotonic() - start
 
 
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+# --- the run ----------------------------------------------------------------
 
 
-def run() -> None:
-    _kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    ns = f"bench-{uuid.uuid4().hex[:6]}"
-    _kubectl("create", "namespace", ns)
-    for secret, data in (
-        ("bench-rabbit", {"password": urllib.parse.urlparse(os.environ["AMQP_URL"]).password}),
-        ("bench-sqs", {"id": "testing", "secret": "testing"}),
-    ):
-        args = [f"--from-literal={k}={v}" for k, v in data.items()]
-        _kubectl("create", "secret", "generic", secret, "-n", ns, *args)
-    with tempfile.NamedTemporaryFile("w+b", suffix=".log", delete=False) as log:
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "ductape_operator", "--standalone", "--namespace", ns],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+def _summary(values: list[float]) -> dict[str, float]:
+    return {
+        "median_s": round(statistics.median(values), 4),
+        "p95_s": round(kit.percentile(values, 0.95) or 0.0, 4),
+    }
+
+
+def _row(type_: str, op: list[float], raw: list[float], floor: list[float]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "type": type_,
+        "runs": len(op),
+        "operator": _summary(op),
+        "raw": _summary(raw),
+        "floor": _summary(floor),
+    }
+    for stat in ("median_s", "p95_s"):
+        base = row["raw"][stat] + row["floor"][stat]
+        row[f"ratio_{stat[:-2]}"] = round(row["operator"][stat] / base, 2)
+    return row
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"\nCreate -> Ready ({RUNS} runs per provider; 1 env, {TOPICS} topics x {SUBS}"
+        " subscriptions; seconds; ratio = operator / (raw + floor))"
+    )
+    header = (
+        f"{'type':<14}{'operator':>10}{'p95':>8}{'raw':>8}{'p95':>8}"
+        f"{'floor':>8}{'p95':>8}{'ratio':>8}{'p95':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        op, raw, floor = row["operator"], row["raw"], row["floor"]
         print(
-            f"\nApply -> Ready latency ({RUNS} runs per type;"
-            f" 1 env, {TOPICS} topics x {SUBS} subscriptions)"
+            f"{row['type']:<14}{op['median_s']:>10.3f}{op['p95_s']:>8.3f}"
+            f"{raw['median_s']:>8.3f}{raw['p95_s']:>8.3f}"
+            f"{floor['median_s']:>8.3f}{floor['p95_s']:>8.3f}"
+            f"{row['ratio_median']:>8.2f}{row['ratio_p95']:>7.2f}"
         )
-        header = (
-            f"{'type':<14}{'median s':>10}{'p95 s':>10}"
-            f"{'raw median s':>14}{'raw p95 s':>11}{'ratio':>8}"
-        )
-        print(header)
-        print("-" * len(header))
-        _apply_to_ready(ns, "REDIS")  # warm-up: CRD discovery, first connections
-        for type_ in TYPES:
-            operator_times = [_apply_to_ready(ns, type_) for _ in range(RUNS)]
-            raw_times = [_raw_once(type_) for _ in range(RUNS)]
-            med, raw_med = statistics.median(operator_times), statistics.median(raw_times)
-            print(
-                f"{type_:<14}{med:>10.3f}{_p95(operator_times):>10.3f}"
-                f"{raw_med:>14.3f}{_p95(raw_times):>11.3f}{med / raw_med:>8.1f}"
-            )
-        print(f"(operator log: {log.name})")
+
+
+def _namespace_with_secrets(core: Any, namespace: str) -> None:
+    core.create_namespace({"metadata": {"name": namespace}})
+    password = urllib.parse.urlparse(os.environ.get("AMQP_URL", "")).password or ""
+    for name, data in ((RABBIT_SECRET, {"password": password}), (SQS_SECRET, SQS_KEY)):
+        core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "stringData": data})
+
+
+def run(types: tuple[str, ...] = TYPES) -> list[dict[str, Any]]:
+    kit.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    kit.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    BENCH_DIR.mkdir(exist_ok=True)
+    run_id = uuid.uuid4().hex[:6]
+    namespace, floor_ns = f"bench-lat-{run_id}", f"bench-floor-{run_id}"
+    api = kit.new_api_client()
+    core = kubernetes.client.CoreV1Api(api)
+    for ns in (namespace, floor_ns):
+        _namespace_with_secrets(core, ns)
+    log_path = BENCH_DIR / "latency-operator.log"
+    operator = kit.Operator(namespace, 30.0, log_path)
+    loop = asyncio.new_event_loop()
+    timed: Timed | None = None
+    rows = []
+    try:
+        operator.start()
+        timed = Timed(namespace, api)
+        for type_ in types:
+            # Warm-up, untimed: the first connection to each broker, each code path.
+            timed.create_to_ready(type_)
+            raw_once(loop, type_)
+            floor_once(api, floor_ns, type_)
+            op, raw, floor = [], [], []
+            for _ in range(RUNS):
+                op.append(timed.create_to_ready(type_))
+                raw.append(raw_once(loop, type_))
+                floor.append(floor_once(api, floor_ns, type_))
+            rows.append(_row(type_, op, raw, floor))
+            print(f"{type_}: done", file=sys.stderr, flush=True)
     finally:
-        operator.terminate()
-        operator.wait(timeout=30)
-        subprocess.run(["kubectl", "delete", "namespace", ns, "--wait=false"], capture_output=True)
+        if timed is not None:
+            timed.stop()
+        loop.close()
+        kit.kubectl("delete", "namespace", floor_ns, "--wait=false")
+        # Deleted while the operator runs: it lets its finalizers go (Retain keeps the
+        # topics on the brokers); whatever it left is let go after it stopped.
+        gone = kit.delete_namespace(namespace, 60) is not None
+        operator.stop()
+        if not gone:
+            kit.drop_finalizers(namespace)
+        api.close()  # type: ignore[no-untyped-call]
+    result = {"machine": kit.machine(), "runs": RUNS, "rows": rows}
+    out = BENCH_DIR / "latency.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    _print_table(rows)
+    print(f"(JSON: {out.relative_to(ROOT)}; operator log: {log_path.relative_to(ROOT)})")
+    return rows
 
 
 if __name__ == "__main__":
-    run()
+    run(tuple(sys.argv[1:]) or TYPES)

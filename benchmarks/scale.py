@@ -34,180 +34,34 @@ import collections
 import concurrent.futures
 import contextlib
 import json
-import math
 import os
 import pathlib
-import platform
 import signal
-import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-CRD_FILE = ROOT / "crds" / "messagebrokers.ductape.app.yaml"
-BENCH_DIR = ROOT / ".bench"
-GROUP, VERSION, PLURAL = "ductape.app", "v1alpha1", "messagebrokers"
+from benchmarks import kit
+from benchmarks.kit import BENCH_DIR, CRD_FILE, GROUP, PLURAL, ROOT, VERSION, Obj
+
 PROVIDERS = ("REDIS", "RABBITMQ", "KAFKA")
 RABBIT_SECRET = "bench-scale-rabbit"
 #: Topic tags of every resource, each with one subscription.
 TOPICS, SUBSCRIPTION = ("a", "b"), "s"
-#: Server-side timeout of one watch request: a watch is re-opened this often,
-#: which bounds how long a watcher takes to notice that it should stop.
-WATCH_SECONDS = 5
 #: Status codes worth retrying a create on (the API server is busy, not refusing).
 RETRY_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
 CREATE_ATTEMPTS = 5
-Obj = dict[str, Any]
 
 
 # --- Kubernetes helpers -----------------------------------------------------
-
-
-def _kubectl(*args: str, input: str | None = None, timeout: float = 120) -> str:
-    out = subprocess.run(
-        ["kubectl", *args], input=input, capture_output=True, text=True, timeout=timeout
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
-    return out.stdout
-
-
-def _api_client() -> kubernetes.client.ApiClient:
-    """A client of its own (connection pool included), from $KUBECONFIG."""
-    client: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=os.environ["KUBECONFIG"]
-    )
-    return client
-
-
-def _name(obj: Obj) -> str:
-    return str((obj.get("metadata") or {}).get("name", ""))
-
-
-def _ready_condition(obj: Obj) -> Obj | None:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return dict(cond)
-    return None
-
-
-def _is_ready(obj: Obj) -> bool:
-    """Ready=True, and (when the condition says) for the object's current generation."""
-    cond = _ready_condition(obj)
-    if cond is None or cond.get("status") != "True":
-        return False
-    observed = cond.get("observedGeneration")
-    return observed is None or observed == (obj.get("metadata") or {}).get("generation")
-
-
-def _list(func: Callable[..., Any], args: tuple[Any, ...]) -> tuple[list[Obj], str]:
-    """One list call, raw JSON (no model objects): its items and resourceVersion."""
-    resp = func(*args, _preload_content=False, _request_timeout=120)
-    body = json.loads(resp.data)
-    return list(body.get("items") or []), str(body["metadata"]["resourceVersion"])
-
-
-class Watcher(threading.Thread):
-    """Watches one collection from a resourceVersion, calling `on_event` per change.
-
-    ADDED, MODIFIED and DELETED events go to `on_event(type, object, monotonic
-    time)`. When the watch expires (410 Gone) it lists afresh, hands the items
-    to `on_list` and goes on from there; `restarts` counts those. It stops at
-    `until` (events after it are dropped) or when `stop()` is called; an error
-    ends the thread and is kept in `error` for the caller to raise.
-    """
-
-    def __init__(
-        self,
-        label: str,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        on_event: Callable[[str, Obj, float], None],
-        on_list: Callable[[list[Obj], float], None] | None = None,
-        until: float | None = None,
-    ) -> None:
-        super().__init__(name=f"watch-{label}", daemon=True)
-        self.label, self.func, self.args = label, func, args
-        self.on_event, self.on_list, self.until = on_event, on_list, until
-        self.resource_version: str | None = None
-        self.restarts = 0
-        self.error: BaseException | None = None
-        self._stopping = threading.Event()
-        self._watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-
-    def list_now(self) -> None:
-        """List the collection (call before `start()`); the watch begins after this list."""
-        items, self.resource_version = _list(self.func, self.args)
-        if self.on_list is not None:
-            self.on_list(items, time.monotonic())
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._watch.stop()  # type: ignore[no-untyped-call]  # also cuts a blocked read
-
-    def _remaining(self) -> float:
-        return math.inf if self.until is None else self.until - time.monotonic()
-
-    def run(self) -> None:
-        try:
-            if self.resource_version is None:
-                self.list_now()
-            while not self._stopping.is_set() and self._remaining() > 0:
-                timeout = max(1, math.ceil(min(WATCH_SECONDS, self._remaining())))
-                try:
-                    self._stream(timeout)
-                except ApiException as exc:
-                    if exc.status != 410 or self._stopping.is_set():
-                        raise
-                    self.restarts += 1
-                    self.list_now()
-        except BaseException as exc:
-            if not self._stopping.is_set():  # a stop() cuts the socket: not an error
-                self.error = exc
-
-    def _stream(self, timeout: int) -> None:
-        events = self._watch.stream(  # type: ignore[no-untyped-call]
-            self.func,
-            *self.args,
-            resource_version=self.resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=timeout,
-            _request_timeout=timeout + 30,
-        )
-        for event in events:
-            now = time.monotonic()
-            obj = event["raw_object"]
-            rv = (obj.get("metadata") or {}).get("resourceVersion")
-            if rv:
-                self.resource_version = str(rv)
-            if self._stopping.is_set() or self._remaining() <= 0:
-                self._watch.stop()  # type: ignore[no-untyped-call]
-                return
-            if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                self.on_event(event["type"], obj, now)
-
-
-def _check(watchers: Iterable[Watcher]) -> None:
-    for watcher in watchers:
-        if watcher.error is not None:
-            raise RuntimeError(f"watch of {watcher.label} failed") from watcher.error
-
-
-def _stop_all(watchers: Iterable[Watcher], timeout: float = WATCH_SECONDS + 30) -> None:
-    watchers = list(watchers)
-    for watcher in watchers:
-        watcher.stop()
-    for watcher in watchers:
-        watcher.join(timeout)
 
 
 # --- the resources ----------------------------------------------------------
@@ -285,14 +139,14 @@ def _create_all(
     failed: dict[str, str] = {}
 
     def client() -> None:
-        with _api_client() as api_client:
+        with kit.new_api_client() as api_client:
             api = kubernetes.client.CustomObjectsApi(api_client)
             while True:
                 with lock:
                     if not pending:
                         return
                     body = pending.popleft()
-                name = _name(body)
+                name = kit.name_of(body)
                 started = time.monotonic()
                 error = _create_one(api, namespace, body)
                 with lock:
@@ -314,208 +168,7 @@ def _create_all(
 # --- the operator process ---------------------------------------------------
 
 
-def _proc_status(pid: int) -> dict[str, int]:
-    """The kB figures of /proc/<pid>/status (VmRSS, VmHWM, ...); empty once it is gone."""
-    try:
-        text = pathlib.Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        parts = value.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            out[key] = int(parts[0])
-    return out
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of the process so far."""
-    try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Sampler(threading.Thread):
-    """Samples the operator's VmRSS every `period` seconds (keeping the peak), and
-    every few periods looks for other operator processes on this machine."""
-
-    def __init__(self, pid: int, period: float = 0.5, others_every: int = 4) -> None:
-        super().__init__(name="sampler", daemon=True)
-        self.pid, self.period, self.others_every = pid, period, others_every
-        self.peak_kb = 0
-        self.last_kb = 0
-        self.samples = 0
-        self.others: dict[int, str] = {}
-        self._stopping = threading.Event()
-
-    def sample(self) -> None:
-        rss = _proc_status(self.pid).get("VmRSS")
-        if rss is not None:
-            self.last_kb, self.peak_kb = rss, max(self.peak_kb, rss)
-            self.samples += 1
-
-    def run(self) -> None:
-        own = {os.getpid(), self.pid}
-        tick = 0
-        while True:
-            self.sample()
-            if tick % self.others_every == 0:
-                self.others.update(_other_operators(own))
-            tick += 1
-            if self._stopping.wait(self.period):
-                return
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join(self.period + 5)
-
-
-class Operator:
-    """`python -m ductape_operator` for one namespace, its output in a log file."""
-
-    def __init__(self, namespace: str, health_interval: float, log_path: pathlib.Path) -> None:
-        self.namespace, self.health_interval, self.log_path = namespace, health_interval, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60) -> None:
-        """Start it and wait until kopf logged in (or `timeout`, then go on).
-
-        Resources created before its watch begins are found by its first list
-        anyway, so this only keeps the operator's own start out of the figures.
-        """
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ductape_operator",
-                    "--standalone",
-                    "--namespace",
-                    self.namespace,
-                    "--health-interval",
-                    str(self.health_interval),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the operator exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
-            log_text = self.log_path.read_text(errors="replace")
-            if "'login' succeeded" in log_text:  # kopf logged in: its watches start now
-                return
-            time.sleep(0.1)  # poll the log
-        print(f"note: no login line in the operator log after {timeout:.0f} s; going on")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self) -> int | None:
-        """Terminate it (kill after 30 s); its exit status."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
-
-
-def _other_operators(own: set[int]) -> dict[int, str]:
-    """Other ductape operator processes on this machine, by PID: their command lines.
-
-    One that watches every namespace (say, the one of a concurrent e2e run)
-    reconciles the benchmark's resources too, and the figures are no longer
-    those of the operator measured here.
-    """
-    found = {}
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in own:
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        args = [arg.decode(errors="replace") for arg in argv if arg]
-        # `python -m ductape_operator` or the installed `ductape-operator` script
-        if "ductape_operator" in args or any(a.endswith("/ductape-operator") for a in args[:2]):
-            found[int(entry.name)] = " ".join(args)[:300]
-    return found
-
-
-def _tracebacks(log_path: pathlib.Path) -> int | None:
-    try:
-        with log_path.open(errors="replace") as log:
-            return sum(1 for line in log if line.startswith("Traceback"))
-    except OSError:
-        return None
-
-
 # --- the phases -------------------------------------------------------------
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-class ReadyTracker:
-    """The first moment each MessageBroker was seen Ready=True."""
-
-    def __init__(self) -> None:
-        self.first_ready: dict[str, float] = {}
-        self.seen_on_relist = 0
-        self.changed = threading.Condition()
-
-    def on_event(self, type_: str, obj: Obj, now: float) -> None:
-        if type_ != "DELETED" and _is_ready(obj):
-            self._record(_name(obj), now, relist=False)
-
-    def on_list(self, items: list[Obj], now: float) -> None:
-        for obj in items:
-            if _is_ready(obj):
-                self._record(_name(obj), now, relist=True)
-
-    def _record(self, name: str, now: float, relist: bool) -> None:
-        with self.changed:
-            if name not in self.first_ready:
-                self.first_ready[name] = now
-                self.seen_on_relist += relist
-                self.changed.notify_all()
-
-    def wait_all(self, names: set[str], deadline: float, watcher: Watcher) -> None:
-        with self.changed:
-            while not names <= self.first_ready.keys():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self.changed.wait(min(1.0, remaining))
-                _check([watcher])
 
 
 class SteadyCounter:
@@ -542,10 +195,10 @@ class SteadyCounter:
                 self._check_ready(obj)
 
     def _check_ready(self, obj: Obj) -> None:
-        name = _name(obj)
+        name = kit.name_of(obj)
         assert self.ready_at_start is not None
-        if name in self.ready_at_start and not _is_ready(obj):
-            cond = _ready_condition(obj) or {}
+        if name in self.ready_at_start and not kit.is_ready(obj):
+            cond = kit.ready_condition(obj) or {}
             if name not in self.outages:
                 self.outage_reasons[f"{cond.get('status', '-')}/{cond.get('reason', '-')}"] += 1
             self.outages.add(name)
@@ -557,12 +210,12 @@ class SteadyCounter:
 
 def _steady_window(namespace: str, seconds: float) -> dict[str, Any]:
     """Watch MessageBrokers, Secrets and Events for `seconds`; count their changes."""
-    with _api_client() as api_client:
+    with kit.new_api_client() as api_client:
         custom = kubernetes.client.CustomObjectsApi(api_client)
         core = kubernetes.client.CoreV1Api(api_client)
         mb_source = (custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL))
-        mb_items, _ = _list(*mb_source)
-        ready_at_start = {_name(obj) for obj in mb_items if _is_ready(obj)}
+        mb_items, _ = kit.list_raw(*mb_source)
+        ready_at_start = {kit.name_of(obj) for obj in mb_items if kit.is_ready(obj)}
         counters = {
             "messagebrokers": SteadyCounter(ready_at_start),
             "secrets": SteadyCounter(),
@@ -576,7 +229,7 @@ def _steady_window(namespace: str, seconds: float) -> dict[str, Any]:
         watchers = []
         for key, (func, args) in sources.items():
             counter = counters[key]
-            watcher = Watcher(key, func, args, counter.on_event, counter.on_list)
+            watcher = kit.Watcher(key, func, args, counter.on_event, counter.on_list)
             watcher.list_now()  # every watch starts from a list taken now
             watchers.append(watcher)
         start = time.monotonic()
@@ -585,11 +238,11 @@ def _steady_window(namespace: str, seconds: float) -> dict[str, Any]:
             watcher.start()
         try:
             while time.monotonic() < start + seconds:
-                _check(watchers)
+                kit.check(watchers)
                 time.sleep(min(0.5, max(0.0, start + seconds - time.monotonic())))
-            _check(watchers)
+            kit.check(watchers)
         finally:
-            _stop_all(watchers)
+            kit.stop_all(watchers)
         elapsed = time.monotonic() - start
     mb, secrets, events = (counters[k] for k in ("messagebrokers", "secrets", "events"))
     return {
@@ -614,8 +267,8 @@ def _warm_up(namespace: str, body: Obj, timeout: float) -> float:
     (kopf's first lists and indices, the first broker connection) out of the
     figures. Returns the seconds from its create to Ready.
     """
-    name = _name(body)
-    with _api_client() as api_client:
+    name = kit.name_of(body)
+    with kit.new_api_client() as api_client:
         api = kubernetes.client.CustomObjectsApi(api_client)
 
         def get() -> Obj:
@@ -625,7 +278,7 @@ def _warm_up(namespace: str, body: Obj, timeout: float) -> float:
 
         start = time.monotonic()
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-        while not _is_ready(get()):
+        while not kit.is_ready(get()):
             if time.monotonic() - start > timeout:
                 raise RuntimeError(
                     f"warm-up resource {namespace}/{name} not Ready within {timeout:.0f} s:"
@@ -646,66 +299,17 @@ def _warm_up(namespace: str, body: Obj, timeout: float) -> float:
             time.sleep(0.1)  # poll
 
 
-def _namespace_gone(core: Any, namespace: str) -> bool:
-    try:
-        core.read_namespace(namespace, _request_timeout=30)
-    except ApiException as exc:
-        if exc.status == 404:
-            return True
-        raise
-    return False
-
-
-def _delete_namespace(namespace: str, timeout: float) -> float | None:
-    """Delete the namespace; seconds until it is gone, None when `timeout` passed first."""
-    with _api_client() as api_client:
-        core = kubernetes.client.CoreV1Api(api_client)
-        start = time.monotonic()
-        with contextlib.suppress(ApiException):
-            core.delete_namespace(namespace, _request_timeout=60)
-        while time.monotonic() - start < timeout:
-            if _namespace_gone(core, namespace):
-                return time.monotonic() - start
-            time.sleep(0.2)  # poll
-    return None
-
-
-def _drop_finalizers(namespace: str) -> int:
-    """Let go of what a stopped operator left behind, so the namespace can go."""
-    with _api_client() as api_client:
-        custom = kubernetes.client.CustomObjectsApi(api_client)
-        try:
-            items, _ = _list(
-                custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL)
-            )
-        except ApiException:
-            return 0
-        held = [obj for obj in items if (obj.get("metadata") or {}).get("finalizers")]
-        for obj in held:
-            with contextlib.suppress(ApiException):
-                custom.patch_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    PLURAL,
-                    _name(obj),
-                    {"metadata": {"finalizers": None}},
-                    _content_type="application/merge-patch+json",
-                )
-    return len(held)
-
-
 def _api_floor(bodies: list[Obj], clients: int) -> dict[str, Any]:
     """The Kubernetes floor: the writes one Ready resource needs (create it, patch its
     status, create its Secret), done directly by `clients` threads for every resource,
     in a namespace no operator watches. What the operator adds is the rest."""
     namespace = f"bench-floor-{uuid.uuid4().hex[:6]}"
-    _kubectl("create", "namespace", namespace)
+    kit.kubectl("create", "namespace", namespace)
     local = threading.local()
 
     def one(body: Obj) -> tuple[float, float]:
         if not hasattr(local, "api"):
-            local.api = _api_client()
+            local.api = kit.new_api_client()
         custom = kubernetes.client.CustomObjectsApi(local.api)
         core = kubernetes.client.CoreV1Api(local.api)
         name = body["metadata"]["name"]
@@ -726,28 +330,14 @@ def _api_floor(bodies: list[Obj], clients: int) -> dict[str, Any]:
         total = time.monotonic() - began
     finally:
         with contextlib.suppress(Exception):
-            _kubectl("delete", "namespace", namespace, "--wait=false")
+            kit.kubectl("delete", "namespace", namespace, "--wait=false")
     latencies = [end - start for start, end in spans]
     return {
         "writes": 3 * len(bodies),
-        "all_s": _round(total),
-        "writes_per_s": _round(3 * len(bodies) / total, 1),
-        "p50_s": _round(_percentile(latencies, 0.50)),
-        "p99_s": _round(_percentile(latencies, 0.99)),
-    }
-
-
-def _machine() -> dict[str, Any]:
-    mem_kb = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    return {
-        "nproc": os.cpu_count(),
-        "memory_gb": round(mem_kb / 1024 / 1024, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        "all_s": kit.rounded(total),
+        "writes_per_s": kit.rounded(3 * len(bodies) / total, 1),
+        "p50_s": kit.rounded(kit.percentile(latencies, 0.50)),
+        "p99_s": kit.rounded(kit.percentile(latencies, 0.99)),
     }
 
 
@@ -816,10 +406,6 @@ def _delta(marks: dict[str, float | None], start: str, end: str) -> float | None
     """`marks[end] - marks[start]`, None when either is missing."""
     a, b = marks.get(start), marks.get(end)
     return None if a is None or b is None else b - a
-
-
-def _round(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
@@ -899,12 +485,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     BENCH_DIR.mkdir(exist_ok=True)
     run_id = uuid.uuid4().hex[:6]
     namespace = f"bench-scale-{run_id}"
-    _kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    _kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
-    _kubectl("create", "namespace", namespace)
+    kit.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    kit.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    kit.kubectl("create", "namespace", namespace)
     if args.provider == "RABBITMQ":
         password = urllib.parse.urlparse(os.environ["AMQP_URL"]).password or ""
-        _kubectl(
+        kit.kubectl(
             "create", "secret", "generic", RABBIT_SECRET, "-n", namespace,
             f"--from-literal=password={password}",
         )  # fmt: skip
@@ -920,11 +506,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                    args.deletion_policy) for i in range(args.count)],
         args.clients,
     )  # fmt: skip
-    operator = None if args.no_operator else Operator(
+    operator = None if args.no_operator else kit.Operator(
         namespace, args.health_interval, args.operator_log
     )  # fmt: skip
-    sampler: Sampler | None = None
-    ready_watcher: Watcher | None = None
+    sampler: kit.Sampler | None = None
+    ready_watcher: kit.Watcher | None = None
     torn_down = False
     result: dict[str, Any] = {
         "provider": args.provider,
@@ -933,26 +519,26 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "health_interval_s": args.health_interval,
         "deletion_policy": args.deletion_policy,
         "namespace": namespace,
-        "machine": _machine(),
+        "machine": kit.machine(),
         "operator_log": str(args.operator_log) if args.operator_log else None,
         "api_floor": result_floor,
     }
     cpu: dict[str, float | None] = {}
-    watch_client = _api_client()
+    watch_client = kit.new_api_client()
     try:
         if operator is not None:
             operator.start()
-            sampler = Sampler(operator.pid)
+            sampler = kit.Sampler(operator.pid)
             sampler.start()
         warm_up = _manifest(
             "scale-warm-up", f"scale-{run_id}-warm-up", args.provider, config, "Retain"
         )
-        result["warm_up_s"] = _round(_warm_up(namespace, warm_up, 120))
+        result["warm_up_s"] = kit.rounded(_warm_up(namespace, warm_up, 120))
         print(f"namespace {namespace}: creating {args.count} {args.provider} resources", flush=True)
 
         # Ready: a watch from before the first create, then the creates.
-        tracker = ReadyTracker()
-        ready_watcher = Watcher(
+        tracker = kit.ReadyTracker()
+        ready_watcher = kit.Watcher(
             "messagebrokers",
             kubernetes.client.CustomObjectsApi(watch_client).list_namespaced_custom_object,
             (GROUP, VERSION, namespace, PLURAL),
@@ -961,7 +547,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         )
         ready_watcher.list_now()
         ready_watcher.start()
-        cpu["start"] = _cpu_seconds(operator.pid) if operator else None
+        cpu["start"] = kit.cpu_seconds(operator.pid) if operator else None
         created, failed = _create_all(namespace, bodies, args.clients)
         first_create = min(created.values(), default=time.monotonic())
         print(
@@ -969,9 +555,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             flush=True,
         )
         tracker.wait_all(set(created), first_create + args.ready_timeout, ready_watcher)
-        _stop_all([ready_watcher])
-        _check([ready_watcher])
-        cpu["ready"] = _cpu_seconds(operator.pid) if operator else None
+        kit.stop_all([ready_watcher])
+        kit.check([ready_watcher])
+        cpu["ready"] = kit.cpu_seconds(operator.pid) if operator else None
         ready_times = {n: t for n, t in tracker.first_ready.items() if n in created}
         latencies = [ready_times[n] - created[n] for n in ready_times]
         result["ready"] = {
@@ -982,10 +568,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                 round(max(ready_times.values()) - first_create, 3) if ready_times else None
             ),
             "all_ready": len(ready_times) == args.count,
-            "p50_s": _round(_percentile(latencies, 0.50)),
-            "p95_s": _round(_percentile(latencies, 0.95)),
-            "p99_s": _round(_percentile(latencies, 0.99)),
-            "max_s": _round(max(latencies, default=None)),
+            "p50_s": kit.rounded(kit.percentile(latencies, 0.50)),
+            "p95_s": kit.rounded(kit.percentile(latencies, 0.95)),
+            "p99_s": kit.rounded(kit.percentile(latencies, 0.99)),
+            "max_s": kit.rounded(max(latencies, default=None)),
             "seen_ready_on_relist": tracker.seen_on_relist,
             "watch_restarts": ready_watcher.restarts,
         }
@@ -994,16 +580,16 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         # Steady: one more health interval, then count writes over the window.
         time.sleep(args.health_interval)  # let the first health round after Ready pass
         print(f"steady window: {args.steady_seconds:g} s", flush=True)
-        cpu["steady_start"] = _cpu_seconds(operator.pid) if operator else None
+        cpu["steady_start"] = kit.cpu_seconds(operator.pid) if operator else None
         result["steady"] = _steady_window(namespace, args.steady_seconds)
-        cpu["steady_end"] = _cpu_seconds(operator.pid) if operator else None
+        cpu["steady_end"] = kit.cpu_seconds(operator.pid) if operator else None
 
         # Teardown, with the operator still running: it removes the finalizers.
         rss_before_teardown = sampler.last_kb if sampler else None
         print("deleting the namespace", flush=True)
-        result["teardown_s"] = _round(_delete_namespace(namespace, args.teardown_timeout))
+        result["teardown_s"] = kit.rounded(kit.delete_namespace(namespace, args.teardown_timeout))
         torn_down = result["teardown_s"] is not None
-        hwm = _proc_status(operator.pid).get("VmHWM") if operator else None
+        hwm = kit.proc_status(operator.pid).get("VmHWM") if operator else None
         steady_cpu = _delta(cpu, "steady_start", "steady_end")
         result["operator"] = {
             "pid": operator.pid if operator else None,
@@ -1013,30 +599,30 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             ),
             "hwm_mb": round(hwm / 1024, 1) if hwm else None,
             "rss_samples": sampler.samples if sampler else 0,
-            "cpu_s_to_ready": _round(_delta(cpu, "start", "ready"), 2),
-            "steady_cpu_percent": _round(
+            "cpu_s_to_ready": kit.rounded(_delta(cpu, "start", "ready"), 2),
+            "steady_cpu_percent": kit.rounded(
                 None if steady_cpu is None else 100 * steady_cpu / result["steady"]["seconds"], 1
             ),
             "alive_at_end": operator.alive() if operator else None,
         }
     finally:
         if ready_watcher is not None:
-            _stop_all([ready_watcher])
+            kit.stop_all([ready_watcher])
         if not torn_down:
             # A run cut short: start the deletion while the operator can still finalize.
             with contextlib.suppress(Exception):
-                _delete_namespace(namespace, 60)
+                kit.delete_namespace(namespace, 60)
         if sampler is not None:
             sampler.stop()
         exit_status = operator.stop() if operator else None
         if not torn_down and not args.no_operator:
             with contextlib.suppress(Exception):
-                if _drop_finalizers(namespace):
+                if kit.drop_finalizers(namespace):
                     print(f"note: removed finalizers left in {namespace}", file=sys.stderr)
         watch_client.close()  # type: ignore[no-untyped-call]
 
     result["operator"]["exit_status"] = exit_status
-    result["tracebacks"] = _tracebacks(args.operator_log) if args.operator_log else None
+    result["tracebacks"] = kit.tracebacks(args.operator_log) if args.operator_log else None
     # With --no-operator, another operator is the point: nothing to compare with.
     result["other_operators"] = (
         {str(pid): cmd for pid, cmd in sampler.others.items()} if sampler else None
