@@ -437,19 +437,27 @@ class Reconciler:
 
         applied = load_applied(obj.annotations)
         reconciled = [env for env in spec.envs if self.settings.reconciles_env(env.slug)]
+        # A missing tag label is written while the brokers are provisioned, not after:
+        # it must be there before the status says Ready, and it needs nothing from them.
+        labelling = self._label(obj, spec.tag) if patch is not None else None
         tasks = [
             asyncio.ensure_future(
                 self._reconcile_env(obj, spec, env, applied.get(env.slug), trigger)
             )
             for env in reconciled
         ]
-        if not current.conditions and tasks:
-            _, pending = await asyncio.wait(tasks, timeout=PROVISIONING_NOTICE_SECONDS)
-            if pending:
-                provisioning = self._provisioning_status(obj, spec, reconciled)
-                await self._write_status(obj, current, provisioning)
-                current = provisioning
-        results = list(await asyncio.gather(*tasks))
+        try:
+            if not current.conditions and tasks:
+                _, pending = await asyncio.wait(tasks, timeout=PROVISIONING_NOTICE_SECONDS)
+                if pending:
+                    provisioning = self._provisioning_status(obj, spec, reconciled)
+                    await self._write_status(obj, current, provisioning)
+                    current = provisioning
+            results = list(await asyncio.gather(*tasks))
+        finally:
+            if labelling is not None:
+                await labelling
+                obj = dataclasses.replace(obj, labels={**obj.labels, TAG_LABEL: spec.tag})
 
         new_applied = dict(applied)
         for result in results:
@@ -978,6 +986,17 @@ class Reconciler:
         else:
             logger.warning("%s: not Ready (%s): %s", where, after.reason, after.message)
             kube.emit_event(obj.ref, type="Warning", reason=after.reason, message=after.message)
+
+    def _label(self, obj: BrokerObject, tag: str) -> asyncio.Future[None] | None:
+        """Start writing the tag label when it is missing; None when it is there."""
+        if obj.labels.get(TAG_LABEL) == tag:
+            return None
+
+        async def write() -> None:
+            await kube.patch_metadata(obj.ref, labels={TAG_LABEL: tag})
+            self._written_for(obj.ref).tag_label = tag
+
+        return asyncio.ensure_future(write())
 
     async def _write_metadata(
         self,

@@ -25,7 +25,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.admin import DeleteGroupsRequest
-from aiokafka.protocol.commit import OffsetFetchRequest
+from aiokafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import TopicPartition
 
@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 #: Replication factor of created topics when the config sets none: min(this, brokers).
 #: (CreateTopics v4's "-1 = the broker default" is beyond what aiokafka sends.)
 MAX_DEFAULT_REPLICATION_FACTOR = 3
+#: How long a topic creation waits for others to join its CreateTopics request, in seconds.
+CREATE_LINGER = 0.002
 #: How long ensure_topic waits for a new topic's partitions to get leaders, in seconds.
 LEADER_WAIT = 10.0
 #: Consumer groups an inventory asks about at once. aiokafka 0.14 speaks OffsetFetch
@@ -49,6 +51,14 @@ _UNKNOWN_TOPIC_OR_PARTITION = kafka_errors.UnknownTopicOrPartitionError.errno
 _TOPIC_ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
 _NON_EMPTY_GROUP = kafka_errors.NonEmptyGroup.errno
 _GROUP_ID_NOT_FOUND = kafka_errors.GroupIdNotFound.errno
+#: A commit without a generation refused because the group has live members.
+_GROUP_IN_USE = frozenset(
+    {
+        kafka_errors.IllegalGenerationError.errno,
+        kafka_errors.UnknownMemberIdError.errno,
+        kafka_errors.RebalanceInProgressError.errno,
+    }
+)
 #: The request or the config is at fault: trying again with nothing changed cannot help.
 _PERMANENT = frozenset(
     {
@@ -103,6 +113,9 @@ class KafkaProvider(_common.ProviderBase):
         if self._password:
             self._credentials.append(self._password)
         self._admin: AIOKafkaAdminClient | None = None
+        #: Topics waiting for the next CreateTopics request, and the request in flight.
+        self._creating: list[tuple[NewTopic, asyncio.Future[tuple[int, list[Any]]]]] = []
+        self._create_task: asyncio.Future[None] | None = None
 
     # --- naming and binding -------------------------------------------------
 
@@ -174,27 +187,38 @@ class KafkaProvider(_common.ProviderBase):
         name = topic.name
         wanted = topic.partitions or 1
         async with self.guard(f"ensuring topic {name}", self._map):
-            admin = self._require_admin()
             metadata = await self._metadata([name])
             partitions = _partition_count(metadata, name)
+            created = False
             if partitions is None:
                 brokers = len(metadata.get("brokers") or []) or 1
                 replicas = self._config.replication_factor or min(
                     MAX_DEFAULT_REPLICATION_FACTOR, brokers
                 )
-                response = await admin.create_topics([NewTopic(name, wanted, replicas)])
-                for _topic, code, *rest in response.topic_errors:
-                    if code not in (_NO_ERROR, _TOPIC_ALREADY_EXISTS):
-                        raise self._code_error(code, f"creating topic {name}", rest)
-                partitions = await self._wait_for_leaders(name)
+                code, rest = await self._create_topic(NewTopic(name, wanted, replicas))
+                if code not in (_NO_ERROR, _TOPIC_ALREADY_EXISTS):
+                    raise self._code_error(code, f"creating topic {name}", rest)
+                # Created by someone else meanwhile: its groups may hold offsets.
+                created = code == _NO_ERROR
+                # Created here: it has the partitions asked for, and offsets can be
+                # committed before its leaders are known (producers wait for them).
+                # Found existing instead: it may be half created or being deleted.
+                partitions = wanted if created else await self._wait_for_leaders(name)
             elif partitions < wanted:
                 # More partitions declared than exist: grow. Fewer is impossible on
                 # Kafka, so a topic with more partitions than declared is left alone.
-                await admin.create_partitions({name: NewPartitions(wanted)})
+                await self._require_admin().create_partitions({name: NewPartitions(wanted)})
                 partitions = await self._wait_for_leaders(name, at_least=wanted)
             groups = {sub: group_id(name, sub) for sub in topic.subscriptions}
-            for group in groups.values():
-                await self._commit_start_offsets(group, name, partitions)
+            if created:
+                # A topic created just now starts at offset 0 on every partition: its
+                # groups get that committed directly, at once, without a consumer.
+                await asyncio.gather(
+                    *(self._commit_new_topic_start(g, name, partitions) for g in groups.values())
+                )
+            else:
+                for group in groups.values():
+                    await self._commit_start_offsets(group, name, partitions)
         return base.TopicLocation(name=name, subscriptions=groups)
 
     async def delete_topic(self, topic: base.TopicPlan) -> None:
@@ -325,6 +349,7 @@ class KafkaProvider(_common.ProviderBase):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(LEADER_WAIT, self._timeout)
+        pause = 0.01  # leaders usually follow a create within milliseconds
         while True:
             metadata = await self._metadata([name])
             count = _partition_count(metadata, name)
@@ -336,7 +361,62 @@ class KafkaProvider(_common.ProviderBase):
                     " created or deleted); retrying later",
                     retriable=True,
                 )
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+    async def _create_topic(self, topic: NewTopic) -> tuple[int, list[Any]]:
+        """Create one topic, in one CreateTopics request with those asked for meanwhile.
+
+        The controller handles one request at a time: three topics in three requests
+        took three times as long as in one. The topics of a resource are ensured
+        concurrently, so they reach here within a few milliseconds of each other.
+        Returns the topic's error code and the rest of its result.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, list[Any]]] = loop.create_future()
+        if not self._creating:
+            loop.call_later(CREATE_LINGER, self._start_creates)
+        self._creating.append((topic, future))
+        return await future
+
+    def _start_creates(self) -> None:
+        self._create_task = asyncio.ensure_future(self._send_creates())
+
+    async def _send_creates(self) -> None:
+        batch, self._creating = self._creating, []
+        try:
+            response = await self._require_admin().create_topics([t for t, _ in batch])
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        results = {name: (code, rest) for name, code, *rest in response.topic_errors}
+        for topic, future in batch:
+            if not future.done():
+                future.set_result(results.get(topic.name, (_NO_ERROR, [])))
+
+    async def _commit_new_topic_start(self, group: str, topic: str, partitions: int) -> None:
+        """Commit offset 0 on every partition of a topic created just now, for `group`.
+
+        Generation -1 and no member id is Kafka's commit for a group nobody
+        consumes in: a group with live members refuses it, and keeps its offsets.
+        """
+        coordinator = await self._require_admin().find_coordinator(group)
+        offsets = [(partition, 0, "") for partition in range(partitions)]
+        request = OffsetCommitRequest(group, -1, "", -1, [(topic, offsets)])
+        response = await self._request(request, coordinator)
+        for _topic, results in response.topics:
+            for _partition, code in results:
+                if code in _GROUP_IN_USE:
+                    logger.info("consumer group %s on %s is active; not committing", group, topic)
+                    return
+                if code != _NO_ERROR:
+                    raise self._code_error(
+                        code, f"committing the start offsets of consumer group {group}", []
+                    )
 
     async def _commit_start_offsets(self, group: str, topic: str, partitions: int) -> None:
         offsets = await self._require_admin().list_consumer_group_offsets(group)
