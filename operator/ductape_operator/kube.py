@@ -190,7 +190,7 @@ async def read_secret_values(
                     secret_name=secret_name,
                 )
             values[(secret_name, key)] = data[key]
-    redaction.register(values.values())
+        redaction.register((data[key] for key in keys), owner=(namespace, secret_name))
     return values
 
 
@@ -223,12 +223,16 @@ def remember_secret(namespace: str, name: str, data: Mapping[str, str] | None) -
     key = (namespace, name)
     before = _secrets.get(key)
     _secrets[key] = None if data is None else _decode(data)
-    return _secrets[key] != before
+    if _secrets[key] == before:
+        return False
+    redaction.forget(key)  # values still in use are registered again when next read
+    return True
 
 
 def forget_secret(namespace: str, name: str) -> None:
     """Nothing references this Secret any more (or it is not ours to track)."""
-    _secrets.pop((namespace, name), None)
+    if _secrets.pop((namespace, name), None) is not None:
+        redaction.forget((namespace, name))
 
 
 def connection_secret_seen(namespace: str, name: str, body: Mapping[str, Any] | None) -> bool:
