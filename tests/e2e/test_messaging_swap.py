@@ -1,8 +1,10 @@
-"""The swap: an application keeps working while its environment moves from RabbitMQ to Kafka.
+"""The swap: the same application works on RabbitMQ, and on Kafka after its env moved there.
 
 The application reads its binding from a folder kept in sync with the
 connection Secret (what a Secret volume does), publishes and consumes through
 `Broker.from_binding`, and never changes: the MessageBroker's env type does.
+It runs before the swap and again after it (not across it: a client open
+during the move keeps its old connection until it is started again).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ async def application(folder: pathlib.Path, count: int) -> tuple[str, set[str], 
         return broker.binding.type, sent, got
 
 
-async def test_application_survives_rabbitmq_to_kafka_swap(
+async def test_the_same_application_works_before_and_after_a_rabbitmq_to_kafka_swap(
     kube: kit.Kube, namespace: str, tmp_path: pathlib.Path
 ) -> None:
     name = kit.unique("swap")

@@ -221,7 +221,16 @@ def test_a_missing_required_field_is_invalid_config(type_: T) -> None:
         build_provider(type_, models.BrokerConfig(), base.SecretValues())
 
 
-async def test_closing_an_unstarted_provider_is_a_no_op() -> None:
+async def test_closing_an_unstarted_provider_closes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     provider = make(T.REDIS, {"host": "r"})
+    closed: list[str] = []
+
+    async def close() -> None:
+        closed.append("closed")
+
+    monkeypatch.setattr(provider, "_close", close)
     await provider.aclose()
     await provider.aclose()
+    assert closed == [], "aclose() of a provider never started talked to its broker"
