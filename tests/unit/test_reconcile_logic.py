@@ -146,19 +146,54 @@ def test_binding_entries_add_the_common_keys() -> None:
     assert entries["uri"] == "redis://h:6379/0"
 
 
-def test_settings_from_flags_and_environment() -> None:
-    s = settings.parse_settings(
-        ["--namespace", "a", "--namespace", "b", "--health-interval", "7"],
-        environ={"DUCTAPE_ENVS": "prd, dev", "DUCTAPE_PROBE_TIMEOUT": "2.5"},
-    )
+def test_settings_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DUCTAPE_ENVS", "prd, dev")
+    monkeypatch.setenv("DUCTAPE_PROBE_TIMEOUT", "2.5")
+    monkeypatch.setenv("DUCTAPE_HEALTH_INTERVAL", "9")
+    monkeypatch.setenv("DUCTAPE_STANDALONE", "true")
+    s = settings.parse_settings(["--namespace", "a", "--namespace", "b", "--health-interval", "7"])
     assert s.namespaces == ("a", "b")
     assert s.envs == ("prd", "dev")
-    assert s.health_interval == 7
+    assert s.health_interval == 7, "a flag wins over its environment twin"
     assert s.probe_timeout == 2.5
+    assert s.standalone is True
     assert s.reconciles_env("prd") and not s.reconciles_env("qa")
-    assert settings.parse_settings([], environ={}).reconciles_env("anything")
 
 
-def test_settings_reject_non_positive_intervals() -> None:
+def test_settings_defaults_without_flags_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in settings.Settings.model_fields:
+        monkeypatch.delenv(f"DUCTAPE_{name.upper()}", raising=False)
+    s = settings.parse_settings([])
+    assert s.reconciles_env("anything")
+    assert (s.health_interval, s.probe_timeout, s.log_format) == (30.0, 5.0, "text")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--health-interval", "0"], {}, "--health-interval [DUCTAPE_HEALTH_INTERVAL]"),
+        ([], {"DUCTAPE_PROBE_TIMEOUT": "-1"}, "--probe-timeout [DUCTAPE_PROBE_TIMEOUT]"),
+        ([], {"DUCTAPE_VERBOSE": "maybe"}, "--verbose [DUCTAPE_VERBOSE]"),
+    ],
+)
+def test_settings_refuse_bad_values_naming_flag_and_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    env: dict[str, str],
+    named: str,
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     with pytest.raises(SystemExit):
-        settings.parse_settings(["--health-interval", "0"], environ={})
+        settings.parse_settings(argv)
+    assert named in capsys.readouterr().err
+
+
+def test_every_setting_has_a_flag_and_its_twin_in_the_help() -> None:
+    text = " ".join(settings.build_parser().format_help().split())
+    for name, field in settings.Settings.model_fields.items():
+        extra = field.json_schema_extra
+        assert isinstance(extra, dict)
+        assert str(extra["flag"]) in text
+        assert f"[DUCTAPE_{name.upper()}]" in text
