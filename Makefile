@@ -71,6 +71,11 @@ testenv-down: ## stop what testenv-up started
 test-unit: venv ## unit tests only (no stack)
 	$(BIN)/pytest -m "not stack and not e2e" $(PYTEST_ARGS)
 
+.PHONY: coverage-core
+coverage-core: venv ## unit tests only, with the statement coverage of the reconcile core
+	$(BIN)/python -m coverage run --source=ductape_operator -m pytest -q -m "not stack and not e2e" tests/unit
+	$(BIN)/python -m coverage report --include="*/ductape_operator/core.py,*/ductape_operator/reconcile.py"
+
 .PHONY: test
 test: venv lint crds-check deploy-check ## everything: lint, stack up, all tests, stack down
 	@hack/testenv-up.sh || { hack/testenv-down.sh; exit 1; }; \

@@ -17,12 +17,14 @@ contains a credential.
 
 from __future__ import annotations
 
+from ductape_operator.reasons import Reason
+
 
 class DuctapeError(Exception):
     """Base of every error this project raises on purpose."""
 
     #: The status condition reason this error is reported with.
-    reason: str = "ProvisioningFailed"
+    reason: Reason = Reason.PROVISIONING_FAILED
     #: Whether trying again later, with nothing else changed, can succeed.
     retriable: bool = True
 
@@ -34,12 +36,12 @@ class DuctapeError(Exception):
 
 
 class InvalidConfigError(DuctapeError):
-    reason = "InvalidConfig"
+    reason = Reason.INVALID_CONFIG
     retriable = False
 
 
 class SecretNotFoundError(DuctapeError):
-    reason = "SecretNotFound"
+    reason = Reason.SECRET_NOT_FOUND
     retriable = True
 
     def __init__(self, message: str, *, secret_name: str) -> None:
@@ -48,23 +50,23 @@ class SecretNotFoundError(DuctapeError):
 
 
 class TagConflictError(DuctapeError):
-    reason = "TagConflict"
+    reason = Reason.TAG_CONFLICT
     retriable = False
 
 
 class BrokerError(DuctapeError):
-    reason = "ProvisioningFailed"
+    reason = Reason.PROVISIONING_FAILED
 
 
 class BrokerUnreachableError(BrokerError):
-    reason = "BrokerUnreachable"
+    reason = Reason.BROKER_UNREACHABLE
     retriable = True
 
 
 class BrokerAuthError(BrokerError):
-    reason = "BrokerUnreachable"
+    reason = Reason.BROKER_UNREACHABLE
     retriable = True
 
 
 class ProvisioningError(BrokerError):
-    reason = "ProvisioningFailed"
+    reason = Reason.PROVISIONING_FAILED

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -42,23 +41,8 @@ MANAGED_BY = "ductape-operator"
 API_CONCURRENCY = 32
 
 
-@dataclasses.dataclass(frozen=True)
-class BrokerRef:
-    """Identity of one MessageBroker object."""
-
-    namespace: str
-    name: str
-    uid: str
-
-    def owner_reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": models.API_VERSION,
-            "kind": models.KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+#: Identity of one MessageBroker object (a plain value, defined with the models).
+BrokerRef = models.BrokerRef
 
 
 _api_client: kubernetes.client.ApiClient | None = None

@@ -10,6 +10,7 @@ Python attributes are snake_case; the wire names are camelCase aliases.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
@@ -676,3 +677,22 @@ def describe_validation_error(exc: ValidationError) -> str:
         message = err["msg"].removeprefix("Value error, ")
         lines.append(f"{_path(err['loc'])}: {message}")
     return "; ".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerRef:
+    """Identity of one MessageBroker object."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }

@@ -13,10 +13,12 @@ compares the desired spec with what it last provisioned, recorded in the
   broker first, its Secret switched, and only then is the policy applied to
   the old broker.
 
-Status is computed from the outcome and written only when it differs from
-what is there. "What is there" is the body the watch delivered, overlaid with
-what this process itself last wrote (`Written`): a trigger's body may predate
-our own last write, and reading the object again would cost a GET per trigger.
+What to do and what the status becomes is decided in `core`, as plain data;
+this module performs it, through two injected interfaces: `Cluster` (the
+Kubernetes reads and writes, `kube` in the operator, a fake in unit tests) and
+the provider pool. Status is written only when it differs from what is there:
+the body the watch delivered, overlaid with what this process itself last
+wrote (`core.Written`), so no trigger costs a GET.
 
 Health rounds (`trigger="health"`) take their probe and drift inventory from
 `health.EndpointHealth`, once per broker endpoint per round, and touch a
@@ -28,17 +30,41 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any, Protocol
 
-import pydantic
-
-from ductape_operator import conditions, errors, health, kube, metrics, models, providers
+from ductape_operator import core, errors, health, kube, metrics, models, providers
+from ductape_operator.core import (
+    CHANGE,
+    HEALTH,
+    TAG_LABEL,
+    AppliedEnv,
+    BrokerObject,
+    EnvResult,
+    Outcome,
+    Trigger,
+    Written,
+    referenced_secrets,
+    shows_paused,
+    trimmed_body,
+)
+from ductape_operator.models import BrokerRef
 from ductape_operator.providers import base
 from ductape_operator.settings import Settings
+
+# What handlers read from here; the decisions themselves live in `core`.
+__all__ = [
+    "CHANGE",
+    "HEALTH",
+    "BrokerObject",
+    "Cluster",
+    "Reconciler",
+    "referenced_secrets",
+    "shows_paused",
+    "trimmed_body",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,284 +77,57 @@ PROVISIONING_NOTICE_SECONDS = 2.0
 #: bottleneck of such a burst either way.
 MAX_CONCURRENT_RECONCILES = 64
 
-APPLIED_ANNOTATION = "ductape.app/applied"
-PAUSED_ANNOTATION = "ductape.app/paused"
-TAG_LABEL = "ductape.app/tag"
-ENV_LABEL = "ductape.app/env"
-TYPE_LABEL = "ductape.app/type"
 
-#: Which failure wins the Ready condition's reason when several envs fail.
-_REASON_PRIORITY = (
-    "InvalidConfig",
-    "TagConflict",
-    "SecretNotFound",
-    "ProvisioningFailed",
-    "BrokerUnreachable",
-    "Provisioning",
-)
+class Cluster(Protocol):
+    """The Kubernetes side of a reconcile: what it reads and writes (`kube` implements it)."""
 
+    async def read_secret_values(
+        self, namespace: str, refs: Iterable[models.SecretKeySelector]
+    ) -> dict[tuple[str, str], str]: ...
 
-@dataclasses.dataclass(frozen=True)
-class BrokerObject:
-    """The parts of a MessageBroker body the reconciler reads."""
+    async def apply_connection_secret(
+        self, owner: BrokerRef, name: str, data: Mapping[str, str], labels: Mapping[str, str]
+    ) -> bool: ...
 
-    ref: kube.BrokerRef
-    generation: int
-    creation_timestamp: str
-    spec: Mapping[str, Any]
-    status: Mapping[str, Any]
-    labels: Mapping[str, str]
-    annotations: Mapping[str, str]
+    async def delete_secret(self, owner: BrokerRef, name: str) -> None: ...
 
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> BrokerObject:
-        meta = body.get("metadata", {})
-        return cls(
-            ref=kube.BrokerRef(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"]),
-            generation=int(meta.get("generation") or 0),
-            creation_timestamp=str(meta.get("creationTimestamp") or ""),
-            spec=dict(body.get("spec") or {}),
-            status=dict(body.get("status") or {}),
-            labels=dict(meta.get("labels") or {}),
-            annotations=dict(meta.get("annotations") or {}),
-        )
+    async def patch_status(self, ref: BrokerRef, status: Mapping[str, Any]) -> None: ...
 
-    @property
-    def paused(self) -> bool:
-        return self.annotations.get(PAUSED_ANNOTATION, "").lower() == "true"
+    async def patch_metadata(
+        self,
+        ref: BrokerRef,
+        *,
+        labels: Mapping[str, str | None] | None = None,
+        annotations: Mapping[str, str | None] | None = None,
+    ) -> None: ...
 
-    def current_status(self) -> models.MessageBrokerStatus:
-        try:
-            return models.MessageBrokerStatus.model_validate(self.status)
-        except pydantic.ValidationError:
-            return models.MessageBrokerStatus()
+    def emit_event(self, ref: BrokerRef, *, type: str, reason: str, message: str) -> None: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class AppliedEnv:
-    """What was last provisioned for one env: the env, its topics and where they are."""
+class KubeCluster:
+    """`Cluster` over the `kube` module: the real API server."""
 
-    env: models.EnvSpec
-    topics: tuple[models.TopicSpec, ...]
-    secret_name: str
-    locations: Mapping[str, base.TopicLocation]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "env": self.env.model_dump(by_alias=True, mode="json", exclude_none=True),
-            "topics": [
-                t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in self.topics
-            ],
-            "secretName": self.secret_name,
-            "locations": {tag: loc.as_json() for tag, loc in sorted(self.locations.items())},
-        }
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> AppliedEnv:
-        return cls(
-            env=models.EnvSpec.model_validate(raw["env"]),
-            topics=tuple(models.TopicSpec.model_validate(t) for t in raw.get("topics", [])),
-            secret_name=str(raw["secretName"]),
-            locations={
-                tag: base.TopicLocation(
-                    name=loc.get("name"), subscriptions=dict(loc.get("subscriptions") or {})
-                )
-                for tag, loc in (raw.get("locations") or {}).items()
-            },
-        )
-
-
-def trimmed_body(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a MessageBroker body `BrokerObject.from_body` reads, and no more."""
-    meta = body.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    return {
-        "metadata": {
-            key: meta[key]
-            for key in ("namespace", "name", "uid", "generation", "creationTimestamp", "labels")
-            if key in meta
-        }
-        | {
-            "annotations": {
-                key: annotations[key]
-                for key in (APPLIED_ANNOTATION, PAUSED_ANNOTATION)
-                if key in annotations
-            },
-            "deletionTimestamp": meta.get("deletionTimestamp"),
-        },
-        "spec": dict(body.get("spec") or {}),
-        "status": dict(body.get("status") or {}),
-    }
-
-
-def load_applied(annotations: Mapping[str, str]) -> dict[str, AppliedEnv]:
-    """The applied record; an unreadable one counts as empty (nothing known provisioned)."""
-    raw = annotations.get(APPLIED_ANNOTATION)
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-        return {slug: AppliedEnv.from_json(entry) for slug, entry in data.items()}
-    except (ValueError, KeyError, TypeError, AttributeError, pydantic.ValidationError):
-        logger.warning("ignoring an unreadable %s annotation", APPLIED_ANNOTATION)
-        return {}
-
-
-def dump_applied(applied: Mapping[str, AppliedEnv]) -> str:
-    return json.dumps(
-        {slug: entry.to_json() for slug, entry in sorted(applied.items())},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-
-
-def referenced_secrets(raw_spec: Mapping[str, Any]) -> set[str]:
-    """Names of the Secrets a raw (possibly invalid) spec references.
-
-    Tolerant on purpose: it feeds the index that re-reconciles a resource when
-    one of its Secrets appears, which matters most when the spec is imperfect.
-    """
-    names: set[str] = set()
-    for env in raw_spec.get("envs") or []:
-        config = env.get("config") if isinstance(env, Mapping) else None
-        if not isinstance(config, Mapping):
-            continue
-        sasl = config.get("sasl")
-        candidates = [
-            config.get(f) for f in ("password", "credentials", "accessKeyId", "secretAccessKey")
-        ]
-        if isinstance(sasl, Mapping):
-            candidates.append(sasl.get("password"))
-        for ref in candidates:
-            if isinstance(ref, Mapping) and isinstance(ref.get("secretKeyRef"), Mapping):
-                name = ref["secretKeyRef"].get("name")
-                if isinstance(name, str):
-                    names.add(name)
-    return names
-
-
-def shows_paused(obj: BrokerObject) -> bool:
-    """Whether the status already says Paused."""
-    ready = conditions.find(obj.current_status().conditions, conditions.READY)
-    return ready is not None and ready.reason == "Paused"
-
-
-def broker_identity(env: models.EnvSpec) -> str:
-    """Which broker an env points at, credentials aside.
-
-    Two envs with the same identity are the same broker: changing only a
-    password or a client id is not a move, and leaves nothing behind.
-    """
-    cfg = env.config
-    parts = [
-        env.type.value,
-        ",".join(sorted(cfg.brokers or [])),
-        cfg.host or "",
-        str(cfg.port or ""),
-        str(cfg.db or 0),
-        cfg.vhost or "",
-        cfg.project_id or "",
-        cfg.emulator_host or "",
-        cfg.region or "",
-        cfg.endpoint or "",
-    ]
-    return "|".join(parts)
-
-
-def secret_name_for(broker_name: str, env: models.EnvSpec) -> str:
-    return env.secret_name or f"{broker_name}-{env.slug}"
-
-
-def binding_entries(
-    spec: models.MessageBrokerSpec,
-    env: models.EnvSpec,
-    provider: base.Provider,
-    locations: Mapping[str, base.TopicLocation],
-) -> dict[str, str]:
-    """The connection Secret's entries (README.md, "The connection Secret")."""
-    entries = dict(provider.binding())
-    entries.update(
-        {
-            "type": env.type.binding_type,
-            "provider": "ductape",
-            "broker-tag": spec.tag,
-            "env": env.slug,
-            "topics.json": json.dumps(
-                {tag: loc.as_json() for tag, loc in sorted(locations.items())},
-                sort_keys=True,
-            ),
-        }
-    )
-    return entries
-
-
-@dataclasses.dataclass
-class EnvResult:
-    """The outcome of reconciling one env."""
-
-    slug: str
-    type: models.MessageBrokerTypes
-    phase: models.Phase
-    endpoint: str | None
-    secret_name: str
-    topics: list[models.TopicStatus]
-    message: str
-    reason: str | None = None  # None when the env is fine
-    healthy: bool = False
-    provisioned: bool = False
-    retriable: bool = True
-    probe_seconds: float | None = None
-    applied: AppliedEnv | None = None
-    events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """What a reconcile did: the status it wrote and whether to retry."""
-
-    status: models.MessageBrokerStatus
-    ready: bool
-    retry: bool
-    message: str
-
-
-@dataclasses.dataclass
-class Written:
-    """What this process last wrote on one MessageBroker (status, label, applied record)."""
-
-    uid: str
-    status: Mapping[str, Any] | None = None
-    tag_label: str | None = None
-    applied: str | None = None
-    #: The newest generation reconciled: a trigger holding an older body (a timer
-    #: that waited for the lock while an update went through) must not undo it.
-    generation: int = 0
-
-    def overlay(self, obj: BrokerObject) -> BrokerObject:
-        """`obj` (of this uid) as it is after our own writes, whether or not the watch
-        saw them yet."""
-        labels = dict(obj.labels)
-        annotations = dict(obj.annotations)
-        if self.tag_label is not None:
-            labels[TAG_LABEL] = self.tag_label
-        if self.applied is not None:
-            annotations[APPLIED_ANNOTATION] = self.applied
-        status = obj.status if self.status is None else self.status
-        return dataclasses.replace(obj, labels=labels, annotations=annotations, status=status)
-
-
-Trigger = str
-#: Triggers: a change (create, update, resume, a Secret) or the health timer.
-CHANGE: Trigger = "change"
-HEALTH: Trigger = "health"
+    read_secret_values = staticmethod(kube.read_secret_values)
+    apply_connection_secret = staticmethod(kube.apply_connection_secret)
+    delete_secret = staticmethod(kube.delete_secret)
+    patch_status = staticmethod(kube.patch_status)
+    patch_metadata = staticmethod(kube.patch_metadata)
+    emit_event = staticmethod(kube.emit_event)
 
 
 class Reconciler:
     """Reconciles MessageBrokers; one per operator process, shared by all handlers."""
 
-    def __init__(self, settings: Settings, pool: providers.ProviderPool | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: providers.ProviderPool | None = None,
+        cluster: Cluster | None = None,
+    ) -> None:
         self.settings = settings
-        self.pool = pool or providers.ProviderPool()
+        # `is None`: an empty pool is falsy (it has a length), yet it is the one to use.
+        self.pool = pool if pool is not None else providers.ProviderPool()
+        self.cluster: Cluster = cluster if cluster is not None else KubeCluster()
         self.health = health.EndpointHealth(
             round_seconds=settings.health_interval, probe_timeout=settings.probe_timeout
         )
@@ -338,13 +137,13 @@ class Reconciler:
         #: The Ready condition's reason per resource, for the periodic summary.
         self.ready_reasons: dict[tuple[str, str], str] = {}
 
-    def lock(self, ref: kube.BrokerRef) -> asyncio.Lock:
+    def lock(self, ref: BrokerRef) -> asyncio.Lock:
         return self._locks.setdefault((ref.namespace, ref.name), asyncio.Lock())
 
     async def aclose(self) -> None:
         await self.pool.aclose()
 
-    def forget(self, ref: kube.BrokerRef) -> None:
+    def forget(self, ref: BrokerRef) -> None:
         """The resource is gone: drop everything kept about it."""
         key = (ref.namespace, ref.name)
         self._written.pop(key, None)
@@ -352,7 +151,7 @@ class Reconciler:
         self.ready_reasons.pop(key, None)
         metrics.forget(ref.namespace, ref.name)
 
-    def _written_for(self, ref: kube.BrokerRef) -> Written:
+    def _written_for(self, ref: BrokerRef) -> Written:
         written = self._written.get((ref.namespace, ref.name))
         if written is None or written.uid != ref.uid:
             written = self._written[(ref.namespace, ref.name)] = Written(uid=ref.uid)
@@ -404,38 +203,39 @@ class Reconciler:
         patch: MutableMapping[str, Any] | None,
     ) -> Outcome:
         current = obj.current_status()
-        try:
-            spec = models.parse_spec(obj.spec)
-        except pydantic.ValidationError as exc:
-            message = models.describe_validation_error(exc)
-            logger.warning("%s/%s is invalid: %s", obj.ref.namespace, obj.ref.name, message)
-            return await self._finish_without_envs(
-                obj, current, reason="InvalidConfig", message=message, retry=False
-            )
+        verdict = core.gate(obj, tag_owner)
+        if verdict.spec is None:
+            logger.warning("%s/%s is invalid: %s", obj.ref.namespace, obj.ref.name, verdict.message)
+        elif verdict.label:
+            unchanged = obj.annotations.get(core.APPLIED_ANNOTATION, core.dump_applied({}))
+            await self._write_metadata(obj, verdict.spec.tag, unchanged, patch)
+        if verdict.reason is not None:
+            return await self._stop(obj, current, verdict)
+        assert verdict.spec is not None
+        return await self._provision(obj, current, verdict.spec, trigger, patch)
 
-        if (tag_owner is not None and tag_owner != obj.ref.name) or obj.paused:
-            # Labelled even when nothing else is done: `-l ductape.app/tag=` finds it.
-            unchanged = obj.annotations.get(APPLIED_ANNOTATION, dump_applied({}))
-            await self._write_metadata(obj, spec.tag, unchanged, patch)
+    async def _stop(
+        self, obj: BrokerObject, current: models.MessageBrokerStatus, verdict: core.Gate
+    ) -> Outcome:
+        """A resource that is not reconciled: its status says why."""
+        envs = (
+            [e for e in verdict.spec.envs if self.settings.reconciles_env(e.slug)]
+            if (verdict.spec)
+            else []
+        )
+        status = core.unreconciled_status(obj, current, verdict, envs)
+        await self._write_status(obj, current, status)
+        return Outcome(status=status, ready=False, retry=False, message=verdict.message)
 
-        if tag_owner is not None and tag_owner != obj.ref.name:
-            message = (
-                f"tag {spec.tag!r} already belongs to MessageBroker {tag_owner!r}"
-                " (the older resource keeps it); nothing is provisioned"
-            )
-            return await self._finish_without_envs(
-                obj, current, reason="TagConflict", message=message, retry=False, spec=spec
-            )
-
-        if obj.paused:
-            message = (
-                f"annotation {PAUSED_ANNOTATION}=true: no change is made to brokers or Secrets"
-            )
-            return await self._finish_without_envs(
-                obj, current, reason="Paused", message=message, retry=False, spec=spec
-            )
-
-        applied = load_applied(obj.annotations)
+    async def _provision(
+        self,
+        obj: BrokerObject,
+        current: models.MessageBrokerStatus,
+        spec: models.MessageBrokerSpec,
+        trigger: Trigger,
+        patch: MutableMapping[str, Any] | None,
+    ) -> Outcome:
+        applied = core.load_applied(obj.annotations)
         reconciled = [env for env in spec.envs if self.settings.reconciles_env(env.slug)]
         # A missing tag label is written while the brokers are provisioned, not after:
         # it must be there before the status says Ready, and it needs nothing from them.
@@ -450,7 +250,7 @@ class Reconciler:
             if not current.conditions and tasks:
                 _, pending = await asyncio.wait(tasks, timeout=PROVISIONING_NOTICE_SECONDS)
                 if pending:
-                    provisioning = self._provisioning_status(obj, spec, reconciled)
+                    provisioning = core.provisioning_status(obj, reconciled)
                     await self._write_status(obj, current, provisioning)
                     current = provisioning
             results = list(await asyncio.gather(*tasks))
@@ -463,33 +263,35 @@ class Reconciler:
         for result in results:
             if result.applied is not None:
                 new_applied[result.slug] = result.applied
-        desired_slugs = {env.slug for env in spec.envs}
-        retire_failures: list[str] = []
+        retire_failures = await self._retire_removed_envs(obj, spec, applied, new_applied)
+        await self._write_metadata(obj, spec.tag, core.dump_applied(new_applied), patch)
+
+        status = core.status_from_results(obj.generation, current, results, retire_failures)
+        await self._write_status(obj, current, status)
+        for result in results:
+            for event in result.events:
+                self._post(obj.ref, event)
+        return core.outcome(status, results, retire_failures)
+
+    async def _retire_removed_envs(
+        self,
+        obj: BrokerObject,
+        spec: models.MessageBrokerSpec,
+        applied: Mapping[str, AppliedEnv],
+        new_applied: dict[str, AppliedEnv],
+    ) -> list[str]:
+        """Envs removed from the spec get deletionPolicy; what failed, to report."""
+        desired = {env.slug for env in spec.envs}
+        failures: list[str] = []
         for slug, old in applied.items():
-            if slug in desired_slugs or not self.settings.reconciles_env(slug):
+            if slug in desired or not self.settings.reconciles_env(slug):
                 continue
             try:
                 await self._retire_env(obj, spec, old)
                 del new_applied[slug]
             except errors.DuctapeError as exc:
-                retire_failures.append(f"removed env {slug}: {exc.message}")
-
-        await self._write_metadata(obj, spec.tag, dump_applied(new_applied), patch)
-
-        status = self._status_from_results(obj, current, spec, results, retire_failures)
-        await self._write_status(obj, current, status)
-        for result in results:
-            for type_, reason, message in result.events:
-                kube.emit_event(obj.ref, type=type_, reason=reason, message=message)
-        ready = conditions.is_true(status.conditions, conditions.READY)
-        retry = not ready and all(r.retriable for r in results if r.reason)
-        ready_cond = conditions.find(status.conditions, conditions.READY)
-        return Outcome(
-            status=status,
-            ready=ready,
-            retry=retry or bool(retire_failures),
-            message=ready_cond.message if ready_cond else "",
-        )
+                failures.append(f"removed env {slug}: {exc.message}")
+        return failures
 
     async def _reconcile_env(
         self,
@@ -500,7 +302,7 @@ class Reconciler:
         trigger: Trigger = CHANGE,
     ) -> EnvResult:
         ref = obj.ref
-        secret_name = secret_name_for(ref.name, env)
+        secret_name = core.secret_name_for(ref.name, env)
         result = EnvResult(
             slug=env.slug,
             type=env.type,
@@ -511,118 +313,18 @@ class Reconciler:
             message="",
         )
         try:
-            secrets = base.SecretValues(
-                await kube.read_secret_values(ref.namespace, env.config.secret_refs())
-            )
-            owner = (ref.namespace, ref.name, env.slug)
-            provider = await self.pool.acquire(owner, env.type, env.config, secrets)
-            endpoint_key = self.pool.key_of(owner)
-            assert endpoint_key is not None  # acquired just now, under this resource's lock
-            result.endpoint = provider.endpoint
-            probe = await self.health.probe(endpoint_key, provider)
-            result.probe_seconds = probe.seconds
-            if probe.error is not None:
-                self._record_failure(result, probe.error, prev)
-                return self._observed(ref, env, result)
-            result.healthy = True
-
-            same_broker = prev is not None and broker_identity(prev.env) == broker_identity(env)
-            known = {t.tag: t for t in prev.topics} if prev is not None and same_broker else {}
-            known_locations = dict(prev.locations) if prev is not None and same_broker else {}
-            locations: dict[str, base.TopicLocation] = {}
-            inventory = (
-                await self.health.inventory(endpoint_key, provider) if trigger == HEALTH else None
-            )
-            to_ensure: list[tuple[models.TopicSpec, bool]] = []
-            for topic in spec.topics:
-                plan = base.TopicPlan.from_spec(topic)
-                unchanged = known.get(topic.tag) == topic and topic.tag in known_locations
-                if unchanged:
-                    if inventory is not None and inventory.knows(plan):
-                        exists = inventory.has(plan)
-                    else:
-                        exists = await provider.topic_exists(plan)
-                    if exists:
-                        locations[topic.tag] = known_locations[topic.tag]
-                        continue
-                to_ensure.append((topic, unchanged))
-            ensured = await asyncio.gather(
-                *(provider.ensure_topic(base.TopicPlan.from_spec(t)) for t, _ in to_ensure)
-            )
-            for (topic, drifted), location in zip(to_ensure, ensured, strict=True):
-                locations[topic.tag] = location
-                if drifted:
-                    logger.info(
-                        "%s/%s: topic %s (%s) was missing on %s; re-created",
-                        ref.namespace,
-                        ref.name,
-                        topic.tag,
-                        topic.physical_name,
-                        provider.endpoint,
-                    )
-                    result.events.append(
-                        (
-                            "Normal",
-                            "DriftRepaired",
-                            f"{env.slug}: topic {topic.tag} ({topic.physical_name}) was missing"
-                            f" on {provider.endpoint} and was re-created",
-                        )
-                    )
-            if (
-                spec.deletion_policy is models.DeletionPolicy.DELETE
-                and prev is not None
-                and same_broker
-            ):
-                # After a move, the old broker is handled as a whole by _leave_old_broker.
-                await self._delete_removed_topics(provider, prev.topics, spec.topics)
-
-            entries = binding_entries(spec, env, provider, locations)
-            labels = {TAG_LABEL: spec.tag, ENV_LABEL: env.slug, TYPE_LABEL: env.type.binding_type}
-            written = await kube.apply_connection_secret(ref, secret_name, entries, labels)
-            if written:
-                result.events.append(
-                    (
-                        "Normal",
-                        "SecretWritten",
-                        f"{env.slug}: connection Secret {secret_name} written",
-                    )
-                )
-            if prev is not None and prev.secret_name != secret_name:
-                await kube.delete_secret(ref, prev.secret_name)
-
-            if prev is not None and not same_broker:
-                await self._leave_old_broker(obj, spec, env, prev, result)
-
-            result.applied = AppliedEnv(
-                env=env, topics=tuple(spec.topics), secret_name=secret_name, locations=locations
-            )
-            result.topics = [
-                models.TopicStatus(
-                    tag=t.tag, name=locations[t.tag].name or t.physical_name, ready=True
-                )
-                for t in spec.topics
-            ]
-            result.provisioned = True
-            result.phase = models.Phase.READY
-            result.message = f"{len(spec.topics)} topic(s) provisioned on {provider.endpoint}"
-            self.health.want(
-                endpoint_key, owner, (base.TopicPlan.from_spec(t) for t in spec.topics)
-            )
+            await self._provision_env(obj, spec, env, prev, trigger, result)
         except errors.DuctapeError as exc:
-            self._record_failure(result, exc, prev)
+            core.record_failure(result, exc, prev)
         except Exception as exc:  # an SDK error nobody mapped: report it, keep running
             logger.exception(
                 "unexpected error reconciling %s/%s env %s", ref.namespace, ref.name, env.slug
             )
-            self._record_failure(
+            core.record_failure(
                 result,
                 errors.ProvisioningError(f"unexpected {type(exc).__name__}: {exc}", retriable=True),
                 prev,
             )
-        return self._observed(ref, env, result)
-
-    @staticmethod
-    def _observed(ref: kube.BrokerRef, env: models.EnvSpec, result: EnvResult) -> EnvResult:
         metrics.observe_env(
             ref.namespace,
             ref.name,
@@ -633,42 +335,131 @@ class Reconciler:
         )
         return result
 
-    @staticmethod
-    def _record_failure(
-        result: EnvResult, exc: errors.DuctapeError, prev: AppliedEnv | None
+    async def _provision_env(
+        self,
+        obj: BrokerObject,
+        spec: models.MessageBrokerSpec,
+        env: models.EnvSpec,
+        prev: AppliedEnv | None,
+        trigger: Trigger,
+        result: EnvResult,
     ) -> None:
-        result.reason = exc.reason
-        result.retriable = exc.retriable
-        result.message = exc.message
-        if isinstance(exc, errors.BrokerUnreachableError | errors.BrokerAuthError):
-            # The round's probe may predate the outage: the broker failing us now counts.
-            result.healthy = False
-        if isinstance(exc, errors.BrokerError) and result.healthy is False:
-            result.phase = models.Phase.DEGRADED if prev is not None else models.Phase.PENDING
-        elif isinstance(exc, errors.SecretNotFoundError):
-            result.phase = models.Phase.PENDING
-        elif exc.retriable:
-            result.phase = models.Phase.DEGRADED if prev is not None else models.Phase.PENDING
-        else:
-            result.phase = models.Phase.FAILED
+        """Probe, ensure the topics, write the Secret, leave an old broker: fills `result`."""
+        ref = obj.ref
+        secrets = base.SecretValues(
+            await self.cluster.read_secret_values(ref.namespace, env.config.secret_refs())
+        )
+        owner = (ref.namespace, ref.name, env.slug)
+        provider = await self.pool.acquire(owner, env.type, env.config, secrets)
+        endpoint_key = self.pool.key_of(owner)
+        assert endpoint_key is not None  # acquired just now, under this resource's lock
+        result.endpoint = provider.endpoint
+        probe = await self.health.probe(endpoint_key, provider)
+        result.probe_seconds = probe.seconds
+        if probe.error is not None:
+            core.record_failure(result, probe.error, prev)
+            return
+        result.healthy = True
+
+        inventory = (
+            await self.health.inventory(endpoint_key, provider) if trigger == HEALTH else None
+        )
+        locations = await self._ensure_topics(
+            obj, env, provider, core.topic_work(spec, env, prev), inventory, result
+        )
+        same_broker = core.same_broker(prev, env)
+        if (
+            spec.deletion_policy is models.DeletionPolicy.DELETE
+            and prev is not None
+            and same_broker
+        ):
+            # After a move, the old broker is handled as a whole by _leave_old_broker.
+            await self._delete_removed_topics(provider, prev.topics, spec.topics)
+
+        await self._write_secret(obj, spec, env, provider, locations, prev, result)
+        if prev is not None and not same_broker:
+            await self._leave_old_broker(obj, spec, env, prev, result)
+        result.applied = AppliedEnv(
+            env=env, topics=tuple(spec.topics), secret_name=result.secret_name, locations=locations
+        )
+        core.ready_env(result, spec, locations)
+        self.health.want(endpoint_key, owner, (base.TopicPlan.from_spec(t) for t in spec.topics))
+
+    async def _ensure_topics(
+        self,
+        obj: BrokerObject,
+        env: models.EnvSpec,
+        provider: base.Provider,
+        work: core.TopicWork,
+        inventory: health.Inventory | None,
+        result: EnvResult,
+    ) -> dict[str, base.TopicLocation]:
+        """Unchanged topics are looked up (in the round's inventory when there is one);
+        new, changed and missing ones are ensured, concurrently. Where they all are."""
+        locations: dict[str, base.TopicLocation] = {}
+        drifted: list[models.TopicSpec] = []
+        for topic in work.check:
+            plan = base.TopicPlan.from_spec(topic)
+            if inventory is not None and inventory.knows(plan):
+                exists = inventory.has(plan)
+            else:
+                exists = await provider.topic_exists(plan)
+            if exists:
+                locations[topic.tag] = work.known[topic.tag]
+            else:
+                drifted.append(topic)
+        to_ensure = [*work.ensure, *drifted]
+        ensured = await asyncio.gather(
+            *(provider.ensure_topic(base.TopicPlan.from_spec(t)) for t in to_ensure)
+        )
+        locations.update({t.tag: loc for t, loc in zip(to_ensure, ensured, strict=True)})
+        for topic in drifted:
+            logger.info(
+                "%s/%s: topic %s (%s) was missing on %s; re-created",
+                obj.ref.namespace,
+                obj.ref.name,
+                topic.tag,
+                topic.physical_name,
+                provider.endpoint,
+            )
+            result.events.append(core.drift_repaired(env, topic, provider.endpoint))
+        return locations
+
+    async def _write_secret(
+        self,
+        obj: BrokerObject,
+        spec: models.MessageBrokerSpec,
+        env: models.EnvSpec,
+        provider: base.Provider,
+        locations: Mapping[str, base.TopicLocation],
+        prev: AppliedEnv | None,
+        result: EnvResult,
+    ) -> None:
+        """The connection Secret, and the old one gone when its name changed."""
+        entries = core.binding_entries(spec, env, provider, locations)
+        labels = {
+            core.TAG_LABEL: spec.tag,
+            core.ENV_LABEL: env.slug,
+            core.TYPE_LABEL: env.type.binding_type,
+        }
+        name = result.secret_name
+        if await self.cluster.apply_connection_secret(obj.ref, name, entries, labels):
+            result.events.append(core.secret_written(env, name))
+        if prev is not None and prev.secret_name != name:
+            await self.cluster.delete_secret(obj.ref, prev.secret_name)
 
     async def _delete_removed_topics(
         self,
         provider: base.Provider,
-        before: Sequence[models.TopicSpec],
-        after: Sequence[models.TopicSpec],
+        before: Iterable[models.TopicSpec],
+        after: Iterable[models.TopicSpec],
     ) -> None:
         """deletionPolicy Delete: remove topics and subscriptions no longer declared."""
-        now = {t.tag: t for t in after}
-        for old in before:
-            new = now.get(old.tag)
-            old_plan = base.TopicPlan.from_spec(old)
-            if new is None or new.physical_name != old.physical_name:
-                await provider.delete_topic(old_plan)
-                continue
-            for sub in old.subscriptions:
-                if sub not in new.subscriptions:
-                    await provider.delete_subscription(old_plan, sub)
+        for plan, subscription in core.removed_from(list(before), list(after)):
+            if subscription is None:
+                await provider.delete_topic(plan)
+            else:
+                await provider.delete_subscription(plan, subscription)
 
     async def _leave_old_broker(
         self,
@@ -679,33 +470,18 @@ class Reconciler:
         result: EnvResult,
     ) -> None:
         """After a move to a new broker: apply deletionPolicy to what is left on the old one."""
-        old_topics = ", ".join(t.physical_name for t in prev.topics) or "no topics"
-        if spec.deletion_policy is models.DeletionPolicy.RETAIN:
-            result.events.append(
-                (
-                    "Normal",
-                    "Retained",
-                    f"{env.slug}: moved to {result.endpoint}; kept {old_topics} on the previous"
-                    f" {prev.env.type.value} broker (deletionPolicy Retain)",
-                )
-            )
-            return
-        await self._delete_on_broker(obj.ref.namespace, prev)
+        if spec.deletion_policy is models.DeletionPolicy.DELETE:
+            await self._delete_on_broker(obj.ref.namespace, prev)
         result.events.append(
-            (
-                "Normal",
-                "Deleted",
-                f"{env.slug}: moved to {result.endpoint}; deleted {old_topics} on the previous"
-                f" {prev.env.type.value} broker (deletionPolicy Delete)",
-            )
+            core.moved(spec.deletion_policy, env, prev, result.endpoint or "the new broker")
         )
 
     async def _delete_on_broker(self, namespace: str, applied: AppliedEnv) -> None:
         """Delete every topic of an applied env on its broker, with a throwaway connection."""
         secrets = base.SecretValues(
-            await kube.read_secret_values(namespace, applied.env.config.secret_refs())
+            await self.cluster.read_secret_values(namespace, applied.env.config.secret_refs())
         )
-        provider = providers.build_provider(applied.env.type, applied.env.config, secrets)
+        provider = self.pool.build(applied.env.type, applied.env.config, secrets)
         async with provider:
             for topic in applied.topics:
                 await provider.delete_topic(base.TopicPlan.from_spec(topic))
@@ -716,20 +492,11 @@ class Reconciler:
         """An env was removed from the spec: apply deletionPolicy, drop its Secret."""
         if spec.deletion_policy is models.DeletionPolicy.DELETE:
             await self._delete_on_broker(obj.ref.namespace, old)
-        await kube.delete_secret(obj.ref, old.secret_name)
+        await self.cluster.delete_secret(obj.ref, old.secret_name)
         owner = (obj.ref.namespace, obj.ref.name, old.env.slug)
         await self.pool.release(owner)
         self.health.drop(owner)
-        kube.emit_event(
-            obj.ref,
-            type="Normal",
-            reason="EnvRemoved",
-            message=(
-                f"env {old.env.slug} removed; its topics were "
-                + ("deleted" if spec.deletion_policy is models.DeletionPolicy.DELETE else "kept")
-                + f" on the {old.env.type.value} broker and its Secret {old.secret_name} deleted"
-            ),
-        )
+        self._post(obj.ref, core.env_removed(spec.deletion_policy, old))
 
     # --- deletion -----------------------------------------------------------
 
@@ -745,35 +512,19 @@ class Reconciler:
         """
         async with self.lock(obj.ref):
             obj = self._written_for(obj.ref).overlay(obj)
-            try:
-                spec = models.parse_spec(obj.spec)
-                policy = spec.deletion_policy
-            except pydantic.ValidationError:
-                policy = models.DeletionPolicy.RETAIN
-            applied = load_applied(obj.annotations)
-            slugs = [slug for slug in applied if self.settings.reconciles_env(slug)]
-            left: list[str] = []
-            if policy is models.DeletionPolicy.DELETE:
-                for slug in slugs:
-                    entry = applied[slug]
-                    try:
-                        await self._delete_on_broker(obj.ref.namespace, entry)
-                    except errors.DuctapeError as exc:
-                        names = ", ".join(t.physical_name for t in entry.topics)
-                        left.append(f"{slug} ({entry.env.type.value}): {names}: {exc.message}")
-            gave_up = bool(left) and (
-                namespace_terminating or elapsed >= self.settings.finalizer_timeout
+            policy = core.deletion_policy(obj)
+            applied = core.load_applied(obj.annotations)
+            left = await self._delete_everything(obj, policy, applied)
+            verdict = core.release(
+                left,
+                elapsed=elapsed,
+                timeout=self.settings.finalizer_timeout,
+                namespace_terminating=namespace_terminating,
             )
-            if left and not gave_up:
-                raise errors.BrokerUnreachableError("deletion pending: " + "; ".join(left))
-            if gave_up:
-                kube.emit_event(
-                    obj.ref,
-                    type="Warning",
-                    reason="DeletionIncomplete",
-                    message="gave up deleting on unreachable brokers; left behind: "
-                    + "; ".join(left),
-                )
+            if not verdict.let_go:
+                raise errors.BrokerUnreachableError(verdict.retry_message)
+            if verdict.warning is not None:
+                self._post(obj.ref, verdict.warning)
             for slug in applied:
                 owner = (obj.ref.namespace, obj.ref.name, slug)
                 await self.pool.release(owner)
@@ -788,165 +539,30 @@ class Reconciler:
         self.forget(obj.ref)
         return True
 
-    # --- status -------------------------------------------------------------
-
-    def _provisioning_status(
-        self, obj: BrokerObject, spec: models.MessageBrokerSpec, envs: Sequence[models.EnvSpec]
-    ) -> models.MessageBrokerStatus:
-        conds = conditions.set_condition(
-            [],
-            type=conditions.READY,
-            status=models.ConditionStatus.FALSE,
-            reason="Provisioning",
-            message="provisioning started",
-            generation=obj.generation,
-        )
-        return models.MessageBrokerStatus(
-            observed_generation=obj.generation,
-            summary=_summary(envs),
-            conditions=conds,
-            envs=[
-                models.EnvStatus(
-                    slug=e.slug,
-                    type=e.type,
-                    phase=models.Phase.PROVISIONING,
-                    endpoint=None,
-                    secret_name=secret_name_for(obj.ref.name, e),
-                    last_transition_time=conditions.now(),
-                )
-                for e in envs
-            ],
-        )
-
-    def _status_from_results(
+    async def _delete_everything(
         self,
         obj: BrokerObject,
-        current: models.MessageBrokerStatus,
-        spec: models.MessageBrokerSpec,
-        results: Sequence[EnvResult],
-        retire_failures: Sequence[str],
-    ) -> models.MessageBrokerStatus:
-        gen = obj.generation
-        failing = [r for r in results if r.reason]
-        unhealthy = [r for r in results if not r.healthy]
-        unprovisioned = [r for r in results if not r.provisioned]
+        policy: models.DeletionPolicy,
+        applied: Mapping[str, AppliedEnv],
+    ) -> list[str]:
+        """With Delete, every reconciled env's topics; what could not be deleted."""
+        if policy is not models.DeletionPolicy.DELETE:
+            return []
+        left: list[str] = []
+        for slug, entry in applied.items():
+            if not self.settings.reconciles_env(slug):
+                continue
+            try:
+                await self._delete_on_broker(obj.ref.namespace, entry)
+            except errors.DuctapeError as exc:
+                names = ", ".join(t.physical_name for t in entry.topics)
+                left.append(f"{slug} ({entry.env.type.value}): {names}: {exc.message}")
+        return left
 
-        def verdict(
-            conds: list[models.Condition],
-            type_: str,
-            failed: Sequence[EnvResult],
-            fallback_reason: str,
-            ok: tuple[str, str],
-            extra: Sequence[str] = (),
-        ) -> list[models.Condition]:
-            """One condition: False with the most telling failure, else True."""
-            if failed or extra:
-                reasons = {r.reason for r in failed if r.reason}
-                reason = next((p for p in _REASON_PRIORITY if p in reasons), fallback_reason)
-                message = "; ".join([*(f"{r.slug}: {r.message}" for r in failed), *extra])
-                status = models.ConditionStatus.FALSE
-            else:
-                (reason, message), status = ok, models.ConditionStatus.TRUE
-            return conditions.set_condition(
-                conds, type=type_, status=status, reason=reason, message=message, generation=gen
-            )
+    # --- writes -------------------------------------------------------------
 
-        conds = verdict(
-            list(current.conditions),
-            conditions.PROVISIONED,
-            unprovisioned,
-            "ProvisioningFailed",
-            ("AllEnvsProvisioned", f"topics, subscriptions and Secrets exist for generation {gen}"),
-            retire_failures,
-        )
-        conds = verdict(
-            conds,
-            conditions.HEALTHY,
-            unhealthy,
-            "BrokerUnreachable",
-            ("AllBrokersHealthy", "every broker answered its last probe"),
-        )
-        conds = verdict(
-            conds,
-            conditions.READY,
-            failing,
-            "ProvisioningFailed",
-            ("AllEnvsReady", f"{len(results)} env(s) ready: {_summary_of(results)}"),
-            retire_failures,
-        )
-
-        previous_envs = {e.slug: e for e in current.envs}
-        env_statuses = []
-        for r in results:
-            before = previous_envs.get(r.slug)
-            transition = (
-                before.last_transition_time
-                if before is not None and before.phase == r.phase and before.last_transition_time
-                else conditions.now()
-            )
-            env_statuses.append(
-                models.EnvStatus(
-                    slug=r.slug,
-                    type=r.type,
-                    phase=r.phase,
-                    endpoint=r.endpoint or (before.endpoint if before else None),
-                    secret_name=r.secret_name,
-                    topics=r.topics,
-                    last_transition_time=transition,
-                    message=r.message,
-                )
-            )
-        binding = (
-            models.Binding(name=results[0].secret_name)
-            if len(results) == 1 and results[0].provisioned
-            else (current.binding if len(results) == 1 else None)
-        )
-        return models.MessageBrokerStatus(
-            observed_generation=gen,
-            summary=_summary_of(results),
-            conditions=conditions.order(conds),
-            envs=env_statuses,
-            binding=binding,
-        )
-
-    async def _finish_without_envs(
-        self,
-        obj: BrokerObject,
-        current: models.MessageBrokerStatus,
-        *,
-        reason: str,
-        message: str,
-        retry: bool,
-        spec: models.MessageBrokerSpec | None = None,
-    ) -> Outcome:
-        """Status for a resource that is not reconciled: invalid, conflicting or paused."""
-        conds = conditions.set_condition(
-            list(current.conditions),
-            type=conditions.READY,
-            status=models.ConditionStatus.FALSE,
-            reason=reason,
-            message=message,
-            generation=obj.generation,
-        )
-        if reason != "Paused":
-            conds = conditions.set_condition(
-                conds,
-                type=conditions.PROVISIONED,
-                status=models.ConditionStatus.FALSE,
-                reason=reason,
-                message=message,
-                generation=obj.generation,
-            )
-        reconciled = [e for e in spec.envs if self.settings.reconciles_env(e.slug)] if spec else []
-        status = models.MessageBrokerStatus(
-            observed_generation=obj.generation,
-            summary=_summary(reconciled) if spec else current.summary,
-            conditions=conditions.order(conds),
-            envs=list(current.envs),
-            binding=current.binding,
-        )
-        await self._write_status(obj, current, status)
-        return Outcome(status=status, ready=False, retry=retry, message=message)
+    def _post(self, ref: BrokerRef, event: core.Event) -> None:
+        self.cluster.emit_event(ref, type=event.type, reason=event.reason, message=event.message)
 
     async def _write_status(
         self,
@@ -954,38 +570,20 @@ class Reconciler:
         current: models.MessageBrokerStatus,
         status: models.MessageBrokerStatus,
     ) -> None:
-        """Patch the status only when it changed; post an Event when Ready changes."""
-        new = status_to_json(status)
-        before = conditions.find(current.conditions, conditions.READY)
-        after = conditions.find(status.conditions, conditions.READY)
-        if after is not None:
-            self.ready_reasons[(obj.ref.namespace, obj.ref.name)] = (
-                after.reason if after.status is not models.ConditionStatus.TRUE else "Ready"
-            )
-        if new == status_to_json(current) and obj.status:
+        """Patch the status only when it changed; log and post a change of Ready."""
+        reason = core.ready_reason(status)
+        if reason is not None:
+            self.ready_reasons[(obj.ref.namespace, obj.ref.name)] = reason
+        new = core.status_to_json(status)
+        if new == core.status_to_json(current) and obj.status:
             return
-        await kube.patch_status(obj.ref, new)
+        await self.cluster.patch_status(obj.ref, new)
         self._written_for(obj.ref).status = new
-        if after is None or (
-            before is not None and (before.status, before.reason) == (after.status, after.reason)
-        ):
-            return
-        where = f"{obj.ref.namespace}/{obj.ref.name}"
-        if after.status is models.ConditionStatus.TRUE:
-            verb = "recovered" if before is not None and before.reason != "Provisioning" else ""
-            logger.info(
-                "%s: Ready%s (%s): %s",
-                where,
-                f", {verb}" if verb else "",
-                after.reason,
-                after.message,
-            )
-            kube.emit_event(obj.ref, type="Normal", reason=after.reason, message=after.message)
-        elif after.reason == "Provisioning":
-            logger.info("%s: provisioning %s", where, status.summary or "")
-        else:
-            logger.warning("%s: not Ready (%s): %s", where, after.reason, after.message)
-            kube.emit_event(obj.ref, type="Warning", reason=after.reason, message=after.message)
+        change = core.transition(obj, current, status)
+        if change is not None:
+            logger.log(change.level, "%s", change.line)
+            if change.event is not None:
+                self._post(obj.ref, change.event)
 
     def _label(self, obj: BrokerObject, tag: str) -> asyncio.Future[None] | None:
         """Start writing the tag label when it is missing; None when it is there."""
@@ -993,7 +591,7 @@ class Reconciler:
             return None
 
         async def write() -> None:
-            await kube.patch_metadata(obj.ref, labels={TAG_LABEL: tag})
+            await self.cluster.patch_metadata(obj.ref, labels={TAG_LABEL: tag})
             self._written_for(obj.ref).tag_label = tag
 
         return asyncio.ensure_future(write())
@@ -1007,9 +605,8 @@ class Reconciler:
     ) -> None:
         """The tag label and the applied record, in one patch, only when either changed."""
         labels = {TAG_LABEL: tag} if obj.labels.get(TAG_LABEL) != tag else None
-        empty = dump_applied({})
-        changed = applied != obj.annotations.get(APPLIED_ANNOTATION, empty)
-        annotations = {APPLIED_ANNOTATION: applied} if changed else None
+        changed = applied != obj.annotations.get(core.APPLIED_ANNOTATION, core.dump_applied({}))
+        annotations = {core.APPLIED_ANNOTATION: applied} if changed else None
         if labels is None and annotations is None:
             return
         if patch is not None and labels is None:
@@ -1019,23 +616,7 @@ class Reconciler:
             metadata = patch.setdefault("metadata", {})
             metadata.setdefault("annotations", {}).update(annotations or {})
         else:
-            await kube.patch_metadata(obj.ref, labels=labels, annotations=annotations)
+            await self.cluster.patch_metadata(obj.ref, labels=labels, annotations=annotations)
         written = self._written_for(obj.ref)
         written.tag_label = tag
         written.applied = applied
-
-
-def status_to_json(status: models.MessageBrokerStatus) -> dict[str, Any]:
-    """The status as written: every top-level key present, so a merge patch clears stale ones."""
-    data = status.model_dump(by_alias=True, mode="json", exclude_none=True)
-    for key in ("observedGeneration", "summary", "conditions", "envs", "binding"):
-        data.setdefault(key, None)
-    return data
-
-
-def _summary(envs: Sequence[models.EnvSpec]) -> str:
-    return " ".join(f"{e.slug}:{e.type.value}" for e in envs)
-
-
-def _summary_of(results: Sequence[EnvResult]) -> str:
-    return " ".join(f"{r.slug}:{r.type.value}" for r in results)

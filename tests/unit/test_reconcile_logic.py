@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ductape_operator import conditions, models, reconcile, settings
+from ductape_operator import conditions, core, models, settings
 from ductape_operator.providers import base
 
 
@@ -19,21 +19,21 @@ def test_identity_ignores_credentials_but_not_the_endpoint() -> None:
     b = env("REDIS", host="r1", password={"secretKeyRef": {"name": "b", "key": "q"}})
     c = env("REDIS", host="r2")
     d = env("REDIS", host="r1", db=2)
-    assert reconcile.broker_identity(a) == reconcile.broker_identity(b)
-    assert reconcile.broker_identity(a) != reconcile.broker_identity(c)
-    assert reconcile.broker_identity(a) != reconcile.broker_identity(d)
+    assert core.broker_identity(a) == core.broker_identity(b)
+    assert core.broker_identity(a) != core.broker_identity(c)
+    assert core.broker_identity(a) != core.broker_identity(d)
 
 
 def test_identity_changes_with_the_type() -> None:
     rabbit = env("RABBITMQ", host="h", port=5672)
     redis = env("REDIS", host="h", port=5672)
-    assert reconcile.broker_identity(rabbit) != reconcile.broker_identity(redis)
+    assert core.broker_identity(rabbit) != core.broker_identity(redis)
 
 
 def test_applied_record_round_trips() -> None:
     topic = models.TopicSpec(tag="orders", name="orders.created", subscriptions=["billing"])
     applied = {
-        "prd": reconcile.AppliedEnv(
+        "prd": core.AppliedEnv(
             env=env("KAFKA", brokers=["k:9092"]),
             topics=(topic,),
             secret_name="bus-prd",
@@ -44,15 +44,15 @@ def test_applied_record_round_trips() -> None:
             },
         )
     }
-    text = reconcile.dump_applied(applied)
-    loaded = reconcile.load_applied({reconcile.APPLIED_ANNOTATION: text})
+    text = core.dump_applied(applied)
+    loaded = core.load_applied({core.APPLIED_ANNOTATION: text})
     assert loaded == applied
-    assert reconcile.dump_applied(loaded) == text
+    assert core.dump_applied(loaded) == text
 
 
 @pytest.mark.parametrize("junk", ["", "not json", '{"prd": {"env": {}}}', "[]"])
 def test_unreadable_applied_record_counts_as_empty(junk: str) -> None:
-    assert reconcile.load_applied({reconcile.APPLIED_ANNOTATION: junk}) == {}
+    assert core.load_applied({core.APPLIED_ANNOTATION: junk}) == {}
 
 
 def test_referenced_secrets_tolerates_invalid_specs() -> None:
@@ -65,16 +65,16 @@ def test_referenced_secrets_tolerates_invalid_specs() -> None:
             "not an env",
         ]
     }
-    assert reconcile.referenced_secrets(raw) == {"rabbit", "kafka", "aws"}
-    assert reconcile.referenced_secrets({}) == set()
+    assert core.referenced_secrets(raw) == {"rabbit", "kafka", "aws"}
+    assert core.referenced_secrets({}) == set()
 
 
 def test_secret_name_defaults_to_name_dash_slug() -> None:
-    assert reconcile.secret_name_for("bus", env("REDIS", host="h")) == "bus-prd"
+    assert core.secret_name_for("bus", env("REDIS", host="h")) == "bus-prd"
     custom = models.EnvSpec.model_validate(
         {"slug": "prd", "type": "REDIS", "config": {"host": "h"}, "secretName": "mine"}
     )
-    assert reconcile.secret_name_for("bus", custom) == "mine"
+    assert core.secret_name_for("bus", custom) == "mine"
 
 
 def test_condition_keeps_transition_time_while_status_holds() -> None:
@@ -112,7 +112,7 @@ def test_condition_keeps_transition_time_while_status_holds() -> None:
 
 
 def test_status_json_clears_absent_fields() -> None:
-    data = reconcile.status_to_json(models.MessageBrokerStatus(observed_generation=3))
+    data = core.status_to_json(models.MessageBrokerStatus(observed_generation=3))
     assert data["observedGeneration"] == 3
     assert data["binding"] is None and data["envs"] == []
 
@@ -129,7 +129,7 @@ def test_binding_entries_add_the_common_keys() -> None:
             "envs": [{"slug": "dev", "type": "REDIS", "config": {"host": "h"}}],
         }
     )
-    entries = reconcile.binding_entries(
+    entries = core.binding_entries(
         spec,
         spec.envs[0],
         FakeBinding(),  # type: ignore[arg-type]

@@ -107,6 +107,15 @@ class ProviderPool:
     def __len__(self) -> int:
         return len(self._providers)
 
+    def build(
+        self,
+        env_type: models.MessageBrokerTypes,
+        config: models.BrokerConfig,
+        secrets: base.SecretValues,
+    ) -> base.Provider:
+        """A provider of the pool's kind that is not shared: the caller starts and closes it."""
+        return self._factory(env_type, config, secrets)
+
     async def acquire(
         self,
         owner: Hashable,

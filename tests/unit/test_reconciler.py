@@ -1,0 +1,321 @@
+"""The reconcile loop end to end in memory: fake Kubernetes side, fake brokers, no network.
+
+Each test drives `Reconciler` the way kopf's handlers do (a body, a patch to
+fill) and checks what it wrote, posted and did on the brokers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ductape_operator import core, errors, health, reconcile
+from tests.unit import fakes
+from tests.unit.fakes import FakeBrokers, FakeCluster
+
+REDIS_R2 = {"slug": "dev", "type": "REDIS", "config": {"host": "r2"}}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def manual_health(rec: reconcile.Reconciler, clock: Clock) -> None:
+    rec.health = health.EndpointHealth(round_seconds=30, probe_timeout=1, clock=clock)
+
+
+async def run(
+    rec: reconcile.Reconciler,
+    raw: dict[str, Any],
+    *,
+    trigger: str = core.CHANGE,
+    tag_owner: str | None = None,
+) -> tuple[core.Outcome, dict[str, Any]]:
+    patch: dict[str, Any] = {}
+    obj = core.BrokerObject.from_body(raw)
+    outcome = await rec.reconcile(obj, tag_owner=tag_owner, trigger=trigger, patch=patch)
+    return outcome, patch
+
+
+async def ready_body(
+    rec: reconcile.Reconciler, cluster: FakeCluster, raw: dict[str, Any]
+) -> dict[str, Any]:
+    """Reconcile `raw` to Ready; the body the watch would deliver next."""
+    outcome, patch = await run(rec, raw)
+    assert outcome.ready, outcome.message
+    return fakes.after(core.BrokerObject.from_body(raw), cluster, patch)
+
+
+def reasons(status: Any) -> dict[str, str]:
+    return {c.type: c.reason for c in status.conditions}
+
+
+async def test_create_provisions_writes_the_secret_label_and_status() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    outcome, patch = await run(rec, fakes.body())
+
+    assert outcome.ready and not outcome.retry
+    assert reasons(outcome.status) == {
+        "Ready": "AllEnvsReady",
+        "Provisioned": "AllEnvsProvisioned",
+        "Healthy": "AllBrokersHealthy",
+    }
+    assert brokers["r1"].topics == {"orders": {"billing", "shipping"}}
+    secret = cluster.connection_secrets[("ns", "bus-dev")]
+    assert secret["type"] == "redis" and secret["broker-tag"] == "bus"
+    assert '"billing": "orders.billing"' in secret["topics.json"]
+    kinds = [kind for kind, _ in cluster.writes]
+    # The label is written before the status that says Ready; the applied record rides
+    # in kopf's patch.
+    assert kinds.index("metadata") < kinds.index("status")
+    assert core.APPLIED_ANNOTATION in patch["metadata"]["annotations"]
+    assert sorted(cluster.event_reasons()) == ["AllEnvsReady", "SecretWritten"]
+    assert outcome.status.binding is not None and outcome.status.binding.name == "bus-dev"
+
+
+async def test_an_unchanged_resource_causes_no_write_and_no_broker_change() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    settled = await ready_body(rec, cluster, fakes.body())
+    cluster.writes.clear()
+    cluster.events.clear()
+    brokers["r1"].calls.clear()
+
+    for trigger in (core.CHANGE, core.HEALTH, core.HEALTH):
+        outcome, patch = await run(rec, settled, trigger=trigger)
+        assert outcome.ready
+        assert patch == {}
+    assert cluster.writes == [] and cluster.events == []
+    assert not [c for c in brokers["r1"].calls if c.startswith(("ensure", "delete"))]
+
+
+async def test_a_broker_outage_is_degraded_then_recovered() -> None:
+    cluster, brokers, clock = FakeCluster(), FakeBrokers(), Clock()
+    rec = fakes.reconciler(cluster, brokers)
+    manual_health(rec, clock)
+    settled = await ready_body(rec, cluster, fakes.body())
+
+    brokers["r1"].down = True
+    clock.now += 31  # the next round
+    outcome, _ = await run(rec, settled, trigger=core.HEALTH)
+    assert not outcome.ready and outcome.retry
+    assert reasons(outcome.status)["Ready"] == "BrokerUnreachable"
+    assert outcome.status.envs[0].phase == "Degraded"
+    assert ("Warning", "BrokerUnreachable") in [(t, r) for t, r, _ in cluster.events]
+
+    brokers["r1"].down = False
+    clock.now += 31
+    down = fakes.after(core.BrokerObject.from_body(settled), cluster, {})
+    outcome, _ = await run(rec, down, trigger=core.HEALTH)
+    assert outcome.ready
+    assert cluster.events[-1][:2] == ("Normal", "AllEnvsReady")
+
+
+async def test_a_missing_secret_is_pending_and_retried() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    env = {
+        "slug": "dev",
+        "type": "REDIS",
+        "config": {"host": "r1", "password": {"secretKeyRef": {"name": "pw", "key": "p"}}},
+    }
+    outcome, _ = await run(rec, fakes.body(envs=[env]))
+    assert not outcome.ready and outcome.retry
+    assert reasons(outcome.status)["Ready"] == "SecretNotFound"
+    assert outcome.status.envs[0].phase == "Pending"
+    assert brokers.by_host == {}, "no broker is contacted without its credentials"
+
+    cluster.secrets[("ns", "pw")] = {"p": "hunter22"}
+    outcome, _ = await run(rec, fakes.body(envs=[env]))
+    assert outcome.ready
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason", "labelled"),
+    [
+        (lambda b: b["spec"]["envs"][0].update(type="NOPE"), "InvalidConfig", False),
+        (
+            lambda b: b["metadata"]["annotations"].update({core.PAUSED_ANNOTATION: "true"}),
+            "Paused",
+            True,
+        ),
+    ],
+)
+async def test_a_resource_that_is_not_reconciled_says_why(
+    mutate: Any, reason: str, labelled: bool
+) -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    raw = fakes.body()
+    mutate(raw)
+    outcome, _ = await run(rec, raw)
+    assert not outcome.ready and not outcome.retry
+    assert reasons(outcome.status)["Ready"] == reason
+    assert brokers.by_host == {} and cluster.connection_secrets == {}
+    assert any(kind == "metadata" for kind, _ in cluster.writes) is labelled
+    if reason == "Paused":
+        assert "Provisioned" not in reasons(outcome.status)
+
+
+async def test_the_newer_of_two_resources_with_one_tag_is_not_provisioned() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    outcome, _ = await run(rec, fakes.body("newer"), tag_owner="older")
+    assert reasons(outcome.status)["Ready"] == "TagConflict"
+    assert "older" in outcome.message
+    assert brokers.by_host == {}
+    labels = [data["labels"] for kind, data in cluster.writes if kind == "metadata"]
+    assert labels == [{core.TAG_LABEL: "newer"}]
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Delete"])
+async def test_a_swap_provisions_the_new_broker_switches_the_secret_then_applies_the_policy(
+    policy: str,
+) -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    settled = await ready_body(rec, cluster, fakes.body(policy=policy))
+    moved = fakes.body(policy=policy, envs=[REDIS_R2], generation=2)
+    moved["metadata"]["annotations"] = settled["metadata"]["annotations"]
+    moved["status"] = settled["status"]
+    cluster.writes.clear()
+
+    outcome, _ = await run(rec, moved)
+    assert outcome.ready
+    assert brokers["r2"].topics == {"orders": {"billing", "shipping"}}
+    assert cluster.connection_secrets[("ns", "bus-dev")]["host"] == "r2"
+    if policy == "Retain":
+        assert brokers["r1"].topics == {"orders": {"billing", "shipping"}}
+        assert "Retained" in cluster.event_reasons()
+    else:
+        assert brokers["r1"].topics == {}
+        assert "Deleted" in cluster.event_reasons()
+        # Provision new, switch the Secret, then delete on the old broker.
+        assert brokers["r2"].calls.index("ensure orders") >= 0
+        assert brokers["r1"].calls[-1] == "delete orders"
+
+
+async def test_removing_a_topic_and_a_subscription_with_delete() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    topics = [
+        {"tag": "orders", "subscriptions": ["billing", "shipping"]},
+        {"tag": "audit", "subscriptions": ["ops"]},
+    ]
+    settled = await ready_body(rec, cluster, fakes.body(policy="Delete", topics=topics))
+    fewer = fakes.body(
+        policy="Delete", topics=[{"tag": "orders", "subscriptions": ["billing"]}], generation=2
+    )
+    fewer["metadata"]["annotations"] = settled["metadata"]["annotations"]
+    outcome, _ = await run(rec, fewer)
+    assert outcome.ready
+    assert brokers["r1"].topics == {"orders": {"billing"}}
+
+
+async def test_removing_an_env_deletes_its_secret_and_applies_the_policy() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    two = [{"slug": "dev", "type": "REDIS", "config": {"host": "r1"}}, {**REDIS_R2, "slug": "qa"}]
+    settled = await ready_body(rec, cluster, fakes.body(policy="Delete", envs=two))
+    assert ("ns", "bus-qa") in cluster.connection_secrets
+    one = fakes.body(policy="Delete", envs=two[:1], generation=2)
+    one["metadata"]["annotations"] = settled["metadata"]["annotations"]
+    outcome, _ = await run(rec, one)
+    assert outcome.ready
+    assert ("ns", "bus-qa") not in cluster.connection_secrets
+    assert brokers["r2"].topics == {}
+    assert "EnvRemoved" in cluster.event_reasons()
+
+
+async def test_a_topic_deleted_out_of_band_is_recreated_from_the_round_inventory() -> None:
+    cluster, brokers, clock = FakeCluster(), FakeBrokers(), Clock()
+    rec = fakes.reconciler(cluster, brokers)
+    manual_health(rec, clock)
+    settled = await ready_body(rec, cluster, fakes.body())
+    brokers["r1"].topics.clear()
+    brokers["r1"].calls.clear()
+    clock.now += 31
+
+    outcome, _ = await run(rec, settled, trigger=core.HEALTH)
+    assert outcome.ready
+    assert brokers["r1"].topics == {"orders": {"billing", "shipping"}}
+    assert brokers["r1"].calls.count("inventory") == 1
+    assert not [c for c in brokers["r1"].calls if c.startswith("exists")]
+    assert "DriftRepaired" in cluster.event_reasons()
+
+
+async def test_an_older_generation_never_undoes_a_newer_one() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    await ready_body(rec, cluster, fakes.body(envs=[REDIS_R2], generation=2))
+    cluster.writes.clear()
+    outcome, _ = await run(rec, fakes.body(generation=1))
+    assert outcome.message == "stale"
+    assert cluster.writes == [] and "r1" not in brokers.by_host
+
+
+async def test_a_slow_first_reconcile_shows_provisioning_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reconcile, "PROVISIONING_NOTICE_SECONDS", 0.0)
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    outcome, _ = await run(rec, fakes.body())
+    statuses = [data for kind, data in cluster.writes if kind == "status"]
+    assert [s["conditions"][0]["reason"] for s in statuses] == ["Provisioning", "AllEnvsReady"]
+    assert outcome.ready
+
+
+# --- finalizer ----------------------------------------------------------------
+
+
+async def finalize(
+    rec: reconcile.Reconciler, raw: dict[str, Any], *, elapsed: float = 0, terminating: bool = False
+) -> bool:
+    obj = core.BrokerObject.from_body(raw)
+    return await rec.finalize(obj, elapsed=elapsed, namespace_terminating=terminating)
+
+
+async def test_retain_lets_go_without_any_broker() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    settled = await ready_body(rec, cluster, fakes.body())
+    brokers["r1"].down = True
+    brokers["r1"].calls.clear()
+    assert await finalize(rec, settled)
+    assert brokers["r1"].calls == [] and brokers["r1"].topics
+
+
+async def test_delete_removes_the_topics_of_a_reachable_broker() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    settled = await ready_body(rec, cluster, fakes.body(policy="Delete"))
+    assert await finalize(rec, settled)
+    assert brokers["r1"].topics == {}
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "terminating", "lets_go"),
+    [(10.0, False, False), (301.0, False, True), (0.0, True, True)],
+)
+async def test_delete_against_an_unreachable_broker_gives_up_in_bounded_time(
+    elapsed: float, terminating: bool, lets_go: bool
+) -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers, finalizer_timeout=300)
+    settled = await ready_body(rec, cluster, fakes.body(policy="Delete"))
+    brokers["r1"].down = True
+    if lets_go:
+        assert await finalize(rec, settled, elapsed=elapsed, terminating=terminating)
+        warning = [e for e in cluster.events if e[1] == "DeletionIncomplete"]
+        assert warning and "orders" in warning[0][2]
+    else:
+        with pytest.raises(errors.BrokerUnreachableError, match="deletion pending"):
+            await finalize(rec, settled, elapsed=elapsed, terminating=terminating)
+    assert brokers["r1"].topics, "nothing was deleted on a broker that was down"
