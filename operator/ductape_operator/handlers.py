@@ -66,8 +66,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         key="last-handled-configuration",
         ignored_fields=["metadata.labels", "metadata.annotations"],
     )
-    # kopf posts an Event per handler outcome; ours are posted on transitions only.
-    settings.posting.level = logging.WARNING
+    # Events come from one place, the reconciler, on transitions only: kopf posts none
+    # of its own (a handler retrying is already in the status and in one Event).
+    settings.posting.enabled = False
     settings.peering.name = "ductape-operator"
     settings.peering.standalone = app.standalone
     # HA: the live replica with the highest priority reconciles, the others stand by;
