@@ -443,7 +443,10 @@ class Reconciler:
             core.TYPE_LABEL: env.type.binding_type,
         }
         name = result.secret_name
-        if await self.cluster.apply_connection_secret(obj.ref, name, entries, labels):
+        written = await self.cluster.apply_connection_secret(obj.ref, name, entries, labels)
+        if written and prev is not None:
+            # A changed Secret is news (rotation, a move); a new env's first one is not:
+            # the Ready Event that follows says as much, one API write less per create.
             result.events.append(core.secret_written(env, name))
         if prev is not None and prev.secret_name != name:
             await self.cluster.delete_secret(obj.ref, prev.secret_name)
