@@ -27,6 +27,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.protocol.commit import OffsetFetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.structs import TopicPartition
 
 from ductape_operator import errors, models
@@ -252,6 +253,66 @@ class KafkaProvider(_common.ProviderBase):
             if all((group_id(plan.name, sub), plan.name) in committed for sub in plan.subscriptions)
         )
 
+    async def backlog(
+        self, topics: Collection[base.TopicPlan]
+    ) -> dict[base.TopicPlan, base.TopicBacklog]:
+        """Consumer-group lag of every subscription, from one Metadata request, two
+        ListOffsets requests per partition leader (latest and earliest offsets of every
+        partition of every topic) and one committed-offset lookup per group.
+
+        A group with no committed offset on a partition has all of it waiting (the
+        subscription sees every message, README.md), so its backlog there is end minus
+        beginning. The topic's count is the sum of its end offsets (every offset ever
+        given out: compaction and transaction markers make it an upper bound).
+        """
+        plans = list(topics)
+        if not plans:
+            return {}
+        await self._ensure_started()
+        names = sorted({plan.name for plan in plans})
+        async with self.guard(f"reading the backlog of {len(names)} topic(s)", self._map):
+            metadata = await self._metadata(names)
+            leaders: dict[int, dict[str, list[int]]] = {}
+            partitions: dict[str, list[int]] = {}
+            for name in names:
+                entry = _topic_meta(metadata, name)
+                if entry is None:
+                    continue
+                for part in entry.get("partitions") or []:
+                    if part.get("leader", -1) < 0:
+                        continue
+                    index = int(part["partition"])
+                    leaders.setdefault(int(part["leader"]), {}).setdefault(name, []).append(index)
+                    partitions.setdefault(name, []).append(index)
+            end = await self._list_offsets(leaders, -1)
+            start = await self._list_offsets(leaders, -2)
+            pairs = {
+                (group_id(plan.name, sub), plan.name)
+                for plan in plans
+                if plan.name in partitions
+                for sub in plan.subscriptions
+            }
+            committed = await self._committed_offsets(pairs, partitions)
+        result: dict[base.TopicPlan, base.TopicBacklog] = {}
+        for plan in plans:
+            parts = partitions.get(plan.name)
+            if not parts or any((plan.name, p) not in end for p in parts):
+                continue
+            subs: dict[str, base.SubscriptionBacklog] = {}
+            for sub in plan.subscriptions:
+                offsets = committed.get((group_id(plan.name, sub), plan.name))
+                if offsets is None:
+                    continue
+                waiting = 0
+                for p in parts:
+                    last = end[(plan.name, p)]
+                    first = offsets.get(p, start.get((plan.name, p), 0))
+                    waiting += max(0, last - first)
+                subs[sub] = base.SubscriptionBacklog(messages=waiting)
+            published = sum(end[(plan.name, p)] for p in parts)
+            result[plan] = base.TopicBacklog(published=published, subscriptions=subs)
+        return result
+
     async def probe(self, timeout: float) -> None:
         async with self.guard("probing", self._map, timeout=timeout, limited=False):
             await self._ensure_started()
@@ -304,6 +365,61 @@ class KafkaProvider(_common.ProviderBase):
             async with limit:
                 if await self._has_offsets(group, topic):
                     found.add((group, topic))
+
+        error: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for group, topic in pairs:
+                    tasks.create_task(lookup(group, topic))
+        except BaseExceptionGroup as failed:
+            error = failed.exceptions[0]
+        if error is not None:
+            raise error  # outside the handler: its own cause and context stay
+        return found
+
+    async def _list_offsets(
+        self, leaders: dict[int, dict[str, list[int]]], at: int
+    ) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> offset: `at` -1 is the end, -2 the beginning; one
+        request per partition leader."""
+        found: dict[tuple[str, int], int] = {}
+        for leader, topics in sorted(leaders.items()):
+            request = OffsetRequest(
+                -1, 0, [(name, [(p, at) for p in parts]) for name, parts in topics.items()]
+            )
+            response = await self._request(request, leader)
+            for name, parts in response.topics:
+                for partition, code, *rest in parts:
+                    if code != _NO_ERROR:
+                        raise self._code_error(code, f"listing the offsets of {name}", [])
+                    # v1 and later: (timestamp, offset, ...); v0: ([offsets],)
+                    offset = rest[1] if len(rest) >= 2 else (rest[0] or [0])[0]
+                    found[(name, int(partition))] = int(offset)
+        return found
+
+    async def _committed_offsets(
+        self, pairs: Collection[tuple[str, str]], partitions: dict[str, list[int]]
+    ) -> dict[tuple[str, str], dict[int, int]]:
+        """(group, topic) -> partition -> committed offset (partitions without one left
+        out), a few groups at a time, like `_groups_with_offsets`."""
+        limit = asyncio.Semaphore(GROUP_LOOKUP_CONCURRENCY)
+        found: dict[tuple[str, str], dict[int, int]] = {}
+
+        async def lookup(group: str, topic: str) -> None:
+            async with limit:
+                coordinator = await self._require_admin().find_coordinator(group)
+                request = OffsetFetchRequest(group, [(topic, partitions[topic])])
+                response = await self._request(request, coordinator)
+            code = getattr(response, "error_code", _NO_ERROR)
+            if code not in (_NO_ERROR, _GROUP_ID_NOT_FOUND):
+                raise self._code_error(code, f"fetching the offsets of consumer group {group}", [])
+            offsets: dict[int, int] = {}
+            for name, parts in response.topics if code == _NO_ERROR else []:
+                for entry in parts:
+                    partition, offset, error = entry[0], entry[1], entry[-1]
+                    if name == topic and offset >= 0 and not error:
+                        offsets[int(partition)] = int(offset)
+            found[(group, topic)] = offsets
 
         error: BaseException | None = None
         try:
