@@ -318,12 +318,13 @@ class EndpointHealth:
             result = Backlog(at=started, error=errors.BrokerError(f"unexpected {exc!r}"))
         self._backlogs[endpoint] = result
         self._report(endpoint, provider, result)
-        # Owners that came or went while the reading ran are handled by want() and drop().
+        # Owners that came, went or changed while the reading ran: as they are now.
         for owner in owners:
-            if self._wanted.get(endpoint, {}).get(owner) is None:
+            plans = self._wanted.get(endpoint, {}).get(owner)
+            if plans is None:
                 continue
             if result.error is None:
-                self._sink.publish(owner, _share(result.readings, owners[owner]))
+                self._sink.publish(owner, _share(result.readings, plans))
             else:
                 # An unknown backlog is absent, not its last value.
                 self._sink.forget(owner)

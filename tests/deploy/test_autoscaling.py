@@ -51,7 +51,21 @@ def keda_crds(admin: kit.Kube) -> None:
     folder = run("bash", str(ROOT / "hack" / "fetch-keda-crds.sh")).stdout.strip().splitlines()[-1]
     for path in sorted(pathlib.Path(folder).glob("keda.sh_*.yaml")):
         kit.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    kit.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scaledobjects.keda.sh")
+    # Polled: `kubectl wait` fails outright on a CRD whose status has no conditions yet.
+    kit.wait_until(
+        lambda: (
+            kit.kubectl(
+                "get",
+                "crd/scaledobjects.keda.sh",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                check=False,
+            ).strip()
+            == "True"
+        ),
+        timeout=60,
+        what="KEDA's ScaledObject CRD established",
+    )
 
 
 def test_the_page_has_a_scaled_object_and_an_hpa_on_the_backlog() -> None:

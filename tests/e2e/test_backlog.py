@@ -26,6 +26,8 @@ ENVS = [
 ]
 #: Envs whose broker counts what was published to a topic.
 COUNTED = {"kaf", "red"}
+#: Envs whose broker gives the oldest waiting message's age.
+AGED = {"kaf", "red"}
 #: Envs with no backlog reading at all (Pub/Sub: Cloud Monitoring only).
 ABSENT = {"pub"}
 
@@ -121,6 +123,14 @@ async def test_backlog_per_subscription_on_every_provider(
     after = published(operator, namespace, name)
     assert {slug: after[slug] - before[slug] for slug in COUNTED} == dict.fromkeys(COUNTED, 7)
     assert not [key for key in backlog(operator, namespace, name) if key[0] in ABSENT]
+    ages = kit.samples(
+        operator.metrics(),
+        "ductape_subscription_oldest_message_age_seconds",
+        namespace=namespace,
+        name=name,
+    )
+    assert {dict(labels)["env"] for labels in ages} == AGED, ages
+    assert all(0 <= age < 300 for age in ages.values()), ages
 
     for folder in folders.values():
         await consume(folder, "billing", 4)

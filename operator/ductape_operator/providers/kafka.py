@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -26,8 +27,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.protocol.commit import OffsetFetchRequest
+from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
+from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
 from ductape_operator import errors, models
@@ -44,6 +47,13 @@ LEADER_WAIT = 10.0
 #: up to v3 and FindCoordinator up to v1, one group each (the batched forms are v8
 #: and v4), so each group costs two small requests; these run a few at a time.
 GROUP_LOOKUP_CONCURRENCY = 8
+
+#: Bytes a backlog reading fetches per partition to learn the oldest waiting message's
+#: timestamp: one record batch, which a producer keeps under 16 KiB by default (a larger
+#: batch leaves that age unknown), and partitions per Fetch request, so that one
+#: response stays under a megabyte.
+TIMESTAMP_FETCH_BYTES = 16 * 1024
+TIMESTAMP_FETCH_PARTITIONS = 64
 
 _NO_ERROR = 0
 _UNKNOWN_TOPIC_OR_PARTITION = kafka_errors.UnknownTopicOrPartitionError.errno
@@ -263,7 +273,10 @@ class KafkaProvider(_common.ProviderBase):
         A group with no committed offset on a partition has all of it waiting (the
         subscription sees every message, README.md), so its backlog there is end minus
         beginning. The topic's count is the sum of its end offsets (every offset ever
-        given out: compaction and transaction markers make it an upper bound).
+        given out: compaction and transaction markers make it an upper bound). The oldest
+        waiting message's age is its timestamp's, read with one small Fetch per partition
+        leader (`TIMESTAMP_FETCH_BYTES` per partition with a backlog); unknown for a
+        subscription when any of its partitions' records could not be read that way.
         """
         plans = list(topics)
         if not plans:
@@ -273,6 +286,7 @@ class KafkaProvider(_common.ProviderBase):
         async with self.guard(f"reading the backlog of {len(names)} topic(s)", self._map):
             metadata = await self._metadata(names)
             leaders: dict[int, dict[str, list[int]]] = {}
+            leader_of: dict[tuple[str, int], int] = {}
             partitions: dict[str, list[int]] = {}
             for name in names:
                 entry = _topic_meta(metadata, name)
@@ -283,6 +297,7 @@ class KafkaProvider(_common.ProviderBase):
                         continue
                     index = int(part["partition"])
                     leaders.setdefault(int(part["leader"]), {}).setdefault(name, []).append(index)
+                    leader_of[(name, index)] = int(part["leader"])
                     partitions.setdefault(name, []).append(index)
             end = await self._list_offsets(leaders, -1)
             start = await self._list_offsets(leaders, -2)
@@ -293,6 +308,20 @@ class KafkaProvider(_common.ProviderBase):
                 for sub in plan.subscriptions
             }
             committed = await self._committed_offsets(pairs, partitions)
+            # The first waiting offset of every subscription on every partition with a backlog.
+            waiting_from = {
+                (group, topic, p): committed[(group, topic)].get(p, start.get((topic, p), 0))
+                for group, topic in committed
+                for p in partitions[topic]
+                if (topic, p) in end
+            }
+            lagging = {
+                (topic, p, offset)
+                for (_group, topic, p), offset in waiting_from.items()
+                if end[(topic, p)] > offset
+            }
+            stamps = await self._timestamps(leader_of, lagging)
+        now_ms = time.time() * 1000
         result: dict[base.TopicPlan, base.TopicBacklog] = {}
         for plan in plans:
             parts = partitions.get(plan.name)
@@ -303,12 +332,19 @@ class KafkaProvider(_common.ProviderBase):
                 offsets = committed.get((group_id(plan.name, sub), plan.name))
                 if offsets is None:
                     continue
-                waiting = 0
+                group = group_id(plan.name, sub)
+                waiting, oldest, known = 0, None, True
                 for p in parts:
-                    last = end[(plan.name, p)]
-                    first = offsets.get(p, start.get((plan.name, p), 0))
-                    waiting += max(0, last - first)
-                subs[sub] = base.SubscriptionBacklog(messages=waiting)
+                    first = waiting_from[(group, plan.name, p)]
+                    count = max(0, end[(plan.name, p)] - first)
+                    waiting += count
+                    if count:
+                        stamp = stamps.get((plan.name, p, first))
+                        known = known and stamp is not None
+                        if stamp is not None:
+                            oldest = stamp if oldest is None else min(oldest, stamp)
+                age = max(0.0, now_ms - oldest) / 1000 if known and oldest is not None else None
+                subs[sub] = base.SubscriptionBacklog(messages=waiting, oldest_age_seconds=age)
             published = sum(end[(plan.name, p)] for p in parts)
             result[plan] = base.TopicBacklog(published=published, subscriptions=subs)
         return result
@@ -395,6 +431,51 @@ class KafkaProvider(_common.ProviderBase):
                     # v1 and later: (timestamp, offset, ...); v0: ([offsets],)
                     offset = rest[1] if len(rest) >= 2 else (rest[0] or [0])[0]
                     found[(name, int(partition))] = int(offset)
+        return found
+
+    async def _timestamps(
+        self, leader_of: dict[tuple[str, int], int], wanted: Collection[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], int]:
+        """(topic, partition, offset) -> the timestamp (ms) of the record at that offset.
+
+        A Fetch names a partition once, so subscriptions waiting at different offsets of
+        one partition take one more request each; at most `TIMESTAMP_FETCH_PARTITIONS`
+        partitions go in one request. A partition whose answer is an error (the offset
+        gone by retention) or an incomplete batch is left out.
+        """
+        found: dict[tuple[str, int, int], int] = {}
+        pending = sorted(wanted)
+        while pending:
+            requests: list[tuple[int, dict[tuple[str, int], int]]] = []
+            later: list[tuple[str, int, int]] = []
+            open_: dict[int, dict[tuple[str, int], int]] = {}
+            for topic, p, offset in pending:
+                leader = leader_of[(topic, p)]
+                current = open_.get(leader)
+                if current is not None and (topic, p) in current:
+                    later.append((topic, p, offset))
+                    continue
+                if current is None or len(current) >= TIMESTAMP_FETCH_PARTITIONS:
+                    current = open_[leader] = {}
+                    requests.append((leader, current))
+                current[(topic, p)] = offset
+            for leader, asked in requests:
+                topics: dict[str, list[tuple[int, int, int]]] = {}
+                for (topic, p), offset in asked.items():
+                    topics.setdefault(topic, []).append((p, offset, TIMESTAMP_FETCH_BYTES))
+                request = FetchRequest(
+                    0, 0, TIMESTAMP_FETCH_BYTES * len(asked), 0, list(topics.items())
+                )
+                response = await self._request(request, leader)
+                for topic, parts in response.topics:
+                    for p, code, _high, *rest in parts:
+                        at = asked.get((topic, int(p)))
+                        if code != _NO_ERROR or at is None or not rest:
+                            continue
+                        stamp = _timestamp_at(rest[-1], at)
+                        if stamp is not None:
+                            found[(topic, int(p), at)] = stamp
+            pending = later
         return found
 
     async def _committed_offsets(
@@ -518,6 +599,20 @@ class KafkaProvider(_common.ProviderBase):
             return _common.unreachable(endpoint, what, exc)
         retriable = bool(getattr(exc, "retriable", True))
         return _common.refused(endpoint, what, exc, retriable=retriable)
+
+
+def _timestamp_at(data: bytes | None, offset: int) -> int | None:
+    """The timestamp of the first record at or after `offset` in fetched record batches."""
+    if not data:
+        return None
+    records = MemoryRecords(data)
+    while True:
+        batch = records.next_batch()
+        if batch is None:
+            return None
+        for record in batch:
+            if record.offset >= offset:
+                return int(record.timestamp)
 
 
 def _topic_meta(metadata: dict[str, Any], name: str) -> dict[str, Any] | None:
