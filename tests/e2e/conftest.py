@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,10 +56,18 @@ def crd(kube: kit.Kube) -> None:
     )
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 class OperatorProcess:
-    def __init__(self, log_path: pathlib.Path, args: list[str]) -> None:
+    def __init__(self, log_path: pathlib.Path, args: list[str], metrics_port: int = 0) -> None:
         self.log_path = log_path
-        self.args = args
+        self.metrics_port = metrics_port
+        self.args = [*args, f"--metrics-port={metrics_port}"] if metrics_port else args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -84,6 +93,10 @@ class OperatorProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Every sample of the metrics port: (name, labels) -> value."""
+        return kit.scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
     def assert_alive(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, (
             "the operator process exited:\n" + self.log()[-4000:]
@@ -102,6 +115,7 @@ def operator(crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Op
             f"--probe-timeout={PROBE_TIMEOUT}",
             f"--finalizer-timeout={FINALIZER_TIMEOUT}",
         ],
+        metrics_port=free_port(),
     )
     proc.start()
     yield proc

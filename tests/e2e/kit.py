@@ -16,12 +16,14 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 GROUP, VERSION, PLURAL = "ductape.app", "v1alpha1", "messagebrokers"
 T = TypeVar("T")
@@ -371,12 +373,16 @@ class PrivateRedis:
 
     def pings(self) -> int:
         """PING commands this server answered so far (its own count: `INFO commandstats`)."""
+        return self.calls("ping")
+
+    def calls(self, command: str) -> int:
+        """How often this server ran `command` (`xinfo|stream` for a subcommand)."""
         client = self.client()
         try:
             stats = client.info("commandstats")
         finally:
             client.close()
-        return int(stats.get("cmdstat_ping", {}).get("calls", 0))
+        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
     def set_password(self, password: str) -> None:
         import redis
@@ -394,6 +400,28 @@ class PrivateRedis:
             "password": {"secretKeyRef": {"name": "redis-auth", "key": "password"}},
         }
         return m
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample a Prometheus metrics endpoint serves: (name, labels) -> value."""
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def samples(
+    scraped: Mapping[tuple[str, frozenset[tuple[str, str]]], float],
+    metric: str,
+    /,
+    **labels: str,
+) -> dict[frozenset[tuple[str, str]], float]:
+    """The samples of one metric whose labels include `labels`."""
+    want = set(labels.items())
+    return {key: value for (n, key), value in scraped.items() if n == metric and want <= key}
 
 
 class WriteCounter:

@@ -136,16 +136,27 @@ def test_a_shared_endpoint_is_probed_once_per_round_and_quiet_and_repaired(
 
     # Steady state: three rounds of every resource, no write at all, one probe per round.
     pings_before, window_start = private_redis.pings(), time.monotonic()
+    # A backlog reading asks the server's clock once (TIME) and each stream once.
+    readings_before, streams_before = private_redis.calls("time"), stream_lookups(private_redis)
     counter = kit.WriteCounter(kube, namespace).start()
     wait_rounds(operator, namespace, first, 3)
     wait_rounds(operator, namespace, last, 1)
     writes = counter.stop()
     pings, window = private_redis.pings() - pings_before, time.monotonic() - window_start
+    readings = private_redis.calls("time") - readings_before
+    streams = stream_lookups(private_redis) - streams_before
     assert writes == {"messagebrokers": [], "secrets": [], "events": []}
     # Probed per resource, that would be `count` PINGs an interval; per endpoint it is
     # one an interval, plus one for each end of the window.
     intervals = window / HEALTH_INTERVAL
     assert 3 <= pings <= intervals + 2, f"{pings} PINGs in {intervals:.1f} intervals"
+    # The backlog likewise: one reading per round for the whole endpoint (each stream
+    # looked at once in it, pipelined), not one per resource.
+    assert 2 <= readings <= intervals + 2, f"{readings} readings in {intervals:.1f} intervals"
+    assert streams <= readings * count, f"{streams} stream lookups in {readings} readings"
+    backlog = kit.samples(operator.metrics(), "ductape_subscription_backlog_messages")
+    ours = [labels for labels in backlog if ("namespace", namespace) in labels]
+    assert len(ours) == count * 2, f"{len(ours)} backlog series for {count} resources"
 
     # Drift: one resource's stream deleted out of band comes back within a round, and
     # nothing of the others is written.
@@ -177,6 +188,10 @@ def test_a_shared_endpoint_is_probed_once_per_round_and_quiet_and_repaired(
     assert writes["events"] and all(victim in w for w in writes["events"]), writes["events"]
     others = [f"{b['metadata']['name']}.t0" for b in bodies if b["metadata"]["name"] != victim]
     assert all(int(n) == 1 for n in _exists_many(private_redis, others))
+
+
+def stream_lookups(private_redis: kit.PrivateRedis) -> int:
+    return private_redis.calls("xinfo|stream")
 
 
 def _exists_many(private_redis: kit.PrivateRedis, keys: list[str]) -> list[int]:

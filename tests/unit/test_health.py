@@ -211,3 +211,77 @@ async def test_a_caller_right_after_a_round_ends_reuses_it() -> None:
     await checks.probe("e1", busy)  # type: ignore[arg-type]
     await late[0]
     assert busy.probes == 1
+
+
+# --- backlog readings ------------------------------------------------------------
+
+
+class Sink:
+    """Records what the rounds publish per owner, as the metrics would show it."""
+
+    def __init__(self) -> None:
+        self.shown: dict[object, dict[str, int]] = {}
+
+    def publish(self, owner: object, readings: dict[base.TopicPlan, base.TopicBacklog]) -> None:
+        self.shown[owner] = {
+            f"{plan.tag}/{sub}": found.messages
+            for plan, reading in readings.items()
+            for sub, found in reading.subscriptions.items()
+        }
+
+    def forget(self, owner: object) -> None:
+        self.shown.pop(owner, None)
+
+
+class Counting(Fake):
+    def __init__(self) -> None:
+        super().__init__()
+        self.readings: list[frozenset[base.TopicPlan]] = []
+        self.failing = False
+
+    async def backlog(
+        self, topics: Collection[base.TopicPlan]
+    ) -> dict[base.TopicPlan, base.TopicBacklog]:
+        self.readings.append(frozenset(topics))
+        await asyncio.sleep(0)
+        if self.failing:
+            raise errors.BrokerUnreachableError(f"{self.endpoint}: down")
+        return {
+            plan: base.TopicBacklog(
+                subscriptions={s: base.SubscriptionBacklog(messages=3) for s in plan.subscriptions}
+            )
+            for plan in topics
+        }
+
+
+async def test_one_backlog_reading_per_round_fans_out_to_every_owner() -> None:
+    clock, fake, sink = Clock(), Counting(), Sink()
+    checks = health.EndpointHealth(round_seconds=10.0, probe_timeout=1.0, clock=clock, sink=sink)
+    D = base.TopicPlan(tag="d", name="a", subscriptions=("s", "t"))  # same stream, other tag
+    checks.want("e1", ("ns", "one", "dev"), [A])
+    checks.want("e1", ("ns", "two", "dev"), [D, B])
+    # Every resource's health round asks for the inventory; one reading starts.
+    await asyncio.gather(*(checks.inventory("e1", fake) for _ in range(100)))  # type: ignore[arg-type]
+    reading = await checks.backlog("e1", fake)  # type: ignore[arg-type]
+    assert fake.readings == [frozenset({A, B, D})] and reading.error is None
+    assert sink.shown == {
+        ("ns", "one", "dev"): {"a/s": 3},
+        ("ns", "two", "dev"): {"d/s": 3, "d/t": 3},
+    }
+    clock.now += 5
+    await checks.inventory("e1", fake)  # type: ignore[arg-type]
+    assert len(fake.readings) == 1, "a reading younger than a round is reused"
+
+    # A topic removed from the spec loses its series at once; a gone owner all of them.
+    checks.want("e1", ("ns", "two", "dev"), [B])
+    assert sink.shown[("ns", "two", "dev")] == {}
+    checks.drop(("ns", "one", "dev"))
+    assert ("ns", "one", "dev") not in sink.shown
+
+    # A reading that fails leaves the series absent, not stale.
+    checks.want("e1", ("ns", "one", "dev"), [A])
+    fake.failing = True
+    clock.now += 11
+    failed = await checks.backlog("e1", fake)  # type: ignore[arg-type]
+    assert failed.error is not None and len(fake.readings) == 2
+    assert sink.shown == {}

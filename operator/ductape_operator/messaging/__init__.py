@@ -23,6 +23,9 @@ for a missing or malformed binding, `BrokerUnreachableError` once retrying a
 lost connection gave up, `BrokerAuthError`, `ProvisioningError` for a topic or
 subscription that does not exist on the broker, `BrokerError` for the rest
 (including a message the broker would not take).
+
+`enable_metrics()` (or `Broker(..., metrics=True)`) exports counters and latency
+histograms with prometheus-client (docs/messaging.md, "Metrics").
 """
 
 from ductape_operator.messaging.binding import (
@@ -33,6 +36,7 @@ from ductape_operator.messaging.binding import (
 )
 from ductape_operator.messaging.broker import Broker, Subscription
 from ductape_operator.messaging.message import Message
+from ductape_operator.messaging.metrics import enable as enable_metrics
 
 __all__ = [
     "Binding",
@@ -41,5 +45,6 @@ __all__ = [
     "Message",
     "Subscription",
     "TopicRoute",
+    "enable_metrics",
     "env_variable_names",
 ]

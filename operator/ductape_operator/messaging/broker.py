@@ -20,6 +20,7 @@ from typing import Any, Self, cast
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
+from ductape_operator.messaging import metrics as metrics_
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class Broker:
     `redelivery_timeout`: seconds after which a message neither acked nor nacked
     is delivered again. `retry_timeout`: seconds a lost connection is retried
     (with backoff) before an operation raises `BrokerUnreachableError`.
-    `prefetch`: messages a consumer fetches ahead.
+    `prefetch`: messages a consumer fetches ahead. `metrics`: export the client's
+    metrics in prometheus-client's default registry (`enable_metrics()`, docs/messaging.md).
     """
 
     def __init__(
@@ -61,9 +63,12 @@ class Broker:
         retry_timeout: float = 30.0,
         prefetch: int = 100,
         ready_timeout: float = 30.0,
+        metrics: bool = False,
     ) -> None:
         if redelivery_timeout <= 0 or retry_timeout < 0 or prefetch < 1:
             raise ValueError("redelivery_timeout > 0, retry_timeout >= 0 and prefetch >= 1")
+        if metrics:
+            metrics_.enable()
         self.binding = binding
         self.options = _transport.Options(
             redelivery_timeout=redelivery_timeout,
@@ -163,7 +168,9 @@ class Broker:
         route = self.binding.topic(topic)
         if not self._started:
             await self.start()
+        started = time.monotonic()
         await self._transport.publish(route, batch)
+        metrics_.published(topic, len(batch), time.monotonic() - started)
 
     def subscribe(
         self,
@@ -270,6 +277,7 @@ class Subscription:
                     return None
             self._buffer.extend(await self._consumer.fetch(self._options.prefetch, max(wait, 0.0)))
         message = self._buffer.popleft()
+        metrics_.delivered(message.topic, message.subscription)
         if self._consumer.client_redelivery:
             self._arm(message)
         return message

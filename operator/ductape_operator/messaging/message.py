@@ -13,8 +13,11 @@ import itertools
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
+
+from ductape_operator.messaging import metrics
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +155,7 @@ class Message:
     """
 
     __slots__ = (
+        "_received_at",
         "_settled",
         "_settler",
         "content_type",
@@ -192,6 +196,8 @@ class Message:
         self.token = token
         self._settler = settler
         self._settled = False
+        #: When the transport handed it over: the start of the ack delay (client metrics).
+        self._received_at = time.monotonic()
 
     def text(self, encoding: str = "utf-8") -> str:
         return self.data.decode(encoding)
@@ -210,6 +216,9 @@ class Message:
             return
         self._settled = True
         await self._settler.settle(self, ack=True, requeue=False)
+        metrics.settled(
+            self.topic, self.subscription, ack=True, requeue=False, received_at=self._received_at
+        )
 
     async def nack(self, requeue: bool = True) -> None:
         """Give the message back: delivered again soon, or dropped with requeue=False."""
@@ -218,6 +227,9 @@ class Message:
             return
         self._settled = True
         await self._settler.settle(self, ack=False, requeue=requeue)
+        metrics.settled(
+            self.topic, self.subscription, ack=False, requeue=requeue, received_at=self._received_at
+        )
 
     def expire(self) -> bool:
         """Mark settled by the redelivery timeout; False if the application settled it."""

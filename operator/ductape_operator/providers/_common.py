@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -173,6 +173,12 @@ class ProviderBase:
     async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
         """One lookup per topic; providers whose broker can list do it in one call."""
         return frozenset([topic for topic in topics if await self.topic_exists(topic)])
+
+    async def backlog(
+        self, topics: Collection[base.TopicPlan]
+    ) -> Mapping[base.TopicPlan, base.TopicBacklog]:
+        """Nothing: a provider whose broker cannot count cheaply exports no backlog."""
+        return {}
 
     @contextlib.asynccontextmanager
     async def _slot(self, limited: bool) -> AsyncIterator[None]:

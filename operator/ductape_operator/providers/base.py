@@ -71,6 +71,28 @@ class TopicLocation:
         return {"name": self.name, "subscriptions": dict(self.subscriptions)}
 
 
+@dataclasses.dataclass(frozen=True)
+class SubscriptionBacklog:
+    """One subscription's backlog as the broker counts it (docs/operations.md, "Metrics").
+
+    `messages`: published to the topic and not yet acked on this subscription.
+    `oldest_age_seconds`: the age of the oldest of them, where the broker gives it
+    cheaply (None elsewhere, and when there is none).
+    """
+
+    messages: int
+    oldest_age_seconds: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicBacklog:
+    """One topic's reading: its subscriptions' backlogs, and its publish count where
+    the broker keeps one (`published`: messages ever added, None elsewhere)."""
+
+    published: int | None = None
+    subscriptions: Mapping[str, SubscriptionBacklog] = dataclasses.field(default_factory=dict)
+
+
 def default_subscription_name(topic_name: str, subscription: str) -> str:
     """`<topic>.<subscription>`: the default physical name of a subscription."""
     return f"{topic_name}.{subscription}"
@@ -120,6 +142,13 @@ class Provider(Protocol):
         """Which of `topics` exist now with every subscription, in as few calls as the
         broker allows (one listing or one pipelined batch): drift detection for every
         resource on this endpoint at once (docs/operations.md, health rounds)."""
+        ...
+
+    async def backlog(self, topics: Collection[TopicPlan]) -> Mapping[TopicPlan, TopicBacklog]:
+        """The backlog of every subscription of `topics` (keyed by subscription name, not
+        physical name), in as few calls as the broker allows: metrics only, read once per
+        endpoint per health round (docs/operations.md, "Metrics"). A topic or
+        subscription the broker does not know, or cannot count, is left out."""
         ...
 
     async def probe(self, timeout: float) -> None:

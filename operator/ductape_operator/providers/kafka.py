@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -26,7 +27,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
+from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.protocol.offset import OffsetRequest
+from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
 from ductape_operator import errors, models
@@ -45,6 +49,13 @@ LEADER_WAIT = 10.0
 #: up to v3 and FindCoordinator up to v1, one group each (the batched forms are v8
 #: and v4), so each group costs two small requests; these run a few at a time.
 GROUP_LOOKUP_CONCURRENCY = 8
+
+#: Bytes a backlog reading fetches per partition to learn the oldest waiting message's
+#: timestamp: one record batch, which a producer keeps under 16 KiB by default (a larger
+#: batch leaves that age unknown), and partitions per Fetch request, so that one
+#: response stays under a megabyte.
+TIMESTAMP_FETCH_BYTES = 16 * 1024
+TIMESTAMP_FETCH_PARTITIONS = 64
 
 _NO_ERROR = 0
 _UNKNOWN_TOPIC_OR_PARTITION = kafka_errors.UnknownTopicOrPartitionError.errno
@@ -276,6 +287,92 @@ class KafkaProvider(_common.ProviderBase):
             if all((group_id(plan.name, sub), plan.name) in committed for sub in plan.subscriptions)
         )
 
+    async def backlog(
+        self, topics: Collection[base.TopicPlan]
+    ) -> dict[base.TopicPlan, base.TopicBacklog]:
+        """Consumer-group lag of every subscription, from one Metadata request, two
+        ListOffsets requests per partition leader (latest and earliest offsets of every
+        partition of every topic) and one committed-offset lookup per group.
+
+        A group with no committed offset on a partition has all of it waiting (the
+        subscription sees every message, README.md), so its backlog there is end minus
+        beginning. The topic's count is the sum of its end offsets (every offset ever
+        given out: compaction and transaction markers make it an upper bound). The oldest
+        waiting message's age is its timestamp's, read with one small Fetch per partition
+        leader (`TIMESTAMP_FETCH_BYTES` per partition with a backlog); unknown for a
+        subscription when any of its partitions' records could not be read that way.
+        """
+        plans = list(topics)
+        if not plans:
+            return {}
+        await self._ensure_started()
+        names = sorted({plan.name for plan in plans})
+        async with self.guard(f"reading the backlog of {len(names)} topic(s)", self._map):
+            metadata = await self._metadata(names)
+            leaders: dict[int, dict[str, list[int]]] = {}
+            leader_of: dict[tuple[str, int], int] = {}
+            partitions: dict[str, list[int]] = {}
+            for name in names:
+                entry = _topic_meta(metadata, name)
+                if entry is None:
+                    continue
+                for part in entry.get("partitions") or []:
+                    if part.get("leader", -1) < 0:
+                        continue
+                    index = int(part["partition"])
+                    leaders.setdefault(int(part["leader"]), {}).setdefault(name, []).append(index)
+                    leader_of[(name, index)] = int(part["leader"])
+                    partitions.setdefault(name, []).append(index)
+            end = await self._list_offsets(leaders, -1)
+            start = await self._list_offsets(leaders, -2)
+            pairs = {
+                (group_id(plan.name, sub), plan.name)
+                for plan in plans
+                if plan.name in partitions
+                for sub in plan.subscriptions
+            }
+            committed = await self._committed_offsets(pairs, partitions)
+            # The first waiting offset of every subscription on every partition with a backlog.
+            waiting_from = {
+                (group, topic, p): committed[(group, topic)].get(p, start.get((topic, p), 0))
+                for group, topic in committed
+                for p in partitions[topic]
+                if (topic, p) in end
+            }
+            lagging = {
+                (topic, p, offset)
+                for (_group, topic, p), offset in waiting_from.items()
+                if end[(topic, p)] > offset
+            }
+            stamps = await self._timestamps(leader_of, lagging)
+        now_ms = time.time() * 1000
+        result: dict[base.TopicPlan, base.TopicBacklog] = {}
+        for plan in plans:
+            parts = partitions.get(plan.name)
+            if not parts or any((plan.name, p) not in end for p in parts):
+                continue
+            subs: dict[str, base.SubscriptionBacklog] = {}
+            for sub in plan.subscriptions:
+                offsets = committed.get((group_id(plan.name, sub), plan.name))
+                if offsets is None:
+                    continue
+                group = group_id(plan.name, sub)
+                waiting, oldest, known = 0, None, True
+                for p in parts:
+                    first = waiting_from[(group, plan.name, p)]
+                    count = max(0, end[(plan.name, p)] - first)
+                    waiting += count
+                    if count:
+                        stamp = stamps.get((plan.name, p, first))
+                        known = known and stamp is not None
+                        if stamp is not None:
+                            oldest = stamp if oldest is None else min(oldest, stamp)
+                age = max(0.0, now_ms - oldest) / 1000 if known and oldest is not None else None
+                subs[sub] = base.SubscriptionBacklog(messages=waiting, oldest_age_seconds=age)
+            published = sum(end[(plan.name, p)] for p in parts)
+            result[plan] = base.TopicBacklog(published=published, subscriptions=subs)
+        return result
+
     async def probe(self, timeout: float) -> None:
         async with self.guard("probing", self._map, timeout=timeout, limited=False):
             await self._ensure_started()
@@ -328,6 +425,106 @@ class KafkaProvider(_common.ProviderBase):
             async with limit:
                 if await self._has_offsets(group, topic):
                     found.add((group, topic))
+
+        error: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for group, topic in pairs:
+                    tasks.create_task(lookup(group, topic))
+        except BaseExceptionGroup as failed:
+            error = failed.exceptions[0]
+        if error is not None:
+            raise error  # outside the handler: its own cause and context stay
+        return found
+
+    async def _list_offsets(
+        self, leaders: dict[int, dict[str, list[int]]], at: int
+    ) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> offset: `at` -1 is the end, -2 the beginning; one
+        request per partition leader."""
+        found: dict[tuple[str, int], int] = {}
+        for leader, topics in sorted(leaders.items()):
+            request = OffsetRequest(
+                -1, 0, [(name, [(p, at) for p in parts]) for name, parts in topics.items()]
+            )
+            response = await self._request(request, leader)
+            for name, parts in response.topics:
+                for partition, code, *rest in parts:
+                    if code != _NO_ERROR:
+                        raise self._code_error(code, f"listing the offsets of {name}", [])
+                    # v1 and later: (timestamp, offset, ...); v0: ([offsets],)
+                    offset = rest[1] if len(rest) >= 2 else (rest[0] or [0])[0]
+                    found[(name, int(partition))] = int(offset)
+        return found
+
+    async def _timestamps(
+        self, leader_of: dict[tuple[str, int], int], wanted: Collection[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], int]:
+        """(topic, partition, offset) -> the timestamp (ms) of the record at that offset.
+
+        A Fetch names a partition once, so subscriptions waiting at different offsets of
+        one partition take one more request each; at most `TIMESTAMP_FETCH_PARTITIONS`
+        partitions go in one request. A partition whose answer is an error (the offset
+        gone by retention) or an incomplete batch is left out.
+        """
+        found: dict[tuple[str, int, int], int] = {}
+        pending = sorted(wanted)
+        while pending:
+            requests: list[tuple[int, dict[tuple[str, int], int]]] = []
+            later: list[tuple[str, int, int]] = []
+            open_: dict[int, dict[tuple[str, int], int]] = {}
+            for topic, p, offset in pending:
+                leader = leader_of[(topic, p)]
+                current = open_.get(leader)
+                if current is not None and (topic, p) in current:
+                    later.append((topic, p, offset))
+                    continue
+                if current is None or len(current) >= TIMESTAMP_FETCH_PARTITIONS:
+                    current = open_[leader] = {}
+                    requests.append((leader, current))
+                current[(topic, p)] = offset
+            for leader, asked in requests:
+                topics: dict[str, list[tuple[int, int, int]]] = {}
+                for (topic, p), offset in asked.items():
+                    topics.setdefault(topic, []).append((p, offset, TIMESTAMP_FETCH_BYTES))
+                request = FetchRequest(
+                    0, 0, TIMESTAMP_FETCH_BYTES * len(asked), 0, list(topics.items())
+                )
+                response = await self._request(request, leader)
+                for topic, parts in response.topics:
+                    for p, code, _high, *rest in parts:
+                        at = asked.get((topic, int(p)))
+                        if code != _NO_ERROR or at is None or not rest:
+                            continue
+                        stamp = _timestamp_at(rest[-1], at)
+                        if stamp is not None:
+                            found[(topic, int(p), at)] = stamp
+            pending = later
+        return found
+
+    async def _committed_offsets(
+        self, pairs: Collection[tuple[str, str]], partitions: dict[str, list[int]]
+    ) -> dict[tuple[str, str], dict[int, int]]:
+        """(group, topic) -> partition -> committed offset (partitions without one left
+        out), a few groups at a time, like `_groups_with_offsets`."""
+        limit = asyncio.Semaphore(GROUP_LOOKUP_CONCURRENCY)
+        found: dict[tuple[str, str], dict[int, int]] = {}
+
+        async def lookup(group: str, topic: str) -> None:
+            async with limit:
+                coordinator = await self._require_admin().find_coordinator(group)
+                request = OffsetFetchRequest(group, [(topic, partitions[topic])])
+                response = await self._request(request, coordinator)
+            code = getattr(response, "error_code", _NO_ERROR)
+            if code not in (_NO_ERROR, _GROUP_ID_NOT_FOUND):
+                raise self._code_error(code, f"fetching the offsets of consumer group {group}", [])
+            offsets: dict[int, int] = {}
+            for name, parts in response.topics if code == _NO_ERROR else []:
+                for entry in parts:
+                    partition, offset, error = entry[0], entry[1], entry[-1]
+                    if name == topic and offset >= 0 and not error:
+                        offsets[int(partition)] = int(offset)
+            found[(group, topic)] = offsets
 
         error: BaseException | None = None
         try:
@@ -482,6 +679,20 @@ class KafkaProvider(_common.ProviderBase):
             return _common.unreachable(endpoint, what, exc)
         retriable = bool(getattr(exc, "retriable", True))
         return _common.refused(endpoint, what, exc, retriable=retriable)
+
+
+def _timestamp_at(data: bytes | None, offset: int) -> int | None:
+    """The timestamp of the first record at or after `offset` in fetched record batches."""
+    if not data:
+        return None
+    records = MemoryRecords(data)
+    while True:
+        batch = records.next_batch()
+        if batch is None:
+            return None
+        for record in batch:
+            if record.offset >= offset:
+                return int(record.timestamp)
 
 
 def _topic_meta(metadata: dict[str, Any], name: str) -> dict[str, Any] | None:

@@ -266,6 +266,49 @@ class RabbitMQProvider(_common.ProviderBase):
                     await channel.close()
         return frozenset(present)
 
+    async def backlog(
+        self, topics: Collection[base.TopicPlan]
+    ) -> dict[base.TopicPlan, base.TopicBacklog]:
+        """Each subscription queue's ready messages, from passive declarations on one
+        channel (a new channel only after a miss), like `inventory`.
+
+        AMQP's declare-ok counts only the messages ready for delivery: those delivered
+        to a consumer and not acked yet are not in it (only the management plugin's
+        HTTP API has them), so a consumer's prefetched messages are not counted until
+        they are requeued. RabbitMQ keeps no count of what an exchange received.
+        """
+        await self._ensure_started()
+        queues = sorted(
+            {queue_name(plan.name, sub) for plan in topics for sub in plan.subscriptions}
+        )
+        ready: dict[str, int] = {}
+        async with self.guard(f"reading the backlog of {len(queues)} queue(s)", self._map):
+            channel = await self._open_channel()
+            try:
+                for name in queues:
+                    try:
+                        declared = await channel.get_queue(name, ensure=True)
+                    except amqp_errors.ChannelNotFoundEntity:
+                        channel = await self._open_channel()
+                        continue
+                    result = getattr(declared, "declaration_result", None)
+                    count = getattr(result, "message_count", None)
+                    if count is not None:
+                        ready[name] = int(count)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        return {
+            plan: base.TopicBacklog(
+                subscriptions={
+                    sub: base.SubscriptionBacklog(messages=ready[queue_name(plan.name, sub)])
+                    for sub in plan.subscriptions
+                    if queue_name(plan.name, sub) in ready
+                }
+            )
+            for plan in topics
+        }
+
     async def probe(self, timeout: float) -> None:
         async with self.guard("probing", self._map, timeout=timeout, limited=False):
             await self._ensure_started()

@@ -192,6 +192,83 @@ class RedisProvider(_common.ProviderBase):
                 present.add(plan)
         return frozenset(present)
 
+    async def backlog(
+        self, topics: Collection[base.TopicPlan]
+    ) -> dict[base.TopicPlan, base.TopicBacklog]:
+        """Two pipelined round trips for every stream of every resource on this database.
+
+        First the server's clock, `XINFO STREAM` (entries-added: the publish count) and
+        `XINFO GROUPS` (each group's lag and pending count) of every stream; then, for
+        each group with a backlog, the id of its oldest pending entry (`XPENDING`
+        summary) and of its first undelivered one (`XRANGE` after last-delivered-id):
+        stream ids are millisecond timestamps, so the older of the two gives the age.
+        A group whose lag Redis cannot tell (entries deleted in the middle of the
+        stream) is left out rather than guessed.
+        """
+        plans = list(topics)
+        if not plans:
+            return {}
+        await self._ensure_started()
+        names = sorted({plan.name for plan in plans})
+        async with self.guard(f"reading the backlog of {len(names)} stream(s)", self._map):
+            client = self._require_client()
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for name in names:
+                    pipe.xinfo_stream(name)
+                    pipe.xinfo_groups(name)
+                replies = await pipe.execute(raise_on_error=False)
+            now_ms = _clock_ms(replies[0])
+            streams: dict[str, tuple[int | None, dict[str, dict[str, object]]]] = {}
+            for index, name in enumerate(names):
+                info, groups = replies[1 + 2 * index], replies[2 + 2 * index]
+                if isinstance(info, Exception) or isinstance(groups, Exception):
+                    continue  # not a stream (yet): no figures
+                added = info.get("entries-added")
+                streams[name] = (
+                    int(added) if added is not None else None,
+                    {_text(group["name"]): group for group in groups},
+                )
+            # Only the groups somebody declared, and only those with something waiting.
+            waiting = sorted(
+                {
+                    (plan.name, sub)
+                    for plan in plans
+                    if plan.name in streams
+                    for sub in plan.subscriptions
+                    if _backlog_of(streams[plan.name][1].get(sub))
+                }
+            )
+            async with client.pipeline(transaction=False) as pipe:
+                for name, sub in waiting:
+                    group = streams[name][1][sub]
+                    pipe.xpending(name, sub)
+                    pipe.xrange(name, f"({_text(group['last-delivered-id'])}", "+", count=1)
+                oldest = await pipe.execute(raise_on_error=False)
+        first_ids: dict[tuple[str, str], list[str]] = {}
+        for index, key in enumerate(waiting):
+            pending, undelivered = oldest[2 * index], oldest[2 * index + 1]
+            ids = first_ids.setdefault(key, [])
+            if isinstance(pending, dict) and pending.get("min"):
+                ids.append(_text(pending["min"]))
+            if isinstance(undelivered, list) and undelivered:
+                ids.append(_text(undelivered[0][0]))
+        result: dict[base.TopicPlan, base.TopicBacklog] = {}
+        for plan in plans:
+            if plan.name not in streams:
+                continue
+            added, groups = streams[plan.name]
+            subs: dict[str, base.SubscriptionBacklog] = {}
+            for sub in plan.subscriptions:
+                count = _backlog_of(groups.get(sub))
+                if count is None:
+                    continue
+                ages = [now_ms - _id_ms(entry) for entry in first_ids.get((plan.name, sub), [])]
+                age = max(0, max(ages)) / 1000 if ages else None
+                subs[sub] = base.SubscriptionBacklog(messages=count, oldest_age_seconds=age)
+            result[plan] = base.TopicBacklog(published=added, subscriptions=subs)
+        return result
+
     async def probe(self, timeout: float) -> None:
         async with self.guard("probing", self._map, timeout=timeout, limited=False):
             await self._ensure_started()
@@ -226,6 +303,27 @@ class RedisProvider(_common.ProviderBase):
         if isinstance(exc, redis_errors.ResponseError):
             return _common.refused(endpoint, what, exc, retriable=False)
         return _common.refused(endpoint, what, exc, retriable=True)
+
+
+def _backlog_of(group: dict[str, object] | None) -> int | None:
+    """A group's lag (entries not delivered yet) plus its pending (delivered, not acked);
+    None when there is no such group or Redis cannot tell its lag."""
+    if group is None or group.get("lag") is None:
+        return None
+    return int(str(group["lag"])) + int(str(group.get("pending") or 0))
+
+
+def _clock_ms(reply: object) -> int:
+    """Milliseconds from `TIME`'s (seconds, microseconds): the server's clock, which
+    stamped the entry ids, not ours."""
+    if not isinstance(reply, list | tuple) or len(reply) != 2:
+        raise redis_errors.ResponseError(f"unexpected TIME reply {reply!r}")
+    return int(reply[0]) * 1000 + int(reply[1]) // 1000
+
+
+def _id_ms(entry_id: str) -> int:
+    """The millisecond timestamp of a stream entry id (`<ms>-<seq>`)."""
+    return int(entry_id.split("-", 1)[0])
 
 
 def _text(value: object) -> str:

@@ -9,6 +9,7 @@ names in `topics.json` are queue URLs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 QUEUE_NAME_MAX_LENGTH = 80
 #: Queue URLs per ListQueues page: the most SQS sends.
 LIST_PAGE_SIZE = 1000
+#: GetQueueAttributes calls a backlog reading makes at once (one per queue).
+ATTRIBUTE_CONCURRENCY = 8
+#: Visible plus in flight (received, not deleted yet): the backlog of a queue.
+_BACKLOG_ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _NOT_FOUND = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 _ALREADY_EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
@@ -239,6 +244,66 @@ class SQSProvider(_common.ProviderBase):
                     break
                 request["NextToken"] = token
         return frozenset(plan for plan, names in wanted.items() if names <= existing)
+
+    async def backlog(
+        self, topics: Collection[base.TopicPlan]
+    ) -> dict[base.TopicPlan, base.TopicBacklog]:
+        """Visible plus in-flight messages of each subscription's queue: one ListQueues
+        listing for the URLs (as `inventory`), then one GetQueueAttributes per queue
+        (SQS has no batched form), a few at a time.
+
+        Both figures are SQS's approximations; the oldest message's age is only in
+        CloudWatch, and SQS keeps no count of what was sent, so neither is exported.
+        """
+        wanted = {
+            (plan, sub): queue_name(plan.name, sub)
+            for plan in topics
+            for sub in plan.subscriptions
+            if _QUEUE_NAME.match(queue_name(plan.name, sub))
+        }
+        if not wanted:
+            return {}
+        await self._ensure_started()
+        prefix = _common_prefix(sorted(set(wanted.values())))
+        request: dict[str, Any] = {"MaxResults": LIST_PAGE_SIZE}
+        if prefix:
+            request["QueueNamePrefix"] = prefix
+        urls: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        async with self.guard(f"reading the backlog of queues {prefix}*", self._map):
+            client = self._require_client()
+            while True:
+                reply = await client.list_queues(**request)
+                for url in reply.get("QueueUrls", []):
+                    urls[str(url).rsplit("/", 1)[-1]] = str(url)
+                token = reply.get("NextToken")
+                if not token:
+                    break
+                request["NextToken"] = token
+            limit = asyncio.Semaphore(ATTRIBUTE_CONCURRENCY)
+
+            async def count(name: str, url: str) -> None:
+                async with limit:
+                    try:
+                        reply = await client.get_queue_attributes(
+                            QueueUrl=url, AttributeNames=_BACKLOG_ATTRIBUTES
+                        )
+                    except botocore_errors.ClientError as exc:
+                        if _code(exc) in _NOT_FOUND:
+                            return  # deleted since the listing: no figure
+                        raise
+                attributes = reply.get("Attributes", {})
+                counts[name] = sum(int(attributes.get(a, 0)) for a in _BACKLOG_ATTRIBUTES)
+
+            await asyncio.gather(
+                *(count(name, urls[name]) for name in set(wanted.values()) if name in urls)
+            )
+        subs: dict[base.TopicPlan, dict[str, base.SubscriptionBacklog]] = {}
+        for (plan, sub), name in wanted.items():
+            found = subs.setdefault(plan, {})
+            if name in counts:
+                found[sub] = base.SubscriptionBacklog(messages=counts[name])
+        return {plan: base.TopicBacklog(subscriptions=found) for plan, found in subs.items()}
 
     async def probe(self, timeout: float) -> None:
         async with self.guard("probing", self._map, timeout=timeout, limited=False):
