@@ -62,6 +62,8 @@ _REASON_PRIORITY = (
     "InvalidConfig",
     "TagConflict",
     "SecretNotFound",
+    "AuthenticationFailed",
+    "TLSFailed",
     "ProvisioningFailed",
     "BrokerUnreachable",
     "Provisioning",
@@ -632,7 +634,9 @@ class Reconciler:
         result.reason = exc.reason
         result.retriable = exc.retriable
         result.message = exc.message
-        if isinstance(exc, errors.BrokerUnreachableError | errors.BrokerAuthError):
+        if isinstance(
+            exc, errors.BrokerUnreachableError | errors.BrokerAuthError | errors.BrokerTLSError
+        ):
             # The round's probe may predate the outage: the broker failing us now counts.
             result.healthy = False
         if isinstance(exc, errors.BrokerError) and result.healthy is False:
