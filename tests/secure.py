@@ -47,7 +47,8 @@ class Secure:
     config: dict[str, Any]
     #: Secret name -> key -> value.
     secrets: dict[str, dict[str, str]]
-    endpoint_host: str
+    #: host:port the config connects to: every failure message names it.
+    address: str
     password: str
 
 
@@ -72,15 +73,18 @@ def secure_config(
     ca: str | None = "stack",
     password: str | None = None,
     mutual: bool = False,
+    prefix: str = "",
 ) -> Secure:
     """A config for the stack's secure listener of `type_`.
 
     `host` replaces 127.0.0.1 (e.g. "localhost": a name the certificate lacks); `ca`
     is "stack" (the stack's CA), a PEM, or None (no `ca`: the system store); `password`
-    replaces the right one; `mutual` adds the client certificate and key.
+    replaces the right one; `mutual` adds the client certificate and key; `prefix`
+    goes before the Secrets' names.
     """
+    creds, ca_secret, client = (prefix + n for n in (CREDS_SECRET, CA_SECRET, CLIENT_SECRET))
     secret = password if password is not None else stack_password(env)
-    secrets: dict[str, dict[str, str]] = {CREDS_SECRET: {"password": secret}}
+    secrets: dict[str, dict[str, str]] = {creds: {"password": secret}}
     if type_ is T.KAFKA:
         server_host, _, port = env["KAFKA_SASL_BOOTSTRAP_SERVERS"].split(",")[0].rpartition(":")
         config: dict[str, Any] = {
@@ -89,7 +93,7 @@ def secure_config(
             "sasl": {
                 "mechanism": "scram-sha-512",
                 "username": env["KAFKA_SASL_USERNAME"],
-                "password": _ref(CREDS_SECRET, "password"),
+                "password": _ref(creds, "password"),
             },
         }
     else:
@@ -99,18 +103,19 @@ def secure_config(
             "host": host or server_host,
             "port": url.port,
             "username": urllib.parse.unquote(url.username or ""),
-            "password": _ref(CREDS_SECRET, "password"),
+            "password": _ref(creds, "password"),
             "tls": True,
         }
     if ca is not None:
-        secrets[CA_SECRET] = {"ca.crt": stack_ca(env) if ca == "stack" else ca}
-        config["ca"] = _ref(CA_SECRET, "ca.crt")
+        secrets[ca_secret] = {"ca.crt": stack_ca(env) if ca == "stack" else ca}
+        config["ca"] = _ref(ca_secret, "ca.crt")
     if mutual:
         cert, key = client_pair(env)
-        secrets[CLIENT_SECRET] = {"tls.crt": cert, "tls.key": key}
-        config["clientCert"] = _ref(CLIENT_SECRET, "tls.crt")
-        config["clientKey"] = _ref(CLIENT_SECRET, "tls.key")
-    return Secure(config, secrets, host or server_host, secret)
+        secrets[client] = {"tls.crt": cert, "tls.key": key}
+        config["clientCert"] = _ref(client, "tls.crt")
+        config["clientKey"] = _ref(client, "tls.key")
+    address = f"{host or server_host}:{port if type_ is T.KAFKA else url.port}"
+    return Secure(config, secrets, address, secret)
 
 
 def other_ca() -> str:

@@ -86,7 +86,7 @@ async def test_failure_has_its_own_reason(
     assert caught.value.retriable
     assert words in caught.value.message
     assert provider.endpoint in caught.value.message
-    assert secure.endpoint_host in caught.value.message
+    assert secure.address in caught.value.message
     assert_clean(caught.value.message, secure)
 
 
