@@ -6,6 +6,10 @@
 # parallel. When a part fails, this names it, prints the tail of its log, stops what
 # this run started, and exits non-zero.
 #
+# Kafka, Redis and RabbitMQ also get secure listeners next to the plain ones (TLS with a
+# CA made once under $STATE_DIR/secure, SASL_SSL with SCRAM on Kafka, an ACL user on
+# Redis): see gen_secure and README.md, "The local stack".
+#
 #   TESTENV_COMPONENTS  comma list, default kube,kafka,redis,rabbitmq,pubsub,sqs
 #   DUCTAPE_STATE_DIR   state folder (PIDs, logs, data), default .testenv
 #   TESTENV_*_PORT      every port (see hack/lib.sh), to run a second stack beside one
