@@ -120,12 +120,13 @@ async def exists_on_broker(type_: str, entry: dict[str, Any]) -> bool:
 # --- the tests ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mutual", [False, True], ids=["server-tls", "mutual-tls"])
 @pytest.mark.parametrize("type_", TYPES)
 async def test_secure_env_goes_ready_and_the_client_uses_the_secret(
-    kube: kit.Kube, namespace: str, operator: OperatorProcess, type_: str
+    kube: kit.Kube, namespace: str, operator: OperatorProcess, type_: str, mutual: bool
 ) -> None:
     name = kit.unique(f"tls-{type_.lower()}")
-    secure = secure_.secure_config(secure_.T(type_), dict(os.environ))
+    secure = secure_.secure_config(secure_.T(type_), dict(os.environ), mutual=mutual)
     create_secrets(kube, namespace, secure)
     topics = kit.topics_for(name, count=1)
     kube.apply(namespace, manifest(name, type_, secure, topics))
@@ -137,6 +138,11 @@ async def test_secure_env_goes_ready_and_the_client_uses_the_secret(
     assert secret is not None
     # The Secret carries what the client needs: the CA (Service Binding style) and TLS on.
     assert secret["ca.crt"] == secure_.stack_ca(dict(os.environ))
+    if mutual:
+        cert, key = secure_.client_pair(dict(os.environ))
+        assert (secret["tls.crt"], secret["tls.key"]) == (cert, key)
+    else:
+        assert "tls.crt" not in secret and "tls.key" not in secret
     if type_ == "KAFKA":
         assert secret["security-protocol"] == "SASL_SSL"
         assert secret["sasl-mechanism"] == "SCRAM-SHA-512"
