@@ -24,6 +24,13 @@ P_RABBITMQ_DIST="${TESTENV_RABBITMQ_DIST_PORT:-25673}"
 P_EPMD="${TESTENV_EPMD_PORT:-24369}"
 P_PUBSUB="${TESTENV_PUBSUB_PORT:-28085}"
 P_SQS="${TESTENV_SQS_PORT:-29324}"
+# The secure listeners, next to the plain ones (README.md, "Secure connections").
+P_KAFKA_SASL="${TESTENV_KAFKA_SASL_PORT:-29094}"
+P_REDIS_TLS="${TESTENV_REDIS_TLS_PORT:-26380}"
+P_RABBITMQ_TLS="${TESTENV_RABBITMQ_TLS_PORT:-25671}"
+# Certificates and the secure listeners' test user, made once per state folder.
+SECURE_DIR="$STATE_DIR/secure"
+SECURE_USER="ductape"
 RABBITMQ_NODE="ductape${P_RABBITMQ}@localhost"
 RABBITMQ_BIN="/usr/lib/rabbitmq/bin"
 

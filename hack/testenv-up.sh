@@ -6,6 +6,10 @@
 # parallel. When a part fails, this names it, prints the tail of its log, stops what
 # this run started, and exits non-zero.
 #
+# Kafka, Redis and RabbitMQ also get secure listeners next to the plain ones (TLS with a
+# CA made once under $STATE_DIR/secure, SASL_SSL with SCRAM on Kafka, an ACL user on
+# Redis): see gen_secure and README.md, "The local stack".
+#
 #   TESTENV_COMPONENTS  comma list, default kube,kafka,redis,rabbitmq,pubsub,sqs
 #   DUCTAPE_STATE_DIR   state folder (PIDs, logs, data), default .testenv
 #   TESTENV_*_PORT      every port (see hack/lib.sh), to run a second stack beside one
@@ -99,21 +103,63 @@ ensure_packages() {
   for f in redis-server rabbitmq-server; do update-rc.d "$f" disable >/dev/null 2>&1 || true; done
 }
 
+# --- secure listeners ----------------------------------------------------------------
+
+# gen_secure: once per state folder, a CA, a server certificate for IP 127.0.0.1 only
+# (so `localhost` is a host name mismatch, on purpose), a client certificate for mutual
+# TLS, and the password of the secure listeners' user. EC keys: made in milliseconds.
+gen_secure() {
+  local d="$SECURE_DIR"
+  [ -f "$d/.complete" ] && return 0
+  rm -rf "$d"; mkdir -p "$d"
+  (
+    cd "$d"
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 3650 \
+      -subj "/CN=ductape-testenv-broker-ca" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+    printf '%s\n' "subjectAltName=IP:127.0.0.1" "extendedKeyUsage=serverAuth" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" >server.ext
+    printf '%s\n' "extendedKeyUsage=clientAuth" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" >client.ext
+    local who
+    for who in server client; do
+      openssl req "${ec[@]}" -keyout "$who.key" -out "$who.csr" -subj "/CN=ductape-testenv-$who"
+      openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile "$who.ext" -out "$who.crt"
+    done
+    # Kafka's PEM key store: a PKCS#8 key and its certificate in one file.
+    cat server.key server.crt >server.pem
+    rm -f ./*.csr ./*.ext
+    openssl rand -hex 16 >password
+    chmod 600 ./*.key server.pem password
+  ) >>"$STATE_DIR/secure.log" 2>&1 || die "openssl failed (see $STATE_DIR/secure.log)"
+  touch "$d/.complete"
+}
+secure_password() { cat "$SECURE_DIR/password"; }
+
 # --- parts ---------------------------------------------------------------------------
 
+redis_answers() { "${PROBE[@]}" redis "$P_REDIS" && port_open "$P_REDIS_TLS"; }
 up_redis() {
-  running redis "${PROBE[@]}" redis "$P_REDIS" && { log "redis: already running"; return 0; }
-  fresh redis "$P_REDIS"
+  local s="$SECURE_DIR"
+  running redis redis_answers && { log "redis: already running"; return 0; }
+  fresh redis "$P_REDIS" "$P_REDIS_TLS"
+  # The plain port keeps Redis's passwordless default user; the ACL user is for the TLS
+  # port's tests (it works on both). Client certificates are checked when presented.
   start_bg redis redis-server --bind 127.0.0.1 --port "$P_REDIS" --daemonize no \
-    --save "" --appendonly no --dir "$STATE_DIR/redis/data"
+    --save "" --appendonly no --dir "$STATE_DIR/redis/data" \
+    --tls-port "$P_REDIS_TLS" --tls-cert-file "$s/server.crt" --tls-key-file "$s/server.key" \
+    --tls-ca-cert-file "$s/ca.crt" --tls-auth-clients optional \
+    --user "$SECURE_USER" on ">$(secure_password)" '~*' '&*' '+@all'
   started redis
-  ready redis 30 "${PROBE[@]}" redis "$P_REDIS"
+  ready redis 30 redis_answers
 }
 
 up_rabbitmq() {
   rabbitmq_env
   local d="$STATE_DIR/rabbitmq"
-  running rabbitmq "${PROBE[@]}" amqp "$P_RABBITMQ" && { log "rabbitmq: already running"; return 0; }
+  running rabbitmq rabbitmq_answers && { log "rabbitmq: already running"; return 0; }
   stop_component rabbitmq
   # Our own epmd on loopback and on our port, started first so the node does not spawn
   # a daemonized one that nothing would stop.
@@ -121,12 +167,21 @@ up_rabbitmq() {
   start_bg epmd epmd -address 127.0.0.1 -port "$P_EPMD"
   started epmd
   ready epmd 15 port_open "$P_EPMD"
-  fresh rabbitmq "$P_RABBITMQ" "$P_RABBITMQ_DIST"
+  fresh rabbitmq "$P_RABBITMQ" "$P_RABBITMQ_DIST" "$P_RABBITMQ_TLS"
   mkdir -p "$d/log"
   : >"$RABBITMQ_CONF_ENV_FILE"
   echo '[].' >"$RABBITMQ_ENABLED_PLUGINS_FILE"
+  rabbitmq_definitions >"$d/definitions.json"
+  local s="$SECURE_DIR"
   cat >"$RABBITMQ_CONFIG_FILE" <<EOF
 listeners.tcp.default = 127.0.0.1:$P_RABBITMQ
+listeners.ssl.default = 127.0.0.1:$P_RABBITMQ_TLS
+ssl_options.cacertfile = $s/ca.crt
+ssl_options.certfile = $s/server.crt
+ssl_options.keyfile = $s/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+load_definitions = $d/definitions.json
 distribution.listener.interface = 127.0.0.1
 distribution.listener.port_range.min = $P_RABBITMQ_DIST
 distribution.listener.port_range.max = $P_RABBITMQ_DIST
@@ -139,21 +194,58 @@ EOF
   start_bg rabbitmq "$RABBITMQ_BIN/rabbitmq-server"
   started rabbitmq
   # `rabbitmqctl await_startup` fails at once before the node registers: poll the port.
-  ready rabbitmq 90 "${PROBE[@]}" amqp "$P_RABBITMQ"
+  ready rabbitmq 90 rabbitmq_answers
+}
+rabbitmq_answers() { "${PROBE[@]}" amqp "$P_RABBITMQ" && port_open "$P_RABBITMQ_TLS"; }
+
+# rabbitmq_definitions: the users, imported at boot (no rabbitmqctl round trips, each
+# an Erlang VM start): guest as before, and the secure listener's user. A node that
+# imports definitions at boot creates no default user, so guest is listed here.
+rabbitmq_definitions() {
+  SECURE_USER="$SECURE_USER" SECURE_PASSWORD="$(secure_password)" python3 - <<'PY'
+import base64, hashlib, json, os
+
+def hashed(password):
+    # RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + password)).
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+users = {"guest": "guest", os.environ["SECURE_USER"]: os.environ["SECURE_PASSWORD"]}
+print(json.dumps({
+    "vhosts": [{"name": "/"}],
+    "users": [
+        {"name": name, "password_hash": hashed(password), "tags": "administrator",
+         "hashing_algorithm": "rabbit_password_hashing_sha256"}
+        for name, password in users.items()
+    ],
+    "permissions": [
+        {"user": name, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+        for name in users
+    ],
+}))
+PY
 }
 
 up_kafka() {
   local home d="$STATE_DIR/kafka"
   home="$(build kafka build-kafka.sh)"
-  running kafka "${PROBE[@]}" kafka "$P_KAFKA" && { log "kafka: already running"; return 0; }
-  fresh kafka "$P_KAFKA" "$P_KAFKA_CONTROLLER"
+  running kafka kafka_answers && { log "kafka: already running"; return 0; }
+  fresh kafka "$P_KAFKA" "$P_KAFKA_CONTROLLER" "$P_KAFKA_SASL"
+  local s="$SECURE_DIR"
   cat >"$d/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$P_KAFKA_CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:$P_KAFKA,CONTROLLER://127.0.0.1:$P_KAFKA_CONTROLLER
-advertised.listeners=PLAINTEXT://127.0.0.1:$P_KAFKA
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$P_KAFKA,CONTROLLER://127.0.0.1:$P_KAFKA_CONTROLLER,SASL_SSL://127.0.0.1:$P_KAFKA_SASL
+advertised.listeners=PLAINTEXT://127.0.0.1:$P_KAFKA,SASL_SSL://127.0.0.1:$P_KAFKA_SASL
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$s/server.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$s/ca.crt
+ssl.client.auth=requested
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$d/data
@@ -186,12 +278,17 @@ EOF
   local cluster_id
   cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
   # The one-shot format tool starts faster with the client compiler and serial GC.
+  # The SCRAM user is written into the metadata log at format time (Kafka's own tool),
+  # so the SASL listener accepts it from the first second.
   "${java[@]}" -XX:TieredStopAtLevel=1 -XX:+UseSerialGC kafka.tools.StorageTool format "--cluster-id=$cluster_id" \
-    -c "$d/server.properties" >>"$(log_of kafka)" 2>&1 || fail kafka "storage format failed"
+    -c "$d/server.properties" \
+    --add-scram "SCRAM-SHA-512=[name=$SECURE_USER,password=$(secure_password)]" \
+    >>"$(log_of kafka)" 2>&1 || fail kafka "storage format failed"
   start_bg kafka "${java[@]}" kafka.Kafka "$d/server.properties"
   started kafka
-  ready kafka 90 "${PROBE[@]}" kafka "$P_KAFKA"
+  ready kafka 90 kafka_answers
 }
+kafka_answers() { "${PROBE[@]}" kafka "$P_KAFKA" && port_open "$P_KAFKA_SASL"; }
 
 up_pubsub() {
   local cmd probe
@@ -352,9 +449,24 @@ write_env() {
       path="$kdir:"
       [ -x "$CACHE_DIR/helm-$HELM_VERSION/helm" ] && path="$path$CACHE_DIR/helm-$HELM_VERSION:"
     fi
-    if alive kafka; then echo "export KAFKA_BOOTSTRAP_SERVERS='127.0.0.1:$P_KAFKA'"; fi
-    if alive redis; then echo "export REDIS_URL='redis://127.0.0.1:$P_REDIS/0'"; fi
-    if alive rabbitmq; then echo "export AMQP_URL='amqp://guest:guest@127.0.0.1:$P_RABBITMQ/'"; fi
+    if [ -f "$SECURE_DIR/.complete" ]; then
+      echo "# The secure listeners: TLS with this CA, user $SECURE_USER (test values)."
+      echo "export TESTENV_CA_FILE='$SECURE_DIR/ca.crt'"
+    fi
+    local pw=""; [ -f "$SECURE_DIR/.complete" ] && pw="$(secure_password)"
+    if alive kafka; then
+      echo "export KAFKA_BOOTSTRAP_SERVERS='127.0.0.1:$P_KAFKA'"
+      echo "export KAFKA_SASL_BOOTSTRAP_SERVERS='127.0.0.1:$P_KAFKA_SASL'"
+      echo "export KAFKA_SASL_USERNAME='$SECURE_USER' KAFKA_SASL_PASSWORD='$pw'"
+    fi
+    if alive redis; then
+      echo "export REDIS_URL='redis://127.0.0.1:$P_REDIS/0'"
+      echo "export REDIS_TLS_URL='rediss://$SECURE_USER:$pw@127.0.0.1:$P_REDIS_TLS/0'"
+    fi
+    if alive rabbitmq; then
+      echo "export AMQP_URL='amqp://guest:guest@127.0.0.1:$P_RABBITMQ/'"
+      echo "export AMQPS_URL='amqps://$SECURE_USER:$pw@127.0.0.1:$P_RABBITMQ_TLS/'"
+    fi
     if alive pubsub; then
       echo "export PUBSUB_EMULATOR_HOST='127.0.0.1:$P_PUBSUB'"
       echo "export PUBSUB_PROJECT_ID='$PUBSUB_PROJECT_ID'"
@@ -371,6 +483,7 @@ write_env() {
 }
 
 ensure_packages
+if wants kafka || wants redis || wants rabbitmq; then gen_secure; fi
 declare -A parts=()
 # helm is only built (when missing), beside the others; nothing of it runs.
 if wants kube && ! [ -x "$CACHE_DIR/helm-$HELM_VERSION/helm" ]; then WANT+=(helm); fi

@@ -446,7 +446,9 @@ def record_failure(result: EnvResult, exc: errors.DuctapeError, prev: AppliedEnv
     result.reason = exc.reason
     result.retriable = exc.retriable
     result.message = exc.message
-    if isinstance(exc, errors.BrokerUnreachableError | errors.BrokerAuthError):
+    if isinstance(
+        exc, errors.BrokerUnreachableError | errors.BrokerAuthError | errors.BrokerTLSError
+    ):
         # The round's probe may predate the outage: the broker failing us now counts.
         result.healthy = False
     if isinstance(exc, errors.BrokerError) and result.healthy is False:

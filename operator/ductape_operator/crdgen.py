@@ -159,7 +159,30 @@ def env_rules() -> list[dict[str, str]]:
                 "reason": "FieldValueForbidden",
             }
         )
-    return rules
+    return rules + tls_rules()
+
+
+def tls_rules() -> list[dict[str, str]]:
+    """CEL rules on the trust fields: a client pair goes together, and all need TLS on."""
+    cfg = "self.config"
+    uses = " || ".join(f"has({cfg}.{field})" for field in models.TLS_FIELDS)
+    tls_on = (
+        f"(self.type == 'KAFKA' ? (has({cfg}.ssl) && {cfg}.ssl) : (has({cfg}.tls) && {cfg}.tls))"
+    )
+    return [
+        {
+            "rule": f"!has(self.config) || has({cfg}.clientCert) == has({cfg}.clientKey)",
+            "message": models.CLIENT_PAIR_MESSAGE,
+            "fieldPath": ".config.clientCert",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": f"!has(self.config) || !({uses}) || {tls_on}",
+            "message": models.NEEDS_TLS_MESSAGE,
+            "fieldPath": ".config",
+            "reason": "FieldValueInvalid",
+        },
+    ]
 
 
 def _config_fields() -> list[str]:

@@ -7,6 +7,9 @@
     └── BrokerError              anything that happened talking to a broker
         ├── BrokerUnreachableError   connect, timeout, transport (retry with backoff)
         ├── BrokerAuthError          the broker refused the credentials (retry: they may rotate)
+        ├── BrokerTLSError           the TLS handshake failed: an untrusted certificate, a
+        │                            host name it was not issued for, a client certificate
+        │                            refused (retry: the CA or certificate may be fixed)
         └── ProvisioningError        the broker refused an operation (retriable or not)
 
 Providers map their SDK's exceptions to these in one place each and chain the
@@ -17,7 +20,11 @@ contains a credential.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from ductape_operator.reasons import Reason
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 class DuctapeError(Exception):
@@ -64,9 +71,30 @@ class BrokerUnreachableError(BrokerError):
 
 
 class BrokerAuthError(BrokerError):
-    reason = Reason.BROKER_UNREACHABLE
+    reason = Reason.AUTHENTICATION_FAILED
+    retriable = True
+
+
+class BrokerTLSError(BrokerError):
+    reason = Reason.TLS_FAILED
     retriable = True
 
 
 class ProvisioningError(BrokerError):
     reason = Reason.PROVISIONING_FAILED
+
+
+def find_cause(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The first `kind` in `exc`'s chain (`__cause__`, else `__context__`), if any.
+
+    SDKs wrap a socket's TLS or DNS error in their own connection errors; what a
+    person can act on is the one inside.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -250,6 +250,34 @@ class BrokerConfig(_Model):
         str | None,
         Field(min_length=1, max_length=253, description='RABBITMQ: virtual host (default "/").'),
     ] = None
+    # Trust and mutual TLS (Kafka, Redis, RabbitMQ), with `tls` (`ssl` on Kafka) on
+    ca: Annotated[
+        SecretRef | None,
+        Field(
+            description=(
+                "KAFKA, REDIS, RABBITMQ: PEM bundle of the CA certificates to trust, from a"
+                " Secret (default: the system trust store). Needs tls (ssl on KAFKA)."
+            )
+        ),
+    ] = None
+    client_cert: Annotated[
+        SecretRef | None,
+        Field(
+            description=(
+                "KAFKA, REDIS, RABBITMQ: PEM client certificate for mutual TLS, from a Secret;"
+                " set with clientKey."
+            )
+        ),
+    ] = None
+    client_key: Annotated[
+        SecretRef | None,
+        Field(
+            description=(
+                "KAFKA, REDIS, RABBITMQ: PEM private key of clientCert, from a Secret;"
+                " set with clientCert."
+            )
+        ),
+    ] = None
     # Google Pub/Sub
     project_id: Annotated[
         str | None,
@@ -303,26 +331,40 @@ class BrokerConfig(_Model):
 
     def secret_refs(self) -> list[SecretKeySelector]:
         """Every Secret key this config references."""
-        refs = [self.password, self.credentials, self.access_key_id, self.secret_access_key]
+        refs = [
+            self.password,
+            self.credentials,
+            self.access_key_id,
+            self.secret_access_key,
+            self.ca,
+            self.client_cert,
+            self.client_key,
+        ]
         if self.sasl is not None:
             refs.append(self.sasl.password)
         return [ref.secret_key_ref for ref in refs if ref is not None]
 
+
+#: The trust and client-certificate fields (wire names), which need TLS switched on.
+TLS_FIELDS = ("ca", "clientCert", "clientKey")
+#: The messages of the TLS rules, the CRD's CEL and `EnvSpec` alike.
+CLIENT_PAIR_MESSAGE = "config.clientCert and config.clientKey must be set together"
+NEEDS_TLS_MESSAGE = "config.ca, clientCert and clientKey need TLS: tls: true (ssl: true on KAFKA)"
 
 #: Which config fields (wire names) each type requires and allows. The CRD's
 #: CEL rules are generated from this table, and `EnvSpec` checks it again.
 FIELDS_BY_TYPE: dict[MessageBrokerTypes, tuple[frozenset[str], frozenset[str]]] = {
     MessageBrokerTypes.KAFKA: (
         frozenset({"brokers"}),
-        frozenset({"clientId", "groupId", "ssl", "sasl", "replicationFactor"}),
+        frozenset({"clientId", "groupId", "ssl", "sasl", "replicationFactor", *TLS_FIELDS}),
     ),
     MessageBrokerTypes.REDIS: (
         frozenset({"host"}),
-        frozenset({"port", "username", "password", "db", "tls"}),
+        frozenset({"port", "username", "password", "db", "tls", *TLS_FIELDS}),
     ),
     MessageBrokerTypes.RABBITMQ: (
         frozenset({"host"}),
-        frozenset({"port", "username", "password", "vhost", "tls"}),
+        frozenset({"port", "username", "password", "vhost", "tls", *TLS_FIELDS}),
     ),
     MessageBrokerTypes.GOOGLE_PUBSUB: (
         frozenset({"projectId"}),
@@ -371,6 +413,8 @@ class EnvSpec(_Model):
     @model_validator(mode="after")
     def _config_matches_type(self) -> EnvSpec:
         problems = config_problems(self.type, self.config.set_fields())
+        if not problems:
+            problems = tls_problems(self.type, self.config)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -390,6 +434,18 @@ def config_problems(type_: MessageBrokerTypes, present: set[str]) -> list[str]:
         f"config.{field} is not allowed when type is {type_.value}"
         for field in sorted(present - required - optional)
     ]
+    return problems
+
+
+def tls_problems(type_: MessageBrokerTypes, config: BrokerConfig) -> list[str]:
+    """What is wrong with a config's trust fields; the CRD's CEL rules say the same."""
+    problems = []
+    if (config.client_cert is None) != (config.client_key is None):
+        problems.append(CLIENT_PAIR_MESSAGE)
+    uses = config.ca is not None or config.client_cert is not None or config.client_key is not None
+    tls_on = config.ssl if type_ is MessageBrokerTypes.KAFKA else config.tls
+    if uses and not tls_on:
+        problems.append(NEEDS_TLS_MESSAGE)
     return problems
 
 

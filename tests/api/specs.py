@@ -23,7 +23,7 @@ SAMPLE_VALUES: dict[str, Any] = {
     "brokers": ["127.0.0.1:29092"],
     "clientId": "ductape",
     "groupId": "ductape-apps",
-    "ssl": False,
+    "ssl": True,
     "sasl": {"mechanism": "scram-sha-256", "username": "app", "password": REF},
     "replicationFactor": 1,
     "host": "127.0.0.1",
@@ -31,8 +31,11 @@ SAMPLE_VALUES: dict[str, Any] = {
     "username": "guest",
     "password": REF,
     "db": 0,
-    "tls": False,
+    "tls": True,
     "vhost": "/",
+    "ca": {"secretKeyRef": {"name": "broker-ca", "key": "ca.crt"}},
+    "clientCert": {"secretKeyRef": {"name": "client-tls", "key": "tls.crt"}},
+    "clientKey": {"secretKeyRef": {"name": "client-tls", "key": "tls.key"}},
     "projectId": "ductape-local",
     "credentials": REF,
     "emulatorHost": "127.0.0.1:28085",
@@ -150,6 +153,12 @@ def env_specs(draw: st.DrawFn, slug: str) -> Spec:
     type_ = draw(st.sampled_from(TYPES))
     required, optional = models.FIELDS_BY_TYPE[type_]
     fields = set(required) | set(draw(st.sets(st.sampled_from(sorted(optional)))))
+    tls_fields = fields & set(models.TLS_FIELDS)
+    if tls_fields and draw(st.integers(0, 9)):
+        # Mostly coherent: TLS on, and a client certificate with its key.
+        fields.add("ssl" if type_ is models.MessageBrokerTypes.KAFKA else "tls")
+        if tls_fields & {"clientCert", "clientKey"}:
+            fields |= {"clientCert", "clientKey"}
     config = {field: draw(_config_value(field)) for field in sorted(fields)}
     return {"slug": slug, "type": type_.value, "config": config}
 

@@ -98,6 +98,17 @@ CASES = {
         "Degraded",
     ),
     "secret-not-found": (broker(status=ready("False", "SecretNotFound")), "Degraded"),
+    "authentication-failed": (
+        broker(
+            status=ready(
+                "False",
+                "AuthenticationFailed",
+                message="prd: amqp://rabbitmq:5672/%2F: the broker refused the credentials",
+            )
+        ),
+        "Degraded",
+    ),
+    "tls-failed": (broker(status=ready("False", "TLSFailed")), "Degraded"),
     "paused": (broker(status=ready("False", "Paused", message="paused")), "Suspended"),
     "paused-while-stale": (broker(generation=5, status=ready("True", "Paused")), "Suspended"),
     "no-status": (broker(), "Progressing"),
@@ -118,3 +129,8 @@ def test_degraded_message_names_the_reason(glua: str, tmp_path: pathlib.Path) ->
     status, message = health(glua, tmp_path, obj)
     assert status == "Degraded"
     assert message == "BrokerUnreachable: prd: connection refused"
+    obj, _ = CASES["authentication-failed"]
+    assert health(glua, tmp_path, obj) == (
+        "Degraded",
+        "AuthenticationFailed: prd: amqp://rabbitmq:5672/%2F: the broker refused the credentials",
+    )

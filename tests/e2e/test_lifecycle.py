@@ -117,7 +117,7 @@ def test_missing_secret_then_created_then_rotated(
     # MessageBroker being touched, reconnects with it, and is refused...
     new_password = f"rotated-{uuid.uuid4().hex}"
     kube.replace_secret(namespace, "redis-auth", {"password": new_password})
-    obj = kube.wait_condition(namespace, name, "False", "BrokerUnreachable", timeout=60)
+    obj = kube.wait_condition(namespace, name, "False", "AuthenticationFailed", timeout=60)
     assert obj["metadata"]["generation"] == 1
     # ...until the broker is given the new password too.
     private_redis.set_password(new_password)

@@ -132,6 +132,7 @@ def test_binding_names_the_secret_of_the_one_reconciled_env(
         (errors.BrokerUnreachableError("down"), None, "Pending", False),
         (errors.BrokerUnreachableError("down"), "applied", "Degraded", False),
         (errors.BrokerAuthError("refused"), "applied", "Degraded", False),
+        (errors.BrokerTLSError("untrusted certificate"), None, "Pending", False),
         (errors.SecretNotFoundError("no", secret_name="s"), "applied", "Pending", True),
         (errors.ProvisioningError("busy", retriable=True), "applied", "Degraded", True),
         (errors.ProvisioningError("refused", retriable=False), None, "Failed", True),

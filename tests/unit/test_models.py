@@ -56,11 +56,34 @@ def test_design_example_parses_with_defaults() -> None:
     assert [ref.name for ref in parsed.envs[0].config.secret_refs()] == ["creds"]
 
 
-def test_secret_refs_include_sasl_and_sqs_keys() -> None:
+def test_secret_refs_include_sasl_tls_and_sqs_keys() -> None:
     kafka = models.BrokerConfig.model_validate(specs.full_config(T.KAFKA))
     sqs = models.BrokerConfig.model_validate(specs.full_config(T.AWS_SQS))
-    assert len(kafka.secret_refs()) == 1
+    # The SASL password, the CA bundle, the client certificate and its key.
+    assert {(ref.name, ref.key) for ref in kafka.secret_refs()} == {
+        ("creds", "password"),
+        ("broker-ca", "ca.crt"),
+        ("client-tls", "tls.crt"),
+        ("client-tls", "tls.key"),
+    }
     assert len(sqs.secret_refs()) == 2
+
+
+@pytest.mark.parametrize("type_", [T.KAFKA, T.REDIS, T.RABBITMQ])
+def test_trust_fields_need_tls_on(type_: T) -> None:
+    flag = "ssl" if type_ is T.KAFKA else "tls"
+    config = {**specs.minimal_config(type_), "ca": specs.SAMPLE_VALUES["ca"]}
+    assert models.NEEDS_TLS_MESSAGE in rejection(specs.spec(specs.env("dev", type_, config)))
+    config[flag] = True
+    models.parse_spec(specs.spec(specs.env("dev", type_, config)))
+
+
+def test_client_certificate_and_key_go_together() -> None:
+    config = {**specs.minimal_config(T.REDIS), "tls": True}
+    config["clientCert"] = specs.SAMPLE_VALUES["clientCert"]
+    assert models.CLIENT_PAIR_MESSAGE in rejection(specs.spec(specs.env("dev", T.REDIS, config)))
+    config["clientKey"] = specs.SAMPLE_VALUES["clientKey"]
+    models.parse_spec(specs.spec(specs.env("dev", T.REDIS, config)))
 
 
 def test_null_counts_as_absent_like_the_api_server() -> None:

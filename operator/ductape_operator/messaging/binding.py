@@ -21,10 +21,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
-from ductape_operator import errors
+from ductape_operator import errors, tls
 
 #: The `type` entry of each provider, as the operator writes it.
 KAFKA = "kafka"
@@ -63,6 +64,9 @@ KNOWN_ENTRIES = (
     "virtual-host",
     "tls",
     "ssl",
+    "ca.crt",
+    "tls.crt",
+    "tls.key",
     "project-id",
     "emulator-host",
     "credentials.json",
@@ -116,6 +120,10 @@ class Binding:
     #: Every entry as written, credentials included; never log this.
     entries: Mapping[str, str] = dataclasses.field(repr=False)
     topics: Mapping[str, TopicRoute] = dataclasses.field(default_factory=dict)
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A verifying TLS context: the system store, `ca.crt`, and `tls.crt`/`tls.key`."""
+        return tls.Material.from_entries(self.entries).context(f"binding {self.source}")
 
     def get(self, entry: str, default: str | None = None) -> str | None:
         """An entry's value, or `default` when absent or empty."""

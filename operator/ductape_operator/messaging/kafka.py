@@ -26,7 +26,6 @@ from typing import Any
 import aiokafka
 import aiokafka.errors as kafka_errors
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.helpers import create_ssl_context
 
 from ductape_operator import errors
 from ductape_operator.messaging import _transport
@@ -75,7 +74,7 @@ def _client_kwargs(binding: binding_.Binding) -> dict[str, Any]:
         "security_protocol": protocol,
     }
     if protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = create_ssl_context()
+        kwargs["ssl_context"] = binding.tls_context()
     if protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = (binding.get("sasl-mechanism") or "PLAIN").upper()
         kwargs["sasl_plain_username"] = binding.require("username")

@@ -74,6 +74,7 @@ def _connection_kwargs(binding: binding_.Binding) -> dict[str, Any]:
         "password": binding.get("password") or unquote(uri.password or "") or "guest",
         "virtualhost": vhost,
         "ssl": tls,
+        "ssl_context": binding.tls_context() if tls else None,
     }
 
 

@@ -20,6 +20,7 @@ import os
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -28,6 +29,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from ductape_operator import errors
+from ductape_operator import tls as tls_
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
@@ -78,12 +80,20 @@ def _connection_kwargs(binding: binding_.Binding) -> dict[str, Any]:
         "username": username,
         "password": password,
         "ssl": tls,
+        # redis-py builds its context from the CA text (and the pair's files, below).
+        "ssl_ca_data": binding.get(tls_.CA_ENTRY) if tls else None,
     }
 
 
 class RedisTransport:
     def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
         self._kwargs = _connection_kwargs(binding)
+        cert, key = binding.get(tls_.CERT_ENTRY), binding.get(tls_.KEY_ENTRY)
+        if self._kwargs["ssl"] and cert and key:
+            binding.tls_context()  # a broken pair fails here, named by the binding
+            pair = tls_.PairFiles(cert, key)
+            weakref.finalize(self, pair.cleanup)
+            self._kwargs.update(ssl_certfile=pair.cert_path, ssl_keyfile=pair.key_path)
         self._options = options
         self._client: aioredis.Redis | None = None
 

@@ -14,11 +14,13 @@ import contextlib
 import contextvars
 import logging
 import re
+import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from types import TracebackType
 from typing import ClassVar, Self
 
-from ductape_operator import errors, models
+from ductape_operator import errors, models, tls
 from ductape_operator.providers import base
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,37 @@ def secret_value(secrets: base.SecretValues, ref: models.SecretRef | None) -> st
         ) from None
 
 
+def tls_material(secrets: base.SecretValues, config: models.BrokerConfig) -> tls.Material:
+    """The config's `ca`, `clientCert` and `clientKey` values (each may be unset)."""
+    return tls.Material(
+        ca=secret_value(secrets, config.ca),
+        cert=secret_value(secrets, config.client_cert),
+        key=secret_value(secrets, config.client_key),
+    )
+
+
+def tls_context(
+    endpoint: str, config: models.BrokerConfig, material: tls.Material
+) -> ssl.SSLContext:
+    """The verifying client context of an env; a broken PEM is named by its Secret."""
+    refs = [
+        f"{field} from Secret {ref.secret_key_ref.name!r} key {ref.secret_key_ref.key!r}"
+        for field, ref in (
+            ("ca", config.ca),
+            ("clientCert", config.client_cert),
+            ("clientKey", config.client_key),
+        )
+        if ref is not None
+    ]
+    source = "config (" + "; ".join(refs) + ")" if refs else "config"
+    try:
+        return material.context(source)
+    except errors.DuctapeError as exc:
+        exc.message = f"{endpoint}: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+
+
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
     """`text` without any of the `secrets` and without URL user info."""
     for value in secrets:
@@ -90,6 +123,7 @@ class ProviderBase:
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self._config = config
+        self._secrets = secrets
         self._timeout = timeout
         self._slots = asyncio.Semaphore(concurrency)
         self._started = False
@@ -114,6 +148,15 @@ class ProviderBase:
 
     async def _close(self) -> None:
         raise NotImplementedError
+
+    def _tls_setup(self, enabled: bool) -> tuple[tls.Material, ssl.SSLContext | None]:
+        """The env's TLS material and context (None: TLS off), built with no network I/O."""
+        material = tls_material(self._secrets, self._config)
+        # A PEM body never belongs in a message, whatever an SDK puts there.
+        self._credentials += [v for v in (material.ca, material.cert, material.key) if v]
+        if not enabled:
+            return tls.Material(), None
+        return material, tls_context(self.endpoint, self._config, material)
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -230,8 +273,29 @@ class ProviderBase:
             raise mapped from exc
 
 
-def unreachable(endpoint: str, what: str, exc: BaseException) -> errors.BrokerUnreachableError:
+def unreachable(endpoint: str, what: str, exc: BaseException) -> errors.BrokerError:
+    """A transport failure; a TLS handshake or a DNS lookup that failed is told apart.
+
+    SDKs wrap both in their own connection errors, so the chain is searched: a
+    failed handshake is `TLSFailed` (README.md, "Conditions"), a name that does not
+    resolve stays `BrokerUnreachable` but says so.
+    """
+    handshake = tls.failure(exc)
+    if handshake is not None:
+        return tls_failed(endpoint, what, handshake)
+    lookup = errors.find_cause(exc, socket.gaierror)
+    if lookup is not None:
+        return errors.BrokerUnreachableError(
+            f"{endpoint}: the host name does not resolve (DNS: {lookup.strerror or lookup})"
+            f" while {what}"
+        )
     return errors.BrokerUnreachableError(f"{endpoint}: unreachable while {what}: {describe(exc)}")
+
+
+def tls_failed(endpoint: str, what: str, exc: BaseException) -> errors.BrokerTLSError:
+    handshake = tls.failure(exc)
+    detail = tls.describe_failure(handshake) if handshake is not None else describe(exc)
+    return errors.BrokerTLSError(f"{endpoint}: {detail}, while {what}")
 
 
 def auth_failed(endpoint: str, what: str, exc: BaseException) -> errors.BrokerAuthError:

@@ -22,9 +22,9 @@ from collections.abc import Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka import conn as conn_
 from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
-from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
 from aiokafka.protocol.fetch import FetchRequest
@@ -123,6 +123,7 @@ class KafkaProvider(_common.ProviderBase):
         )
         if self._password:
             self._credentials.append(self._password)
+        self._tls_material, self._ssl_context = self._tls_setup(bool(config.ssl))
         self._admin: AIOKafkaAdminClient | None = None
         #: Topics waiting for the next CreateTopics request, and the request in flight.
         self._creating: list[tuple[NewTopic, asyncio.Future[tuple[int, list[Any]]]]] = []
@@ -153,6 +154,7 @@ class KafkaProvider(_common.ProviderBase):
             entries["username"] = sasl.username
             if self._password is not None:
                 entries["password"] = self._password
+        entries.update(self._tls_material.entries())
         return entries
 
     def _client_options(self) -> dict[str, Any]:
@@ -162,8 +164,8 @@ class KafkaProvider(_common.ProviderBase):
             "request_timeout_ms": int(self._timeout * 1000),
             "security_protocol": self.security_protocol,
         }
-        if self._config.ssl:
-            options["ssl_context"] = create_ssl_context()
+        if self._ssl_context is not None:
+            options["ssl_context"] = self._ssl_context
         sasl = self._config.sasl
         if sasl is not None:
             options["sasl_mechanism"] = _SASL_MECHANISMS[sasl.mechanism]
@@ -176,7 +178,38 @@ class KafkaProvider(_common.ProviderBase):
     async def _open(self) -> None:
         async with self.guard("connecting", self._map, limited=False):
             self._admin = AIOKafkaAdminClient(**self._client_options())
-            await self._admin.start()
+            try:
+                await self._admin.start()
+            except kafka_errors.KafkaConnectionError as exc:
+                raise await self._why_bootstrap_failed(exc) from exc
+
+    async def _why_bootstrap_failed(self, exc: Exception) -> Exception:
+        """What a bootstrap server said, where aiokafka only says "Unable to bootstrap".
+
+        aiokafka logs each server's error (a refused TLS handshake, a refused SASL
+        login, a name that does not resolve) and raises without it; the condition
+        needs it (README.md, "Conditions"), so one connection is tried again here.
+        Runs only after a failed start.
+        """
+        options = self._client_options()
+        for broker in self._brokers:
+            host, _, port = broker.rpartition(":")
+            try:
+                conn = await conn_.create_conn(
+                    host,
+                    int(port),
+                    client_id=options["client_id"],
+                    request_timeout_ms=options["request_timeout_ms"],
+                    ssl_context=options.get("ssl_context"),
+                    security_protocol=options["security_protocol"],
+                    sasl_mechanism=options.get("sasl_mechanism"),
+                    sasl_plain_username=options.get("sasl_plain_username"),
+                    sasl_plain_password=options.get("sasl_plain_password"),
+                )
+            except (OSError, kafka_errors.KafkaError, TimeoutError) as found:
+                return found
+            conn.close()
+        return exc
 
     async def _close(self) -> None:
         admin, self._admin = self._admin, None

@@ -62,6 +62,7 @@ class RabbitMQProvider(_common.ProviderBase):
         self._password = _common.secret_value(secrets, config.password)
         if self._password:
             self._credentials.append(self._password)
+        self._tls_material, self._ssl_context = self._tls_setup(self._tls)
         self._connection: aio_pika_abc.AbstractConnection | None = None
         self._connect_lock = asyncio.Lock()
 
@@ -96,6 +97,7 @@ class RabbitMQProvider(_common.ProviderBase):
             entries["username"] = self._username
         if self._password:
             entries["password"] = self._password
+        entries.update(self._tls_material.entries())
         return entries
 
     # --- lifecycle ----------------------------------------------------------
@@ -124,6 +126,7 @@ class RabbitMQProvider(_common.ProviderBase):
                 password=self._password or DEFAULT_USER,
                 virtualhost=self._vhost,
                 ssl=self._tls,
+                ssl_context=self._ssl_context,
                 timeout=self._timeout,
                 client_properties={"connection_name": "ductape-operator"},
             )

@@ -16,7 +16,7 @@ from collections.abc import Collection
 import redis.asyncio as aredis
 from redis import exceptions as redis_errors
 
-from ductape_operator import errors, models
+from ductape_operator import errors, models, tls
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ class RedisProvider(_common.ProviderBase):
         self._password = _common.secret_value(secrets, config.password)
         if self._password:
             self._credentials.append(self._password)
+        # redis-py builds its own context from these (CA text, pair as files), with the
+        # same trust as `tls.client_context`; building ours checks the PEM up front.
+        self._tls_material, _ = self._tls_setup(self._tls)
+        self._pair: tls.PairFiles | None = None
         self._client: aredis.Redis | None = None
 
     # --- naming and binding -------------------------------------------------
@@ -76,11 +80,15 @@ class RedisProvider(_common.ProviderBase):
             entries["username"] = self._username
         if self._password:
             entries["password"] = self._password
+        entries.update(self._tls_material.entries())
         return entries
 
     # --- lifecycle ----------------------------------------------------------
 
     async def _open(self) -> None:
+        material = self._tls_material
+        if material.cert and material.key:
+            self._pair = tls.PairFiles(material.cert, material.key)
         self._client = aredis.Redis(
             host=self._host,
             port=self._port,
@@ -88,6 +96,9 @@ class RedisProvider(_common.ProviderBase):
             username=self._username,
             password=self._password,
             ssl=self._tls,
+            ssl_ca_data=material.ca,
+            ssl_certfile=self._pair.cert_path if self._pair else None,
+            ssl_keyfile=self._pair.key_path if self._pair else None,
             socket_connect_timeout=self._timeout,
             socket_timeout=self._timeout,
             decode_responses=True,
@@ -100,11 +111,14 @@ class RedisProvider(_common.ProviderBase):
 
     async def _close(self) -> None:
         client, self._client = self._client, None
+        pair, self._pair = self._pair, None
         if client is not None:
             try:
                 await client.aclose()
             except Exception:  # a broken connection may fail to close; it is gone either way
                 logger.debug("closing the Redis client of %s failed", self.endpoint)
+        if pair is not None:
+            pair.cleanup()
 
     def _require_client(self) -> aredis.Redis:
         if self._client is None:
