@@ -42,6 +42,12 @@ class KopfChatter(logging.Filter):
 
 #: kopf's line for each failed attempt of a request it retries (kopf/_cogs/clients/api.py).
 _KOPF_ATTEMPT = re.compile(r"Request attempt #\S+ failed; (will retry|escalating): .* -> (\w+)")
+#: kopf's lines when it stops serving a resource (kopf/_core/reactor/observation.py):
+#: while the CRD is being deleted, the operator's own line says it.
+_KOPF_UNSERVED = (
+    "Non-patchable resources will not be served",
+    "Unresolved resources cannot be served",
+)
 #: kopf's errors for an API server that answered 5xx or 429 (matched by name: kopf's
 #: error classes are private).
 _KOPF_DOWN, _KOPF_THROTTLED = "APIServerError", "APITooManyRequestsError"
@@ -61,8 +67,8 @@ _DOWN_NAMES = frozenset(
 
 
 class ApiOutages(logging.Filter):
-    """An API server outage (unreachable, restarting, throttling) is two lines, not one
-    per failed call (docs/operations.md, "Logs").
+    """An API server outage (unreachable, restarting, throttling), or the CRD being
+    deleted, is two lines, not one per failed call (docs/operations.md, "Logs").
 
     kopf logs every retry of its requests at ERROR, and every handler or watch that
     finally fails with the traceback of a connection error. Such a record is handed to
@@ -82,7 +88,7 @@ class ApiOutages(logging.Filter):
         key, cause = outage
         if key == outages.API_THROTTLED:
             kube.report_throttled()
-        else:
+        elif key == outages.API_SERVER:
             kube.report_unreachable(cause)
         if not self.verbose:
             return False
@@ -96,6 +102,8 @@ class ApiOutages(logging.Filter):
     def _outage_of(record: logging.LogRecord) -> tuple[str, str] | None:
         if record.levelno < logging.WARNING:
             return None
+        if outages.is_open(outages.CRD_GONE) and record.getMessage().startswith(_KOPF_UNSERVED):
+            return outages.CRD_GONE, "CRD deleted"
         if record.exc_info and record.exc_info[1] is not None:
             return _outage_in(record.exc_info[1])
         if not record.name.startswith("kopf"):
@@ -173,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, app)
+    insights = handlers.new_insights()
     liveness = f"http://{app.bind_address}:{app.health_port}/healthz" if app.health_port else None
     kopf.run(
         registry=registry,
@@ -180,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         namespaces=list(app.namespaces),
         standalone=app.standalone or None,
         liveness_endpoint=liveness,
-        memo=handlers.memo_for(app),
+        insights=insights,
+        memo=handlers.memo_for(app, registry, insights),
     )
     return 0
 

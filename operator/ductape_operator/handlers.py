@@ -20,6 +20,12 @@ from typing import Any
 import aiohttp
 import kopf
 
+# kopf's own rescan of a CRD, and the insights it keeps of what it serves: private, but
+# the only way to have kopf serve the CRD's objects again (see `crd_changed`); kopf's
+# version is pinned in requirements.lock.
+from kopf._cogs.structs import references as kopf_references
+from kopf._core.reactor import observation as kopf_observation
+
 from ductape_operator import errors, kube, metrics, models, outages, reconcile
 from ductape_operator.settings import Settings
 
@@ -30,8 +36,6 @@ PREFIX = "ductape.app"
 RESOURCE = (models.GROUP, models.VERSION, models.PLURAL)
 CRD = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
-#: The CRD is terminating or gone (an outage key of `outages`).
-CRD_GONE = "crd-gone"
 #: kopf's retries of a failed API request, in seconds: about five minutes in all, so
 #: that an API server outage shorter than that never ends a watch (kopf's default
 #: gives up after a minute, and a watch that gives up stops the operator).
@@ -71,6 +75,7 @@ def tag_owner(kwargs: dict[str, Any], obj: reconcile.BrokerObject) -> str | None
 
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     app = _app_settings(memo)
+    memo["kopf_settings"] = settings
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     # What counts as a change is the spec alone: the tag label we add ourselves, or a
@@ -249,11 +254,11 @@ async def crd_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: A
     """
     deleting = type != "DELETED" and bool(body.get("metadata", {}).get("deletionTimestamp"))
     if not deleting:
-        if type != "DELETED":
-            outages.recovered(CRD_GONE)  # applied again: kopf serves it again by itself
+        if type != "DELETED" and outages.is_open(outages.CRD_GONE):
+            await _serve_again(body, memo)
         return
     outages.failing(
-        CRD_GONE,
+        outages.CRD_GONE,
         f"CRD {CRD_NAME} is being deleted: every MessageBroker is finalized by its"
         " deletionPolicy and not served until the CRD is applied again",
     )
@@ -272,6 +277,45 @@ async def crd_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: A
             return
         # kopf does not retry an event handler: poll here (never longer than the deadline).
         await asyncio.sleep(1.0)
+
+
+async def _serve_again(body: kopf.Body, memo: kopf.Memo) -> None:
+    """The CRD is applied again: make sure kopf serves its objects again.
+
+    kopf re-reads the API's discovery on each event of a CRD, but the API server lists
+    a new CRD's resource there a moment after its last event (Established): kopf's
+    last look can come too early, and it would then never serve MessageBrokers again
+    until restarted. So look again, as kopf does, every second until it serves them.
+    """
+    insights: kopf_references.Insights = memo["kopf_insights"]
+    registry: kopf.OperatorRegistry = memo["kopf_registry"]
+    settings: kopf.OperatorSettings = memo["kopf_settings"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CRD_RELEASE_MIN
+    while not _served(insights):
+        if loop.time() >= deadline:
+            logger.warning(
+                "CRD %s applied again, but its MessageBrokers are not served yet;"
+                " restart the operator if they stay unhandled",
+                CRD_NAME,
+            )
+            return
+        await kopf_observation.process_discovered_resource_event(
+            raw_event=kopf.RawEvent(type="MODIFIED", object=dict(body)),  # type: ignore[typeddict-item]
+            settings=settings,
+            registry=registry,
+            insights=insights,
+        )
+        if not _served(insights):
+            await asyncio.sleep(1.0)
+    outages.recovered(outages.CRD_GONE)
+
+
+def _served(insights: kopf_references.Insights) -> bool:
+    return any(
+        resource.group == models.GROUP and resource.plural == models.PLURAL
+        for resource in insights.watched_resources
+    )
 
 
 async def _release_deleted_brokers(reconciler: reconcile.Reconciler) -> int:
@@ -414,7 +458,18 @@ def register(registry: kopf.OperatorRegistry, app: Settings) -> None:
         )
 
 
-def memo_for(app: Settings) -> kopf.Memo:
+def new_insights() -> kopf_references.Insights:
+    """kopf's record of what it serves, made here so that `crd_changed` can reach it."""
+    return kopf_references.Insights()
+
+
+def memo_for(
+    app: Settings, registry: kopf.OperatorRegistry, insights: kopf_references.Insights
+) -> kopf.Memo:
+    """The memo handed to every handler; `registry` and `insights` are what kopf.run
+    is given, for `crd_changed`."""
     memo = kopf.Memo()
     memo["app_settings"] = app
+    memo["kopf_registry"] = registry
+    memo["kopf_insights"] = insights
     return memo

@@ -30,6 +30,8 @@ PROBE_INTERVAL = 1.0
 API_SERVER = "kubernetes-api"
 #: The Kubernetes API server answered 429 (API priority and fairness, throttling).
 API_THROTTLED = "kubernetes-api-throttled"
+#: The MessageBroker CRD is terminating or gone.
+CRD_GONE = "crd-gone"
 
 
 @dataclasses.dataclass
