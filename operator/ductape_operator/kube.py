@@ -131,7 +131,9 @@ async def _call(
 
 def api_server() -> str:
     """The API server's URL, as the operator's own client reaches it."""
-    return str(_client().configuration.host)
+    if _api_client is None:  # not configured yet: never configure from a log filter
+        return "(not configured yet)"
+    return str(_api_client.configuration.host)
 
 
 def report_unreachable(cause: str) -> None:

@@ -977,6 +977,8 @@ class Reconciler:
         where = f"{obj.ref.namespace}/{obj.ref.name}"
         if after.status is models.ConditionStatus.TRUE:
             verb = "recovered" if before is not None and before.reason != "Provisioning" else ""
+            if verb and before is not None and conditions.lasted(before):
+                verb += f" after {conditions.lasted(before)}"  # the outage's end line
             logger.info(
                 "%s: Ready%s (%s): %s",
                 where,
