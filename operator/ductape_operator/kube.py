@@ -491,10 +491,13 @@ async def post_event(ref: BrokerRef, *, type: str, reason: str, message: str) ->
             body,
         )
     except errors.DuctapeError as exc:
-        # During an API server outage that outage's own line says it all.
+        # During an API server outage that outage's own line says it all; a namespace
+        # being deleted refuses new Events (403), which is no news either.
         down = outages.is_open(outages.API_SERVER) or outages.is_open(outages.API_THROTTLED)
+        cause = exc.__cause__
+        terminating = isinstance(cause, ApiException) and "being terminated" in str(cause.body)
         logger.log(
-            logging.DEBUG if down else logging.WARNING,
+            logging.DEBUG if down or terminating else logging.WARNING,
             "could not post event on %s/%s: %s",
             ref.namespace,
             ref.name,
