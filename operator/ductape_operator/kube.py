@@ -148,7 +148,13 @@ def report_unreachable(cause: str) -> None:
 
 
 def report_throttled() -> None:
-    """The API server answered 429: it asks for fewer requests; callers retry later."""
+    """The API server answered 429: it asks for fewer requests; callers retry later.
+
+    A restarting API server answers 429 too while its caches fill: part of that outage.
+    """
+    if outages.is_open(outages.API_SERVER):
+        report_unreachable("429 Too Many Requests")
+        return
     outages.failing(
         outages.API_THROTTLED,
         f"Kubernetes API server {api_server()} is throttling requests (429 Too Many"

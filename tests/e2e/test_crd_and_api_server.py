@@ -208,13 +208,13 @@ async def test_api_server_restart_is_two_log_lines(
     assert secret is not None
     assert await raw.exists("REDIS", kit.topics_json(secret)["t0"])
 
-    # The log: one WARNING when it started, one INFO when it ended; nothing else above
-    # DEBUG about it, and no traceback (checked for every test by conftest).
-    written = operator.log(since)
-    loud = [
-        line for line in written.splitlines() if re.search(r"\[(WARNING|ERROR|CRITICAL) *\]", line)
-    ]
-    assert len(loud) == 1, "expected one WARNING line for the outage:\n" + "\n".join(loud)
-    assert "unreachable or restarting" in loud[0]
-    ended = [line for line in written.splitlines() if "over after" in line]
-    assert len(ended) == 1 and "[INFO" in ended[0], ended
+    # The log: one WARNING when it started, one INFO when it ended, no traceback (checked
+    # for every test by conftest). A restarting API server may also answer 429 for a
+    # moment after it says it is ready: at most one more pair of lines, for that.
+    lines = operator.log(since).splitlines()
+    loud = [line for line in lines if re.search(r"\[(WARNING|ERROR|CRITICAL) *\]", line)]
+    assert 1 <= len(loud) <= 2, "outage lines:\n" + "\n".join(loud)
+    assert all("ductape_operator.out" in line for line in loud), "\n".join(loud)
+    assert sum("unreachable or restarting" in line for line in loud) == 1, "\n".join(loud)
+    ended = [line for line in lines if "over after" in line]
+    assert len(ended) == len(loud) and all("[INFO" in line for line in ended), ended
