@@ -138,3 +138,16 @@ def test_anything_else_passes_untouched() -> None:
     assert quiet.filter(_record("kopf._core.reactor.observation", logging.WARNING, unserved))
     outages.failing(outages.CRD_GONE, "CRD deleted")
     assert not quiet.filter(_record("kopf._core.reactor.observation", logging.WARNING, unserved))
+
+
+def test_throttling_while_restarting_is_part_of_the_restart() -> None:
+    quiet = ApiOutages(verbose=False)
+    assert not quiet.filter(_record("kopf.objects", logging.ERROR, "failed", _unreachable()))
+    throttled = _record(
+        "kopf.objects",
+        logging.ERROR,
+        "Request attempt #2/9 failed; will retry: GET https://h/x -> APITooManyRequestsError()",
+    )
+    assert not quiet.filter(throttled)
+    assert outages.is_open(outages.API_SERVER)
+    assert not outages.is_open(outages.API_THROTTLED)
