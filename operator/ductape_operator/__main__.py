@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import re
 import sys
 
+import aiohttp
 import kopf
+import urllib3
 
-from ductape_operator import handlers, redaction, settings
+from ductape_operator import handlers, kube, outages, redaction, settings
 
 
 class KopfChatter(logging.Filter):
@@ -37,6 +40,116 @@ class KopfChatter(logging.Filter):
         return True
 
 
+#: kopf's line for each failed attempt of a request it retries (kopf/_cogs/clients/api.py).
+_KOPF_ATTEMPT = re.compile(r"Request attempt #\S+ failed; (will retry|escalating): .* -> (\w+)")
+#: kopf's lines when it stops serving a resource (kopf/_core/reactor/observation.py):
+#: while the CRD is being deleted, the operator's own line says it.
+_KOPF_UNSERVED = (
+    "Non-patchable resources will not be served",
+    "Unresolved resources cannot be served",
+)
+#: kopf's errors for an API server that answered 5xx or 429 (matched by name: kopf's
+#: error classes are private).
+_KOPF_DOWN, _KOPF_THROTTLED = "APIServerError", "APITooManyRequestsError"
+#: Errors, named as in kopf's retry lines, of an API server that is away or restarting.
+_DOWN_NAMES = frozenset(
+    {
+        _KOPF_DOWN,
+        "ClientConnectionError",
+        "ClientConnectorError",
+        "ClientOSError",
+        "ServerDisconnectedError",
+        "ServerTimeoutError",
+        "ClientPayloadError",
+        "TimeoutError",
+    }
+)
+
+
+class ApiOutages(logging.Filter):
+    """An API server outage (unreachable, restarting, throttling), or the CRD being
+    deleted, is two lines, not one per failed call (docs/operations.md, "Logs").
+
+    kopf logs every retry of its requests at ERROR, and every handler or watch that
+    finally fails with the traceback of a connection error. Such a record is handed to
+    `outages` instead, which logs a WARNING when the outage starts and an INFO line
+    when the API server is ready again; the record itself goes (to DEBUG, without the
+    traceback, with `--verbose`). Anything else passes untouched.
+    """
+
+    def __init__(self, *, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        outage = self._outage_of(record)
+        if outage is None:
+            return True
+        key, cause = outage
+        if key == outages.API_THROTTLED:
+            kube.report_throttled()
+        elif key == outages.API_SERVER:
+            kube.report_unreachable(cause)
+        if not self.verbose:
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg, record.args = f"{record.getMessage()}: {cause}", None
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+    @staticmethod
+    def _outage_of(record: logging.LogRecord) -> tuple[str, str] | None:
+        if record.levelno < logging.WARNING:
+            return None
+        if outages.is_open(outages.CRD_GONE) and record.getMessage().startswith(_KOPF_UNSERVED):
+            return outages.CRD_GONE, "CRD deleted"
+        if record.exc_info and record.exc_info[1] is not None:
+            return _outage_in(record.exc_info[1])
+        if not record.name.startswith("kopf"):
+            return None
+        attempt = _KOPF_ATTEMPT.search(record.getMessage())
+        if attempt is None:
+            return None
+        name = attempt.group(2)
+        if name == _KOPF_THROTTLED:
+            return outages.API_THROTTLED, name
+        if name in _DOWN_NAMES:
+            return outages.API_SERVER, name
+        # During a restart the API server refuses requests (403) until its RBAC is
+        # loaded: part of the outage, if one is open; a real denial otherwise.
+        if name == "APIForbiddenError" and outages.is_open(outages.API_SERVER):
+            return outages.API_SERVER, name
+        return None
+
+
+def _outage_in(exc: BaseException) -> tuple[str, str] | None:
+    """Whether `exc`, or an exception it was raised from, is an API server outage.
+
+    Only failures of the transports that talk to the API server count: kopf's
+    aiohttp session and the Kubernetes client's urllib3 pool. A broker's errors are
+    mapped by its provider and never reach here as these.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        names = {cls.__name__ for cls in type(current).__mro__}
+        if _KOPF_THROTTLED in names:
+            return outages.API_THROTTLED, _KOPF_THROTTLED
+        if _KOPF_DOWN in names or isinstance(
+            current,
+            (
+                aiohttp.ClientConnectionError,
+                aiohttp.ClientPayloadError,
+                urllib3.exceptions.HTTPError,
+            ),
+        ):
+            return outages.API_SERVER, type(current).__name__
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _fewer_malloc_arenas() -> None:
     """glibc gives every thread that allocates an arena of its own, up to eight per core,
     and each keeps its peak: the Kubernetes API threads would each hold on to the
@@ -56,11 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     redaction.install()
     logging.getLogger("kopf.objects").addFilter(KopfChatter(verbose=app.verbose))
+    # On the root's handlers, where every logger's records arrive (a logger's own filter
+    # sees only its own records), and on kopf.objects, whose records kopf also posts
+    # as Events.
+    outage_filter = ApiOutages(verbose=app.verbose)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(outage_filter)
+    logging.getLogger("kopf.objects").addFilter(outage_filter)
     # Third-party clients log connection URLs at INFO; keep them to warnings.
     for noisy in ("aiokafka", "aio_pika", "aiormq", "botocore", "aiobotocore", "kubernetes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, app)
+    insights = handlers.new_insights()
     liveness = f"http://{app.bind_address}:{app.health_port}/healthz" if app.health_port else None
     kopf.run(
         registry=registry,
@@ -68,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         namespaces=list(app.namespaces),
         standalone=app.standalone or None,
         liveness_endpoint=liveness,
-        memo=handlers.memo_for(app),
+        insights=insights,
+        memo=handlers.memo_for(app, registry, insights),
     )
     return 0
 

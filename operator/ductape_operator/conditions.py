@@ -19,6 +19,17 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def lasted(condition: models.Condition) -> str:
+    """How long `condition` has had its status, for a log line ("42s"); "" if unknown."""
+    try:
+        since = datetime.datetime.fromisoformat(condition.last_transition_time)
+    except ValueError:
+        return ""
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=datetime.UTC)
+    return f"{max(0.0, (datetime.datetime.now(datetime.UTC) - since).total_seconds()):.0f}s"
+
+
 def set_condition(
     conditions: list[models.Condition],
     *,

@@ -648,8 +648,11 @@ def transition(
         return None
     where = f"{obj.ref.namespace}/{obj.ref.name}"
     if new.status is models.ConditionStatus.TRUE:
-        recovered = old is not None and old.reason != Reason.PROVISIONING
-        line = f"{where}: Ready{', recovered' if recovered else ''} ({new.reason}): {new.message}"
+        verb = ""
+        if old is not None and old.reason != Reason.PROVISIONING:
+            took = conditions.lasted(old)  # the outage's end line says how long it lasted
+            verb = f", recovered after {took}" if took else ", recovered"
+        line = f"{where}: Ready{verb} ({new.reason}): {new.message}"
         return Transition(logging.INFO, line, Event("Normal", new.reason, new.message))
     if new.reason == Reason.PROVISIONING:
         return Transition(logging.INFO, f"{where}: provisioning {after.summary or ''}", None)

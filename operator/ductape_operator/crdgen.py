@@ -223,7 +223,16 @@ def crd() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME},
+        "metadata": {
+            "name": CRD_NAME,
+            # Deleting the CRD deletes every MessageBroker in the cluster: tools that
+            # would do it as a side effect are told not to (docs/operations.md,
+            # "Deleting the CRD"). Helm already keeps CRDs it installs from crds/.
+            "annotations": {
+                "helm.sh/resource-policy": "keep",
+                "argocd.argoproj.io/sync-options": "Prune=false,Delete=false",
+            },
+        },
         "spec": {
             "group": models.GROUP,
             "names": {

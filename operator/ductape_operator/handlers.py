@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import secrets
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import kopf
 
-from ductape_operator import errors, kube, metrics, models, reconcile
+# kopf's own rescan of a CRD, and the insights it keeps of what it serves: private, but
+# the only way to have kopf serve the CRD's objects again (see `crd_changed`); kopf's
+# version is pinned in requirements.lock.
+from kopf._cogs.structs import references as kopf_references
+from kopf._core.reactor import observation as kopf_observation
+
+from ductape_operator import errors, kube, metrics, models, outages, reconcile
 from ductape_operator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -26,6 +34,16 @@ logger = logging.getLogger(__name__)
 FINALIZER = "ductape.app/finalizer"
 PREFIX = "ductape.app"
 RESOURCE = (models.GROUP, models.VERSION, models.PLURAL)
+CRD = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
+#: kopf's retries of a failed API request, in seconds: about five minutes in all, so
+#: that an API server outage shorter than that never ends a watch (kopf's default
+#: gives up after a minute, and a watch that gives up stops the operator).
+API_BACKOFFS = (1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30, 30, 30, 30, 30)
+#: MessageBrokers finalized at once while their CRD is being deleted.
+RELEASE_CONCURRENCY = 16
+#: Seconds to keep releasing MessageBrokers of a terminating CRD, at least.
+CRD_RELEASE_MIN = 60.0
 
 
 def _reconciler(memo: kopf.Memo) -> reconcile.Reconciler:
@@ -57,6 +75,7 @@ def tag_owner(kwargs: dict[str, Any], obj: reconcile.BrokerObject) -> str | None
 
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     app = _app_settings(memo)
+    memo["kopf_settings"] = settings
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     # What counts as a change is the spec alone: the tag label we add ourselves, or a
@@ -84,6 +103,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.background.cancellation_polling = 1.0
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    settings.networking.error_backoffs = API_BACKOFFS
     kube.configure()
     if app.metrics_port:
         metrics.serve(app.metrics_port, app.bind_address)
@@ -201,19 +221,140 @@ async def pause_changed(
     if obj.paused == reconcile.shows_paused(obj):
         return
     owner = tag_owner(kwargs, obj)
-    await _reconciler(memo).reconcile(obj, tag_owner=owner)
+    try:
+        await _reconciler(memo).reconcile(obj, tag_owner=owner)
+    except errors.DuctapeError as exc:  # the health round retries it
+        logger.debug("pause of %s/%s: %s", obj.ref.namespace, obj.ref.name, exc.message)
 
 
 async def finalize_broker(body: kopf.Body, memo: kopf.Memo, runtime: Any, **_: Any) -> None:
     """delete: apply deletionPolicy, then let the finalizer go."""
     obj = reconcile.BrokerObject.from_body(body)
-    terminating = await kube.namespace_terminating(obj.ref.namespace)
     try:
+        terminating = await kube.namespace_terminating(obj.ref.namespace)
         await _reconciler(memo).finalize(
             obj, elapsed=runtime.total_seconds(), namespace_terminating=terminating
         )
     except errors.DuctapeError as exc:
         raise kopf.TemporaryError(exc.message, delay=10) from exc
+
+
+# --- the CRD itself ---------------------------------------------------------
+
+
+async def crd_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    """The MessageBroker CRD changed: while it terminates, release every MessageBroker.
+
+    Deleting a CRD marks every one of its objects for deletion and waits for their
+    finalizers, but kopf stops serving a resource whose CRD is terminating (it can no
+    longer be created, which kopf reads as "not patchable"), so its delete handler never
+    runs. Here each one is finalized by its deletionPolicy, as when its namespace is
+    terminating (Delete gives up at once on a broker that does not answer), and its
+    finalizer removed with the operator's own client (docs/operations.md, "Deleting
+    the CRD").
+    """
+    deleting = type != "DELETED" and bool(body.get("metadata", {}).get("deletionTimestamp"))
+    if not deleting:
+        if type != "DELETED" and outages.is_open(outages.CRD_GONE):
+            await _serve_again(body, memo)
+        return
+    outages.failing(
+        outages.CRD_GONE,
+        f"CRD {CRD_NAME} is being deleted: every MessageBroker is finalized by its"
+        " deletionPolicy and not served until the CRD is applied again",
+    )
+    # The API server marks the MessageBrokers for deletion a moment after the CRD, and
+    # its own CRD finalizer checks every 5 s whether they are gone, with no event on the
+    # CRD in between: so look every second until none is left, or for a bounded time.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(_app_settings(memo).finalizer_timeout, CRD_RELEASE_MIN)
+    while True:
+        try:
+            left = await _release_deleted_brokers(_reconciler(memo))
+        except errors.DuctapeError as exc:
+            left = 1
+            logger.debug("releasing MessageBrokers of the deleted CRD: %s", exc.message)
+        if not left or loop.time() >= deadline:
+            return
+        # kopf does not retry an event handler: poll here (never longer than the deadline).
+        await asyncio.sleep(1.0)
+
+
+async def _serve_again(body: kopf.Body, memo: kopf.Memo) -> None:
+    """The CRD is applied again: make sure kopf serves its objects again.
+
+    kopf re-reads the API's discovery on each event of a CRD, but the API server lists
+    a new CRD's resource there a moment after its last event (Established): kopf's
+    last look can come too early, and it would then never serve MessageBrokers again
+    until restarted. So look again, as kopf does, every second until it serves them.
+    """
+    insights: kopf_references.Insights = memo["kopf_insights"]
+    registry: kopf.OperatorRegistry = memo["kopf_registry"]
+    settings: kopf.OperatorSettings = memo["kopf_settings"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CRD_RELEASE_MIN
+    while not _served(insights):
+        if loop.time() >= deadline:
+            logger.warning(
+                "CRD %s applied again, but its MessageBrokers are not served yet;"
+                " restart the operator if they stay unhandled",
+                CRD_NAME,
+            )
+            return
+        await kopf_observation.process_discovered_resource_event(
+            raw_event=kopf.RawEvent(type="MODIFIED", object=dict(body)),  # type: ignore[typeddict-item]
+            settings=settings,
+            registry=registry,
+            insights=insights,
+        )
+        if not _served(insights):
+            await asyncio.sleep(1.0)
+    outages.recovered(outages.CRD_GONE)
+
+
+def _served(insights: kopf_references.Insights) -> bool:
+    return any(
+        resource.group == models.GROUP and resource.plural == models.PLURAL
+        for resource in insights.watched_resources
+    )
+
+
+async def _release_deleted_brokers(reconciler: reconcile.Reconciler) -> int:
+    """Finalize and release every MessageBroker marked for deletion; how many are left."""
+    bodies = await kube.list_brokers()
+    marked = [
+        body
+        for body in bodies
+        if body.get("metadata", {}).get("deletionTimestamp")
+        and FINALIZER in (body.get("metadata", {}).get("finalizers") or [])
+    ]
+    if marked:
+        logger.info("CRD %s terminating: releasing %d MessageBroker(s)", CRD_NAME, len(marked))
+    slots = asyncio.Semaphore(RELEASE_CONCURRENCY)
+
+    async def release(body: dict[str, Any]) -> None:
+        obj = reconcile.BrokerObject.from_body(body)
+        async with slots:
+            try:
+                await reconciler.finalize(
+                    obj, elapsed=_seconds_since(body), namespace_terminating=True
+                )
+                await kube.remove_finalizer(obj.ref, FINALIZER)
+            except errors.DuctapeError as exc:
+                logger.debug("releasing %s/%s: %s", obj.ref.namespace, obj.ref.name, exc.message)
+
+    await asyncio.gather(*(release(body) for body in marked))
+    return len(bodies)
+
+
+def _seconds_since(body: Mapping[str, Any]) -> float:
+    """Seconds since the object was marked for deletion (0 when unreadable)."""
+    stamp = str((body.get("metadata") or {}).get("deletionTimestamp") or "")
+    try:
+        since = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, (datetime.datetime.now(datetime.UTC) - since).total_seconds())
 
 
 # --- referenced Secrets -----------------------------------------------------
@@ -309,9 +450,27 @@ def register(registry: kopf.OperatorRegistry, app: Settings) -> None:
     )(health_round)
     kopf.on.delete(*RESOURCE, registry=registry, id="finalize")(finalize_broker)
     kopf.on.event("", "v1", "secrets", registry=registry, id="secret")(secret_changed)
+    if not app.namespaces:
+        # Cluster-wide only: CRDs are cluster-scoped, and namespaced mode has no
+        # cluster-scoped permission. There kopf keeps serving a terminating CRD's
+        # objects (it does not re-scan CRDs), so the delete handler releases them.
+        kopf.on.event(*CRD, registry=registry, id="crd", field="metadata.name", value=CRD_NAME)(
+            crd_changed
+        )
 
 
-def memo_for(app: Settings) -> kopf.Memo:
+def new_insights() -> kopf_references.Insights:
+    """kopf's record of what it serves, made here so that `crd_changed` can reach it."""
+    return kopf_references.Insights()
+
+
+def memo_for(
+    app: Settings, registry: kopf.OperatorRegistry, insights: kopf_references.Insights
+) -> kopf.Memo:
+    """The memo handed to every handler; `registry` and `insights` are what kopf.run
+    is given, for `crd_changed`."""
     memo = kopf.Memo()
     memo["app_settings"] = app
+    memo["kopf_registry"] = registry
+    memo["kopf_insights"] = insights
     return memo

@@ -32,7 +32,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from ductape_operator import errors, models, redaction
+from ductape_operator import errors, models, outages, redaction
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +91,84 @@ async def _call(
     """
     loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(_executor, _request, method, path, body, content_type)
+        answer = await loop.run_in_executor(_executor, _request, method, path, body, content_type)
     except ApiException as exc:
+        if exc.status == 429:
+            report_throttled()
+        elif exc.status is None or exc.status >= 500:
+            report_unreachable(f"{exc.status} {exc.reason}")
+        else:
+            outages.recovered(outages.API_SERVER)
         if (missing_ok and exc.status == 404) or (conflict_ok and exc.status == 409):
             return None
         raise _api_error(exc, action) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
+        report_unreachable(_root_cause(exc))
         raise errors.DuctapeError(
             f"Kubernetes API: cannot {action}: API server unreachable ({type(exc).__name__})",
             retriable=True,
         ) from exc
+    outages.recovered(outages.API_SERVER)
+    outages.recovered(outages.API_THROTTLED)
+    return answer
+
+
+def api_server() -> str:
+    """The API server's URL, as the operator's own client reaches it."""
+    if _api_client is None:  # not configured yet: never configure from a log filter
+        return "(not configured yet)"
+    return str(_api_client.configuration.host)
+
+
+def report_unreachable(cause: str) -> None:
+    """The API server did not answer, or answered 5xx: one WARNING per outage, an INFO
+    line when `GET /version` answers again (docs/operations.md, "Logs")."""
+    outages.failing(
+        outages.API_SERVER,
+        f"Kubernetes API server {api_server()} unreachable or restarting ({cause});"
+        " retrying, quietly until it is ready again",
+        probe=_probe_api_server,
+    )
+
+
+def report_throttled() -> None:
+    """The API server answered 429: it asks for fewer requests; callers retry later.
+
+    A restarting API server answers 429 too while its caches fill: part of that outage.
+    """
+    if outages.is_open(outages.API_SERVER):
+        report_unreachable("429 Too Many Requests")
+        return
+    outages.failing(
+        outages.API_THROTTLED,
+        f"Kubernetes API server {api_server()} is throttling requests (429 Too Many"
+        " Requests); retrying, quietly until it answers again",
+        probe=_probe_api_server,
+    )
+
+
+def _probe_api_server() -> None:
+    """Raise unless the API server says it is ready (`/readyz`: etcd reached, RBAC and
+    CRDs loaded), so that the outage does not end while calls would still fail."""
+    client = _client()
+    serialized = client.param_serialize(
+        method="GET", resource_path="/readyz", auth_settings=["BearerToken"]
+    )
+    response = client.call_api(*serialized, _request_timeout=5)
+    response.read()  # type: ignore[no-untyped-call]
+    if response.status != 200:
+        raise ApiException(status=response.status, reason=response.reason)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause's class name (ConnectionRefusedError rather than MaxRetryError)."""
+    seen: set[int] = set()
+    while True:
+        inner = exc.__cause__ or exc.__context__ or getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return type(exc).__name__
+        seen.add(id(exc))
+        exc = inner
 
 
 def _request(method: str, path: str, body: Any, content_type: str) -> dict[str, Any]:
@@ -296,7 +364,8 @@ async def _put_secret(owner: BrokerRef, body: Any, *, known: bool) -> bool:
     if existing is None:
         return await create()
     existing_meta = existing.get("metadata") or {}
-    if not _owned_by(existing_meta, owner):
+    owned = _owned_by(existing_meta, owner)
+    if not owned and not _left_by_namesake(existing_meta, owner):
         raise errors.InvalidConfigError(
             f"Secret {namespace}/{name} already exists and is not owned by this"
             " MessageBroker; set envs[].secretName to another name or remove that Secret"
@@ -304,7 +373,7 @@ async def _put_secret(owner: BrokerRef, body: Any, *, known: bool) -> bool:
     existing_labels = existing_meta.get("labels") or {}
     same_labels = all(existing_labels.get(k) == v for k, v in body["metadata"]["labels"].items())
     same_type = existing.get("type") == body["type"]
-    if same_type and same_labels and (existing.get("data") or {}) == body["data"]:
+    if owned and same_type and same_labels and (existing.get("data") or {}) == body["data"]:
         return False
     if not same_type:
         # The type of a Secret is immutable: replace it (the switch is atomic enough
@@ -416,7 +485,18 @@ async def post_event(ref: BrokerRef, *, type: str, reason: str, message: str) ->
             body,
         )
     except errors.DuctapeError as exc:
-        logger.warning("could not post event on %s/%s: %s", ref.namespace, ref.name, exc.message)
+        # During an API server outage that outage's own line says it all; a namespace
+        # being deleted refuses new Events (403), which is no news either.
+        down = outages.is_open(outages.API_SERVER) or outages.is_open(outages.API_THROTTLED)
+        cause = exc.__cause__
+        terminating = isinstance(cause, ApiException) and "being terminated" in str(cause.body)
+        logger.log(
+            logging.DEBUG if down or terminating else logging.WARNING,
+            "could not post event on %s/%s: %s",
+            ref.namespace,
+            ref.name,
+            exc.message,
+        )
 
 
 async def namespace_terminating(namespace: str) -> bool:
@@ -437,8 +517,79 @@ def _owned_by(metadata: Mapping[str, Any], owner: BrokerRef) -> bool:
     return any(ref.get("uid") == owner.uid for ref in refs)
 
 
+def _left_by_namesake(metadata: Mapping[str, Any], owner: BrokerRef) -> bool:
+    """The Secret is ours, written for an earlier MessageBroker of the same name (deleted
+    with its CRD, say, and applied again) that garbage collection has not reached yet:
+    it is adopted (docs/operations.md, "Deleting the CRD")."""
+    refs = metadata.get("ownerReferences") or []
+    labels = metadata.get("labels") or {}
+    return (
+        labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
+        and bool(refs)
+        and all(
+            ref.get("kind") == models.KIND
+            and str(ref.get("apiVersion", "")).startswith(f"{models.GROUP}/")
+            and ref.get("name") == owner.name
+            for ref in refs
+        )
+    )
+
+
 def _api_error(exc: ApiException, action: str) -> errors.DuctapeError:
     retriable = exc.status is None or exc.status >= 500 or exc.status in (409, 429)
     return errors.DuctapeError(
         f"Kubernetes API: cannot {action}: {exc.status} {exc.reason}", retriable=retriable
+    )
+
+
+# --- the CRD going away (docs/operations.md, "Deleting the CRD") --------------
+
+JSON_PATCH = "application/json-patch+json"
+
+
+async def list_brokers() -> list[dict[str, Any]]:
+    """Every MessageBroker in the cluster, read from the API server; [] once the CRD is gone.
+
+    Not from a watch: kopf stops watching MessageBrokers once their CRD is terminating.
+    """
+    path = f"/apis/{models.GROUP}/{models.VERSION}/{models.PLURAL}"
+    listing = await _call("list MessageBrokers", "GET", path, missing_ok=True)
+    return list((listing or {}).get("items") or [])
+
+
+async def remove_finalizer(ref: BrokerRef, finalizer: str) -> None:
+    """Take `finalizer` off the MessageBroker; success when it, or the object, is gone.
+
+    A JSON patch that first tests the list entry: a finalizer another controller
+    added or removed meanwhile is never removed or restored by mistake.
+    """
+    for _ in range(5):
+        body = await _call(
+            f"read MessageBroker {ref.namespace}/{ref.name}",
+            "GET",
+            _broker_path(ref),
+            missing_ok=True,
+        )
+        meta = (body or {}).get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or [])
+        if body is None or meta.get("uid") != ref.uid or finalizer not in finalizers:
+            return
+        at = f"/metadata/finalizers/{finalizers.index(finalizer)}"
+        try:
+            await _call(
+                f"remove the finalizer of MessageBroker {ref.namespace}/{ref.name}",
+                "PATCH",
+                _broker_path(ref),
+                [{"op": "test", "path": at, "value": finalizer}, {"op": "remove", "path": at}],
+                content_type=JSON_PATCH,
+                missing_ok=True,
+            )
+            return
+        except errors.DuctapeError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, ApiException) and cause.status in (409, 422)):
+                raise
+    raise errors.DuctapeError(
+        f"Kubernetes API: cannot remove the finalizer of MessageBroker {ref.namespace}/{ref.name}:"
+        " its finalizers keep changing"
     )

@@ -29,6 +29,7 @@ handlers map its outcome.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
@@ -76,6 +77,8 @@ PROVISIONING_NOTICE_SECONDS = 2.0
 #: thousand half-done reconciles (and their memory) at once. The API server is the
 #: bottleneck of such a burst either way.
 MAX_CONCURRENT_RECONCILES = 64
+#: Deleted resources' uids remembered (see `Reconciler._finalized`).
+FINALIZED_KEPT = 10_000
 
 
 class Cluster(Protocol):
@@ -136,6 +139,10 @@ class Reconciler:
         self._written: dict[tuple[str, str], Written] = {}
         #: The Ready condition's reason per resource, for the periodic summary.
         self.ready_reasons: dict[tuple[str, str], str] = {}
+        #: uids finalized by this process, newest last: a health round still holding an
+        #: older body (kopf stops serving the objects of a terminating CRD, not their
+        #: timers) must not provision again what a deletion just removed.
+        self._finalized: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def lock(self, ref: BrokerRef) -> asyncio.Lock:
         return self._locks.setdefault((ref.namespace, ref.name), asyncio.Lock())
@@ -174,6 +181,8 @@ class Reconciler:
         their own: one API write less per created resource.
         """
         async with self._in_flight, self.lock(obj.ref):
+            if obj.ref.uid in self._finalized:
+                return Outcome(obj.current_status(), ready=False, retry=False, message="deleted")
             written = self._written_for(obj.ref)
             if obj.generation < written.generation:
                 current = obj.current_status()
@@ -539,6 +548,9 @@ class Reconciler:
                 policy.value,
                 "; left behind on unreachable brokers: " + "; ".join(left) if left else "",
             )
+            self._finalized[obj.ref.uid] = None
+            while len(self._finalized) > FINALIZED_KEPT:
+                self._finalized.popitem(last=False)
         self.forget(obj.ref)
         return True
 

@@ -45,8 +45,8 @@ def kube() -> kit.Kube:
     return kit.Kube(kubernetes.client.ApiClient())
 
 
-@pytest.fixture(scope="session")
-def crd(kube: kit.Kube) -> None:
+def apply_crd() -> None:
+    """Apply the MessageBroker CRD and wait until it is served."""
     kit.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
     kit.kubectl(
         "wait",
@@ -61,6 +61,11 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@pytest.fixture(scope="session")
+def crd(kube: kit.Kube) -> None:
+    apply_crd()
 
 
 class OperatorProcess:
@@ -90,8 +95,14 @@ class OperatorProcess:
             self.proc.wait(timeout=10)
         self.proc = None
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def log(self, since: int = 0) -> str:
+        """The log, or what was written after byte offset `since` (see `log_size`)."""
+        with self.log_path.open("rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """Every sample of the metrics port: (name, labels) -> value."""
@@ -124,6 +135,20 @@ def operator(crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Op
     state = os.environ.get("DUCTAPE_STATE_DIR") or str(ROOT / ".testenv")
     if pathlib.Path(state).is_dir():
         (pathlib.Path(state) / "e2e-operator.log").write_text(proc.log())
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_in_operator_log(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that runs the operator fails when the operator printed a traceback
+    meanwhile: expected failures are lines, a traceback is a bug (docs/operations.md)."""
+    if "operator" not in request.fixturenames:
+        yield
+        return
+    operator: OperatorProcess = request.getfixturevalue("operator")
+    since = operator.log_size()
+    yield
+    written = operator.log(since)
+    assert "Traceback" not in written, "the operator logged a traceback:\n" + written[-6000:]
 
 
 @pytest.fixture
