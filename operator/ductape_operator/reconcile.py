@@ -254,12 +254,28 @@ def binding_entries(
             "broker-tag": spec.tag,
             "env": env.slug,
             "topics.json": json.dumps(
-                {tag: loc.as_json() for tag, loc in sorted(locations.items())},
+                {
+                    tag: loc.as_json() | _dead_letter_entry(spec.topic(tag))
+                    for tag, loc in sorted(locations.items())
+                },
                 sort_keys=True,
             ),
         }
     )
     return entries
+
+
+def _dead_letter_entry(topic: models.TopicSpec | None) -> dict[str, Any]:
+    """A topic's `deadLetter` in topics.json: what the messaging client dead-letters by."""
+    if topic is None or topic.dead_letter is None:
+        return {}
+    return {"deadLetter": topic.dead_letter.model_dump(by_alias=True, mode="json")}
+
+
+def _had_settings(topic: models.TopicSpec | None) -> bool:
+    return topic is not None and (
+        topic.retention_seconds is not None or topic.dead_letter is not None
+    )
 
 
 @dataclasses.dataclass
@@ -534,8 +550,11 @@ class Reconciler:
                 await self.health.inventory(endpoint_key, provider) if trigger == HEALTH else None
             )
             to_ensure: list[tuple[models.TopicSpec, bool]] = []
+            #: Topics whose retention and dead-letter settings are (re)applied in place:
+            #: changed ones, and on health rounds every one that declares any (drift).
+            to_settle: list[models.TopicSpec] = []
             for topic in spec.topics:
-                plan = base.TopicPlan.from_spec(topic)
+                plan = base.TopicPlan.from_spec(topic, spec.topics)
                 unchanged = known.get(topic.tag) == topic and topic.tag in known_locations
                 if unchanged:
                     if inventory is not None and inventory.knows(plan):
@@ -544,11 +563,40 @@ class Reconciler:
                         exists = await provider.topic_exists(plan)
                     if exists:
                         locations[topic.tag] = known_locations[topic.tag]
+                        if trigger == HEALTH and plan.has_settings:
+                            to_settle.append(topic)
                         continue
                 to_ensure.append((topic, unchanged))
             ensured = await asyncio.gather(
-                *(provider.ensure_topic(base.TopicPlan.from_spec(t)) for t, _ in to_ensure)
+                *(
+                    provider.ensure_topic(base.TopicPlan.from_spec(t, spec.topics))
+                    for t, _ in to_ensure
+                )
             )
+            to_settle += [
+                t
+                for t, _ in to_ensure
+                if t.retention_seconds is not None
+                or t.dead_letter is not None
+                or _had_settings(known.get(t.tag))
+            ]
+            settled = await asyncio.gather(
+                *(
+                    provider.ensure_settings(base.TopicPlan.from_spec(t, spec.topics))
+                    for t in to_settle
+                )
+            )
+            for topic, changed in zip(to_settle, settled, strict=True):
+                if changed and known.get(topic.tag) == topic:
+                    result.events.append(
+                        (
+                            "Normal",
+                            "DriftRepaired",
+                            f"{env.slug}: topic {topic.tag} ({topic.physical_name}) had other"
+                            f" retention or dead-letter settings on {provider.endpoint};"
+                            " set back",
+                        )
+                    )
             for (topic, drifted), location in zip(to_ensure, ensured, strict=True):
                 locations[topic.tag] = location
                 if drifted:
@@ -606,7 +654,7 @@ class Reconciler:
             result.phase = models.Phase.READY
             result.message = f"{len(spec.topics)} topic(s) provisioned on {provider.endpoint}"
             self.health.want(
-                endpoint_key, owner, (base.TopicPlan.from_spec(t) for t in spec.topics)
+                endpoint_key, owner, (base.TopicPlan.from_spec(t, spec.topics) for t in spec.topics)
             )
         except errors.DuctapeError as exc:
             self._record_failure(result, exc, prev)
