@@ -12,16 +12,26 @@ import importlib
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
 
+if TYPE_CHECKING:
+    from ductape_operator import models
+
 log = logging.getLogger(__name__)
+
+#: Headers a dead-lettered message gains (docs/messaging.md, "Dead letters and retention").
+DEAD_LETTER_TOPIC_HEADER = "dead-letter-topic"
+DEAD_LETTER_SUBSCRIPTION_HEADER = "dead-letter-subscription"
+DEAD_LETTER_COUNT_HEADER = "dead-letter-delivery-count"
+#: Message ids whose deliveries a subscription counts itself (where the broker does not).
+_MAX_COUNTED = 100_000
 
 _MODULES = {
     binding_.KAFKA: "kafka",
@@ -190,16 +200,25 @@ class Broker:
             )
         route = self.binding.topic(topic)
         consumer = self._transport.consumer(route, subscription, physical, options)
-        return Subscription(self, consumer, options)
+        return Subscription(self, consumer, options, dead_letter=route.dead_letter)
 
 
 class Subscription:
     """An async iterator of `Message`s (and an async context manager that closes it)."""
 
     def __init__(
-        self, broker: Broker, consumer: _transport.Consumer, options: _transport.Options
+        self,
+        broker: Broker,
+        consumer: _transport.Consumer,
+        options: _transport.Options,
+        *,
+        dead_letter: models.DeadLetterSpec | None = None,
     ) -> None:
         self._broker = broker
+        self._dead_letter = dead_letter
+        #: Deliveries seen per message id, for dead letters (the broker's count wins
+        #: when it is higher): a count that restarts with the consumer.
+        self._counts: OrderedDict[str, int] = OrderedDict()
         self._consumer = consumer
         self._options = options
         self._buffer: deque[message_.Message] = deque()
@@ -269,10 +288,78 @@ class Subscription:
                 if wait <= 0:
                     return None
             self._buffer.extend(await self._consumer.fetch(self._options.prefetch, max(wait, 0.0)))
+            if self._dead_letter is not None:
+                await self._dead_letter_exhausted()
         message = self._buffer.popleft()
         if self._consumer.client_redelivery:
             self._arm(message)
         return message
+
+    async def _dead_letter_exhausted(self) -> None:
+        """Count the buffered deliveries; move those past the attempts (their earlier
+        deliveries timed out) instead of handing them to the application."""
+        assert self._dead_letter is not None
+        kept: deque[message_.Message] = deque()
+        for message in self._buffer:
+            count = self._counted(message)
+            message._settler = self  # nacks and timeouts pass through `settle`
+            if count > self._dead_letter.max_delivery_attempts:
+                # Its last delivery to the application was the one before this.
+                await self._move(message, count - 1)
+            else:
+                kept.append(message)
+        self._buffer = kept
+
+    def _counted(self, message: message_.Message) -> int:
+        seen = self._counts.pop(message.id, 0) + 1
+        count = max(seen, message.delivery_count or 0)
+        self._counts[message.id] = count
+        if len(self._counts) > _MAX_COUNTED:
+            self._counts.popitem(last=False)
+        message.delivery_count = count
+        return count
+
+    async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
+        """Settle through the consumer; a nack of the last attempt, or without requeue,
+        moves the message to the dead-letter topic instead."""
+        attempts = self._dead_letter.max_delivery_attempts if self._dead_letter else None
+        count = message.delivery_count or 1
+        if not ack and attempts is not None and (not requeue or count >= attempts):
+            await self._move(message, count)
+            return
+        if ack:
+            self._counts.pop(message.id, None)
+        await self._consumer.settle(message, ack=ack, requeue=requeue)
+
+    async def _move(self, message: message_.Message, count: int) -> None:
+        """Publish to the dead-letter topic (same data, id, headers, key; plus where it
+        came from), then ack it here: at least once, never lost in between."""
+        assert self._dead_letter is not None
+        headers = {
+            **message.headers,
+            DEAD_LETTER_TOPIC_HEADER: message.topic,
+            DEAD_LETTER_SUBSCRIPTION_HEADER: message.subscription,
+            DEAD_LETTER_COUNT_HEADER: str(count),
+        }
+        moved = message_.OutgoingMessage(
+            message.data,
+            content_type=message.content_type,
+            headers=headers,
+            id=message.id,
+            key=message.key,
+            explicit_id=True,
+        )
+        await self._broker._publish(self._dead_letter.topic, [moved])
+        log.info(
+            "message %s of %s/%s dead-lettered to %s after %d deliveries",
+            message.id,
+            message.topic,
+            message.subscription,
+            self._dead_letter.topic,
+            count,
+        )
+        self._counts.pop(message.id, None)
+        await self._consumer.settle(message, ack=True, requeue=False)
 
     def _arm(self, message: message_.Message) -> None:
         # One timer for the oldest unsettled message rather than one per message:
@@ -303,8 +390,6 @@ class Subscription:
             message.id,
             self._options.redelivery_timeout,
         )
-        task = asyncio.get_running_loop().create_task(
-            self._consumer.settle(message, ack=False, requeue=True)
-        )
+        task = asyncio.get_running_loop().create_task(self.settle(message, ack=False, requeue=True))
         self._expiring.add(task)
         task.add_done_callback(self._expiring.discard)
