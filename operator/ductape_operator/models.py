@@ -558,6 +558,17 @@ class MessageBrokerSpec(_Model):
     def topic(self, tag: str) -> TopicSpec | None:
         return next((topic for topic in self.topics if topic.tag == tag), None)
 
+
+#: `TopicStatus.retention` of a topic without `retentionSeconds`.
+BROKER_DEFAULT_RETENTION = "broker default"
+
+
+def retention_in_force(topic: TopicSpec) -> str:
+    """What `TopicStatus.retention` says for a topic."""
+    if topic.retention_seconds is None:
+        return BROKER_DEFAULT_RETENTION
+    return f"{topic.retention_seconds}s"
+
     def env(self, slug: str) -> EnvSpec | None:
         return next((env for env in self.envs if env.slug == slug), None)
 
@@ -662,6 +673,15 @@ class TopicStatus(_Model):
         str | None, Field(description="Where the topic lives on this env's broker.")
     ] = None
     ready: Annotated[bool, Field(description="The topic and its subscriptions exist.")] = False
+    retention: Annotated[
+        str | None,
+        Field(
+            description=(
+                'Retention in force: "<seconds>s" as declared, or "broker default" without'
+                " retentionSeconds."
+            )
+        ),
+    ] = None
 
 
 class EnvStatus(_Model):

@@ -523,7 +523,12 @@ class Reconciler:
             phase=models.Phase.PROVISIONING,
             endpoint=None,
             secret_name=secret_name,
-            topics=[models.TopicStatus(tag=t.tag, name=t.physical_name) for t in spec.topics],
+            topics=[
+                models.TopicStatus(
+                    tag=t.tag, name=t.physical_name, retention=models.retention_in_force(t)
+                )
+                for t in spec.topics
+            ],
             message="",
         )
         try:
@@ -646,7 +651,10 @@ class Reconciler:
             )
             result.topics = [
                 models.TopicStatus(
-                    tag=t.tag, name=locations[t.tag].name or t.physical_name, ready=True
+                    tag=t.tag,
+                    name=locations[t.tag].name or t.physical_name,
+                    ready=True,
+                    retention=models.retention_in_force(t),
                 )
                 for t in spec.topics
             ]

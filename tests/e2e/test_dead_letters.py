@@ -49,6 +49,12 @@ async def _settled(
         await asyncio.sleep(0.5)
 
 
+def _retention_status(kube: kit.Kube, ns: str, name: str) -> dict[str, str]:
+    obj = kube.get(ns, name) or {}
+    (env,) = obj["status"]["envs"]
+    return {t["tag"]: t.get("retention") for t in env["topics"]}
+
+
 def _expected(
     type_: T, dead: str, retention: int | None, attempts: int | None
 ) -> dict[str | None, raw.QueueSettings]:
@@ -75,6 +81,10 @@ async def test_settings_follow_the_spec(kube: kit.Kube, namespace: str, type_nam
     )
     kube.apply(namespace, manifest)
     kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    assert _retention_status(kube, namespace, name) == {
+        "orders": "600s",
+        "orders-dead": "broker default",
+    }
     secret = kube.secret(namespace, f"{name}-dev")
     assert secret is not None
     entries = kit.topics_json(secret)
@@ -105,5 +115,6 @@ async def test_settings_follow_the_spec(kube: kit.Kube, namespace: str, type_nam
     kube.apply(namespace, removed)
     kube.wait_condition(namespace, name, "True", "AllEnvsReady")
     await _settled(type_, plan, _expected(type_, dead, None, None))
+    assert _retention_status(kube, namespace, name)["orders"] == "broker default"
     secret = kube.secret(namespace, f"{name}-dev")
     assert secret is not None and "deadLetter" not in kit.topics_json(secret)["orders"]
