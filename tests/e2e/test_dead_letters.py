@@ -118,3 +118,61 @@ async def test_settings_follow_the_spec(kube: kit.Kube, namespace: str, type_nam
     assert _retention_status(kube, namespace, name)["orders"] == "broker default"
     secret = kube.secret(namespace, f"{name}-dev")
     assert secret is not None and "deadLetter" not in kit.topics_json(secret)["orders"]
+
+
+async def _queue_depth(queue: str) -> int:
+    async with raw.amqp(os.environ) as connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        count = declared.declaration_result.message_count
+        await channel.close()
+        return int(count or 0)
+
+
+async def _drain(queue: str) -> None:
+    async with raw.amqp(os.environ) as connection:
+        channel = await connection.channel()
+        held = await channel.get_queue(queue, ensure=True)
+        while (message := await held.get(fail=False)) is not None:
+            await message.ack()
+        await channel.close()
+
+
+async def test_rabbitmq_retention_waits_for_a_queue_holding_messages(
+    kube: kit.Kube, namespace: str
+) -> None:
+    name = kit.unique("ttl")
+    for secret_name, data in kit.credential_secrets("RABBITMQ").items():
+        kube.create_secret(namespace, secret_name, data)
+    topics = [
+        {
+            "tag": "orders",
+            "name": f"{name}.orders",
+            "retentionSeconds": 600,
+            "subscriptions": ["billing"],
+        }
+    ]
+    manifest = kit.broker_manifest(
+        name, envs=[("dev", "RABBITMQ")], topics=topics, deletion_policy="Delete"
+    )
+    kube.apply(namespace, manifest)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    queue = f"{name}.orders.billing"
+    assert await raw.rabbit_queue_has_arguments(os.environ, queue, {"x-message-ttl": 600000})
+    location = base.TopicLocation(name=f"{name}.orders", subscriptions={"billing": queue})
+    await raw.publish({"type": "rabbitmq", "uri": os.environ["AMQP_URL"]}, location, b"held")
+
+    changed = copy.deepcopy(manifest)
+    changed["spec"]["topics"][0]["retentionSeconds"] = 1200
+    kube.apply(namespace, changed)
+    failed = kube.wait_condition(namespace, name, "False", "ProvisioningFailed")
+    message = kit.condition_of(failed)
+    assert message is not None
+    assert "topic orders: retentionSeconds" in message["message"]
+    # Never deleted for it: the message is still there, under the old setting.
+    assert await _queue_depth(queue) == 1
+    assert await raw.rabbit_queue_has_arguments(os.environ, queue, {"x-message-ttl": 600000})
+
+    await _drain(queue)
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    assert await raw.rabbit_queue_has_arguments(os.environ, queue, {"x-message-ttl": 1200000})
