@@ -558,6 +558,9 @@ class MessageBrokerSpec(_Model):
     def topic(self, tag: str) -> TopicSpec | None:
         return next((topic for topic in self.topics if topic.tag == tag), None)
 
+    def env(self, slug: str) -> EnvSpec | None:
+        return next((env for env in self.envs if env.slug == slug), None)
+
 
 #: `TopicStatus.retention` of a topic without `retentionSeconds`.
 BROKER_DEFAULT_RETENTION = "broker default"
@@ -568,9 +571,6 @@ def retention_in_force(topic: TopicSpec) -> str:
     if topic.retention_seconds is None:
         return BROKER_DEFAULT_RETENTION
     return f"{topic.retention_seconds}s"
-
-    def env(self, slug: str) -> EnvSpec | None:
-        return next((env for env in self.envs if env.slug == slug), None)
 
 
 #: The CRD's CEL messages for dead-letter declarations, word for word (crdgen.py).
