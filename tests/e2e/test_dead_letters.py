@@ -176,3 +176,33 @@ async def test_rabbitmq_retention_waits_for_a_queue_holding_messages(
     await _drain(queue)
     kube.wait_condition(namespace, name, "True", "AllEnvsReady")
     assert await raw.rabbit_queue_has_arguments(os.environ, queue, {"x-message-ttl": 1200000})
+
+
+async def test_redis_entries_past_the_retention_go_within_a_health_round(
+    kube: kit.Kube, namespace: str
+) -> None:
+    name = kit.unique("trim")
+    topics = [
+        {
+            "tag": "orders",
+            "name": f"{name}.orders",
+            "retentionSeconds": 600,
+            "subscriptions": ["billing"],
+        }
+    ]
+    kube.apply(
+        namespace,
+        kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=topics, deletion_policy="Delete"),
+    )
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    stream = f"{name}.orders"
+    async with raw.redis_client(os.environ) as client:
+        seconds, _micros = await client.time()
+        # An entry stamped 700 s ago (ids are the server's milliseconds), and a fresh one.
+        await client.xadd(stream, {"data": "old"}, id=f"{(int(seconds) - 700) * 1000}-0")
+        await client.xadd(stream, {"data": "new"})
+        deadline = time.monotonic() + 30  # the e2e operator's health interval is 3 s
+        while [f["data"] for _i, f in await client.xrange(stream)] != ["new"]:
+            if time.monotonic() > deadline:
+                pytest.fail("the expired entry is still in the stream")
+            await asyncio.sleep(0.5)
