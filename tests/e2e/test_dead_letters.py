@@ -62,7 +62,9 @@ def _expected(
     if type_ is T.KAFKA:
         return {None: raw.QueueSettings(retention)}
     if type_ is T.AWS_SQS:
-        return {"billing": raw.QueueSettings(retention or 345600, target)}
+        # maxReceiveCount is one above the attempts (docs/messaging.md).
+        redrive = None if attempts is None else (dead, attempts + 1)
+        return {"billing": raw.QueueSettings(retention or 345600, redrive)}
     sub = min(retention or 604800, 604800)
     expected = {"billing": raw.QueueSettings(sub, target)}
     if retention is not None:

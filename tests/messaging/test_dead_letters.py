@@ -28,9 +28,6 @@ ATTEMPTS = 5
 #: count whole seconds).
 REDELIVERY = 1.0
 DEADLINE = 60.0
-#: Providers where the broker itself moves a message whose deliveries timed out
-#: (without the client's source headers).
-NATIVE_TIMEOUTS = ("aws-sqs", "google-pubsub")
 
 
 class Pair:
@@ -170,9 +167,5 @@ async def test_never_acked_it_is_dead_lettered_after_the_timeouts(pair: Pair) ->
         message_id = await _published(broker)
         seen, dead_letter = await _deliveries(billing, ops, message_id, nack=False)
         assert seen == ATTEMPTS
-        assert dead_letter.id == message_id
-        assert dead_letter.json() == {"order": 7}
-        assert dead_letter.headers["trace"] == "t-7"
-        if pair.kind not in NATIVE_TIMEOUTS:
-            _is_the_dead_letter(dead_letter, message_id, ATTEMPTS)
+        _is_the_dead_letter(dead_letter, message_id, ATTEMPTS)
         await _nothing_left(billing, ops)

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 DEAD_LETTER_TOPIC_HEADER = "dead-letter-topic"
 DEAD_LETTER_SUBSCRIPTION_HEADER = "dead-letter-subscription"
 DEAD_LETTER_COUNT_HEADER = "dead-letter-delivery-count"
+#: What Pub/Sub adds to a message its dead-letter policy moved (source subscription id,
+#: deliveries); turned into the headers above, so every provider's dead letters read alike.
+_PUBSUB_SOURCE = "CloudPubSubDeadLetterSourceSubscription"
+_PUBSUB_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
+_PUBSUB_MARKS = "CloudPubSubDeadLetterSource"
 #: Message ids whose deliveries a subscription counts itself (where the broker does not).
 _MAX_COUNTED = 100_000
 
@@ -219,6 +224,14 @@ class Subscription:
         #: Deliveries seen per message id, for dead letters (the broker's count wins
         #: when it is higher): a count that restarts with the consumer.
         self._counts: OrderedDict[str, int] = OrderedDict()
+        #: Physical subscription name -> (topic tag, subscription), for messages the
+        #: broker itself dead-lettered.
+        self._native_marks = broker.binding.type == binding_.GOOGLE_PUBSUB
+        self._sources = {
+            physical: (route.tag, name)
+            for route in broker.binding.topics.values()
+            for name, physical in route.subscriptions.items()
+        }
         self._consumer = consumer
         self._options = options
         self._buffer: deque[message_.Message] = deque()
@@ -287,7 +300,12 @@ class Subscription:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     return None
-            self._buffer.extend(await self._consumer.fetch(self._options.prefetch, max(wait, 0.0)))
+            batch = await self._consumer.fetch(self._options.prefetch, max(wait, 0.0))
+            if self._native_marks:
+                for received in batch:
+                    if _PUBSUB_SOURCE in received.headers:
+                        self._mark_moved_by_broker(received)
+            self._buffer.extend(batch)
             if self._dead_letter is not None:
                 await self._dead_letter_exhausted()
         message = self._buffer.popleft()
@@ -309,6 +327,17 @@ class Subscription:
             else:
                 kept.append(message)
         self._buffer = kept
+
+    def _mark_moved_by_broker(self, message: message_.Message) -> None:
+        headers = message.headers
+        source = self._sources.get(headers[_PUBSUB_SOURCE])
+        count = headers.get(_PUBSUB_COUNT, "")
+        if source is None:
+            return  # from a subscription this binding does not know: left as it came
+        for name in [h for h in headers if h.startswith(_PUBSUB_MARKS)]:
+            del headers[name]
+        headers[DEAD_LETTER_TOPIC_HEADER], headers[DEAD_LETTER_SUBSCRIPTION_HEADER] = source
+        headers[DEAD_LETTER_COUNT_HEADER] = count
 
     def _counted(self, message: message_.Message) -> int:
         seen = self._counts.pop(message.id, 0) + 1

@@ -185,9 +185,11 @@ class SQSProvider(_common.ProviderBase):
     async def ensure_settings(self, topic: base.TopicPlan) -> bool:
         """`MessageRetentionPeriod` and `RedrivePolicy` of every queue of the topic.
 
-        The redrive target is the dead-letter topic's one subscription queue, and
-        `maxReceiveCount` is `maxDeliveryAttempts`: SQS itself moves a message
-        received that many times without a delete. Both change in place.
+        The redrive target is the dead-letter topic's one subscription queue, with
+        `maxReceiveCount` one above `maxDeliveryAttempts`: the messaging client moves a
+        message on the receive past the attempts, adding the source headers, and SQS
+        moves it one receive later only when no such client consumes (a backstop).
+        Both attributes change in place (docs/messaging.md, "Dead letters and retention").
         """
         names = self._check_names(topic)
         await self._ensure_started()
@@ -223,7 +225,7 @@ class SQSProvider(_common.ProviderBase):
         return json.dumps(
             {
                 "deadLetterTargetArn": reply["Attributes"]["QueueArn"],
-                "maxReceiveCount": dead_letter.max_delivery_attempts,
+                "maxReceiveCount": dead_letter.max_delivery_attempts + 1,
             }
         )
 
