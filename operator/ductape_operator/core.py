@@ -219,12 +219,29 @@ def binding_entries(
             "broker-tag": spec.tag,
             "env": env.slug,
             "topics.json": json.dumps(
-                {tag: loc.as_json() for tag, loc in sorted(locations.items())},
+                {
+                    tag: loc.as_json() | _dead_letter_entry(spec.topic(tag))
+                    for tag, loc in sorted(locations.items())
+                },
                 sort_keys=True,
             ),
         }
     )
     return entries
+
+
+def _dead_letter_entry(topic: models.TopicSpec | None) -> dict[str, Any]:
+    """A topic's `deadLetter` in topics.json: what the messaging client dead-letters by."""
+    if topic is None or topic.dead_letter is None:
+        return {}
+    return {"deadLetter": topic.dead_letter.model_dump(by_alias=True, mode="json")}
+
+
+def has_settings(topic: models.TopicSpec | None) -> bool:
+    """Whether a topic declares retention or dead letters (applied in place, checked for drift)."""
+    return topic is not None and (
+        topic.retention_seconds is not None or topic.dead_letter is not None
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +365,22 @@ class TopicWork:
     ensure: tuple[models.TopicSpec, ...]
     #: Where the unchanged ones were provisioned.
     known: Mapping[str, base.TopicLocation]
+    #: The topics as last provisioned on this broker, by tag.
+    previous: Mapping[str, models.TopicSpec] = dataclasses.field(default_factory=dict)
+
+    def settle(
+        self,
+        existing: Sequence[models.TopicSpec],
+        ensured: Sequence[models.TopicSpec],
+        health: bool,
+    ) -> list[models.TopicSpec]:
+        """Topics whose retention and dead-letter settings are (re)applied in place: those
+        ensured now that declare settings or had some, and on a health round every existing
+        one that declares any (drift)."""
+        settle = [t for t in existing if health and has_settings(t)]
+        return settle + [
+            t for t in ensured if has_settings(t) or has_settings(self.previous.get(t.tag))
+        ]
 
 
 def same_broker(prev: AppliedEnv | None, env: models.EnvSpec) -> bool:
@@ -368,6 +401,7 @@ def topic_work(
         check=tuple(check),
         ensure=tuple(ensure),
         known={t.tag: locations[t.tag] for t in check},
+        previous=known,
     )
 
 
@@ -380,7 +414,7 @@ def removed_from(
     removed: list[tuple[base.TopicPlan, str | None]] = []
     for old in before:
         new = now.get(old.tag)
-        plan = base.TopicPlan.from_spec(old)
+        plan = base.TopicPlan.from_spec(old, before)
         if new is None or new.physical_name != old.physical_name:
             removed.append((plan, None))
             continue
@@ -394,6 +428,15 @@ def drift_repaired(env: models.EnvSpec, topic: models.TopicSpec, endpoint: str) 
         Reason.DRIFT_REPAIRED,
         f"{env.slug}: topic {topic.tag} ({topic.physical_name}) was missing on {endpoint}"
         " and was re-created",
+    )
+
+
+def settings_repaired(env: models.EnvSpec, topic: models.TopicSpec, endpoint: str) -> Event:
+    return Event(
+        "Normal",
+        Reason.DRIFT_REPAIRED,
+        f"{env.slug}: topic {topic.tag} ({topic.physical_name}) had other retention or"
+        f" dead-letter settings on {endpoint}; set back",
     )
 
 
@@ -433,7 +476,12 @@ def ready_env(
 ) -> None:
     """Everything of the env exists: mark `result` so."""
     result.topics = [
-        models.TopicStatus(tag=t.tag, name=locations[t.tag].name or t.physical_name, ready=True)
+        models.TopicStatus(
+            tag=t.tag,
+            name=locations[t.tag].name or t.physical_name,
+            ready=True,
+            retention=models.retention_in_force(t),
+        )
         for t in spec.topics
     ]
     result.provisioned = True

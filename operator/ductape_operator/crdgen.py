@@ -194,11 +194,49 @@ def _config_fields() -> list[str]:
 
 TAG_RULE = {"rule": "self == oldSelf", "message": "spec.tag is immutable"}
 
+#: On each topic: its dead-letter topic is another one (reported at that field).
+OWN_DEAD_LETTER_RULE = {
+    "rule": "!has(self.deadLetter) || self.deadLetter.topic != self.tag",
+    "message": models.DEAD_LETTER_OWN_TOPIC,
+    "fieldPath": ".deadLetter.topic",
+    "reason": "FieldValueInvalid",
+}
+
+
+def topic_list_rules() -> list[dict[str, str]]:
+    """CEL rules across the topics: what `models.dead_letter_problems` checks, bar the
+    own-topic rule that sits on each topic. Each message names `deadLetter.topic`."""
+    has_dl = "!has(t.deadLetter) || "
+    target = "o.tag != t.deadLetter.topic || "
+    return [
+        {
+            "rule": f"self.all(t, {has_dl}self.exists(o, o.tag == t.deadLetter.topic))",
+            "message": models.DEAD_LETTER_NOT_A_TOPIC,
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": f"self.all(t, {has_dl}self.all(o, {target}!has(o.deadLetter)))",
+            "message": models.DEAD_LETTER_CHAINED,
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": (
+                f"self.all(t, {has_dl}self.all(o, {target}"
+                "(has(o.subscriptions) && size(o.subscriptions) == 1)))"
+            ),
+            "message": models.DEAD_LETTER_SUBSCRIPTIONS,
+            "reason": "FieldValueInvalid",
+        },
+    ]
+
 
 def spec_schema() -> dict[str, Any]:
     spec = _schema_of(models.MessageBrokerSpec)
     spec["properties"]["tag"]["x-kubernetes-validations"] = [TAG_RULE]
     spec["properties"]["envs"]["items"]["x-kubernetes-validations"] = env_rules()
+    topics = spec["properties"]["topics"]
+    topics["x-kubernetes-validations"] = topic_list_rules()
+    topics["items"]["x-kubernetes-validations"] = [OWN_DEAD_LETTER_RULE]
     return spec
 
 

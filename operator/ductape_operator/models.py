@@ -61,6 +61,12 @@ PHYSICAL_NAME_MAX_LENGTH = 200
 MAX_ENVS = 32
 MAX_TOPICS = 256
 MAX_SUBSCRIPTIONS = 64
+#: Retention bounds every provider accepts (SQS: 60 s..14 days; Pub/Sub topics: 10 min..31 days).
+MIN_RETENTION_SECONDS = 600
+MAX_RETENTION_SECONDS = 1209600
+#: Delivery attempts before a message is dead-lettered: Pub/Sub's range, which every provider takes.
+MIN_DELIVERY_ATTEMPTS = 5
+MAX_DELIVERY_ATTEMPTS = 100
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, min_length=1, max_length=SLUG_MAX_LENGTH)]
 ObjectName = Annotated[
@@ -449,6 +455,32 @@ def tls_problems(type_: MessageBrokerTypes, config: BrokerConfig) -> list[str]:
     return problems
 
 
+class DeadLetterSpec(_Model):
+    """Where a topic's messages go when they keep failing (docs/messaging.md, "Dead letters")."""
+
+    topic: Annotated[
+        Slug,
+        Field(
+            description=(
+                "Tag of another topic of this resource that receives the dead letters; it"
+                " has exactly one subscription and no deadLetter of its own."
+            )
+        ),
+    ]
+    max_delivery_attempts: Annotated[
+        int,
+        Field(
+            ge=MIN_DELIVERY_ATTEMPTS,
+            le=MAX_DELIVERY_ATTEMPTS,
+            strict=True,
+            description=(
+                "Deliveries to one subscription without an ack (5 to 100) before the message"
+                " moves to the dead-letter topic."
+            ),
+        ),
+    ]
+
+
 class TopicSpec(_Model):
     """A topic to create in every environment, with its subscriptions."""
 
@@ -481,6 +513,22 @@ class TopicSpec(_Model):
             strict=True,
             description="KAFKA only: partition count (default 1); other providers ignore it.",
         ),
+    ] = None
+    retention_seconds: Annotated[
+        int | None,
+        Field(
+            ge=MIN_RETENTION_SECONDS,
+            le=MAX_RETENTION_SECONDS,
+            strict=True,
+            description=(
+                "How long an unconsumed message is kept, in seconds (600 to 1209600);"
+                " default: the broker's own."
+            ),
+        ),
+    ] = None
+    dead_letter: Annotated[
+        DeadLetterSpec | None,
+        Field(description="Move messages that keep failing to another topic of this resource."),
     ] = None
     subscriptions: Annotated[
         list[Slug],
@@ -559,10 +607,54 @@ class MessageBrokerSpec(_Model):
     def _unique_keys(self) -> MessageBrokerSpec:
         _unique([env.slug for env in self.envs], "env slug")
         _unique([topic.tag for topic in self.topics], "topic tag")
+        problems = dead_letter_problems(self.topics)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def topic(self, tag: str) -> TopicSpec | None:
+        return next((topic for topic in self.topics if topic.tag == tag), None)
 
     def env(self, slug: str) -> EnvSpec | None:
         return next((env for env in self.envs if env.slug == slug), None)
+
+
+#: `TopicStatus.retention` of a topic without `retentionSeconds`.
+BROKER_DEFAULT_RETENTION = "broker default"
+
+
+def retention_in_force(topic: TopicSpec) -> str:
+    """What `TopicStatus.retention` says for a topic."""
+    if topic.retention_seconds is None:
+        return BROKER_DEFAULT_RETENTION
+    return f"{topic.retention_seconds}s"
+
+
+#: The CRD's CEL messages for dead-letter declarations, word for word (crdgen.py).
+DEAD_LETTER_NOT_A_TOPIC = "deadLetter.topic must be the tag of a topic of this resource"
+DEAD_LETTER_OWN_TOPIC = "deadLetter.topic must name another topic, not its own"
+DEAD_LETTER_CHAINED = "deadLetter.topic must name a topic that has no deadLetter of its own"
+DEAD_LETTER_SUBSCRIPTIONS = "a topic named by deadLetter.topic must have exactly one subscription"
+
+
+def dead_letter_problems(topics: list[TopicSpec]) -> list[str]:
+    """What is wrong with the topics' dead-letter declarations, each naming its topic."""
+    by_tag = {topic.tag: topic for topic in topics}
+    problems: list[str] = []
+    for index, topic in enumerate(topics):
+        if topic.dead_letter is None:
+            continue
+        where = f"topics[{index}].deadLetter.topic ({topic.tag!r})"
+        target = by_tag.get(topic.dead_letter.topic)
+        if topic.dead_letter.topic == topic.tag:
+            problems.append(f"{where}: {DEAD_LETTER_OWN_TOPIC}")
+        elif target is None:
+            problems.append(f"{where}: {DEAD_LETTER_NOT_A_TOPIC}")
+        elif target.dead_letter is not None:
+            problems.append(f"{where}: {DEAD_LETTER_CHAINED}")
+        elif len(target.subscriptions) != 1:
+            problems.append(f"{where}: {DEAD_LETTER_SUBSCRIPTIONS}")
+    return problems
 
 
 # --- status -----------------------------------------------------------------
@@ -638,6 +730,15 @@ class TopicStatus(_Model):
         str | None, Field(description="Where the topic lives on this env's broker.")
     ] = None
     ready: Annotated[bool, Field(description="The topic and its subscriptions exist.")] = False
+    retention: Annotated[
+        str | None,
+        Field(
+            description=(
+                'Retention in force: "<seconds>s" as declared, or "broker default" without'
+                " retentionSeconds."
+            )
+        ),
+    ] = None
 
 
 class EnvStatus(_Model):

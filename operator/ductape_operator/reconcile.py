@@ -318,7 +318,12 @@ class Reconciler:
             phase=models.Phase.PROVISIONING,
             endpoint=None,
             secret_name=secret_name,
-            topics=[models.TopicStatus(tag=t.tag, name=t.physical_name) for t in spec.topics],
+            topics=[
+                models.TopicStatus(
+                    tag=t.tag, name=t.physical_name, retention=models.retention_in_force(t)
+                )
+                for t in spec.topics
+            ],
             message="",
         )
         try:
@@ -374,7 +379,7 @@ class Reconciler:
             await self.health.inventory(endpoint_key, provider) if trigger == HEALTH else None
         )
         locations = await self._ensure_topics(
-            obj, env, provider, core.topic_work(spec, env, prev), inventory, result
+            obj, spec, env, provider, core.topic_work(spec, env, prev), inventory, result
         )
         same_broker = core.same_broker(prev, env)
         if (
@@ -392,11 +397,13 @@ class Reconciler:
             env=env, topics=tuple(spec.topics), secret_name=result.secret_name, locations=locations
         )
         core.ready_env(result, spec, locations)
-        self.health.want(endpoint_key, owner, (base.TopicPlan.from_spec(t) for t in spec.topics))
+        plans = (base.TopicPlan.from_spec(t, spec.topics) for t in spec.topics)
+        self.health.want(endpoint_key, owner, plans)
 
     async def _ensure_topics(
         self,
         obj: BrokerObject,
+        spec: models.MessageBrokerSpec,
         env: models.EnvSpec,
         provider: base.Provider,
         work: core.TopicWork,
@@ -404,29 +411,39 @@ class Reconciler:
         result: EnvResult,
     ) -> dict[str, base.TopicLocation]:
         """Unchanged topics are looked up (in the round's inventory when there is one);
-        new, changed and missing ones are ensured, concurrently. Where they all are."""
+        new, changed and missing ones are ensured, concurrently; then retention and dead
+        letters are applied where they are declared. Where the topics all are."""
+
+        def plan(topic: models.TopicSpec) -> base.TopicPlan:
+            return base.TopicPlan.from_spec(topic, spec.topics)
+
         locations: dict[str, base.TopicLocation] = {}
         drifted: list[models.TopicSpec] = []
         for topic in work.check:
-            plan = base.TopicPlan.from_spec(topic)
-            if inventory is not None and inventory.knows(plan):
-                exists = inventory.has(plan)
+            if inventory is not None and inventory.knows(plan(topic)):
+                exists = inventory.has(plan(topic))
             else:
-                exists = await provider.topic_exists(plan)
+                exists = await provider.topic_exists(plan(topic))
             if exists:
                 locations[topic.tag] = work.known[topic.tag]
             else:
                 drifted.append(topic)
         to_ensure = [*work.ensure, *drifted]
-        ensured = await asyncio.gather(
-            *(provider.ensure_topic(base.TopicPlan.from_spec(t)) for t in to_ensure)
-        )
+        ensured = await asyncio.gather(*(provider.ensure_topic(plan(t)) for t in to_ensure))
         locations.update({t.tag: loc for t, loc in zip(to_ensure, ensured, strict=True)})
+        existing = [t for t in work.check if t not in drifted]
+        to_settle = work.settle(existing, to_ensure, health=inventory is not None)
+        settled = await asyncio.gather(*(provider.ensure_settings(plan(t)) for t in to_settle))
+        where = f"{obj.ref.namespace}/{obj.ref.name}"
+        for topic, changed in zip(to_settle, settled, strict=True):
+            if changed and work.previous.get(topic.tag) == topic:
+                logger.info("%s: topic %s: settings were changed on %s; set back", where,
+                            topic.tag, provider.endpoint)  # fmt: skip
+                result.events.append(core.settings_repaired(env, topic, provider.endpoint))
         for topic in drifted:
             logger.info(
-                "%s/%s: topic %s (%s) was missing on %s; re-created",
-                obj.ref.namespace,
-                obj.ref.name,
+                "%s: topic %s (%s) was missing on %s; re-created",
+                where,
                 topic.tag,
                 topic.physical_name,
                 provider.endpoint,

@@ -172,6 +172,8 @@ def topic_specs(draw: st.DrawFn, tag: str) -> Spec:
         )
     if draw(st.booleans()):
         topic["partitions"] = draw(st.sampled_from([1, 3, 12, 10000, 0, 10001]))
+    if draw(st.booleans()):
+        topic["retentionSeconds"] = draw(st.sampled_from([600, 604800, 1209600, 599, 1209601]))
     subs = draw(st.lists(valid_slugs, max_size=3, unique=True))
     if subs:
         topic["subscriptions"] = subs
@@ -218,6 +220,7 @@ def mutated_specs(draw: st.DrawFn) -> Spec:
                     "unknown-field",
                     "deletion-policy",
                     "swap-type",
+                    "dead-letter",
                 ]
             )
         )
@@ -251,6 +254,22 @@ def mutated_specs(draw: st.DrawFn) -> Spec:
         target["config"]["hostName"] = "x"
     elif mutation == "deletion-policy":
         result["deletionPolicy"] = draw(st.sampled_from(["Retain", "retain", "Orphan"]))
+    elif mutation == "dead-letter":
+        # Valid, or wrong in one of the ways the CEL rules and pydantic both refuse.
+        target_tag = draw(st.sampled_from(["dead", "live", "nowhere"]))
+        attempts = draw(st.sampled_from([5, 100, 4, 101]))
+        dead_subs = draw(st.sampled_from([["ops"], [], ["ops", "audit"]]))
+        dead: Spec = {"tag": "dead", "subscriptions": dead_subs}
+        if draw(st.booleans()):
+            dead["deadLetter"] = {"topic": "live", "maxDeliveryAttempts": 5}
+        result["topics"] = [
+            {
+                "tag": "live",
+                "deadLetter": {"topic": target_tag, "maxDeliveryAttempts": attempts},
+                "subscriptions": ["billing"],
+            },
+            dead,
+        ]
     elif mutation == "swap-type":
         # The one-line provider swap: valid only if the config happens to fit the new type.
         target["type"] = draw(st.sampled_from(TYPES)).value

@@ -122,11 +122,31 @@ def test_missing_entry_is_named(tmp_path: pathlib.Path, drop: str, message: str)
         ("[]", "JSON object of topic tags"),
         ('{"t": {"subscriptions": {}}}', "topic 't': 'name' is missing"),
         ('{"t": {"name": "t", "subscriptions": {"s": 1}}}', "'subscriptions' must map"),
+        (
+            '{"t": {"name": "t", "deadLetter": {"topic": "d", "maxDeliveryAttempts": 2}}}',
+            r"topic 't': 'deadLetter' is malformed \(maxDeliveryAttempts",
+        ),
+        ('{"t": {"name": "t", "deadLetter": {"maxDeliveryAttempts": 5}}}', "deadLetter.*topic"),
     ],
 )
 def test_malformed_topics_json(topics: str, message: str) -> None:
     with pytest.raises(BindingError, match=message):
         Binding.from_mapping(ENTRIES | {"topics.json": topics})
+
+
+def test_dead_letter_is_read_from_topics_json() -> None:
+    topics = TOPICS | {
+        "order-paid": {
+            "name": "orders.paid",
+            "subscriptions": {"billing": "orders.paid.billing"},
+            "deadLetter": {"topic": "order-dead", "maxDeliveryAttempts": 7},
+        }
+    }
+    binding = Binding.from_mapping(ENTRIES | {"topics.json": json.dumps(topics)})
+    dead_letter = binding.topic("order-paid").dead_letter
+    assert dead_letter is not None
+    assert (dead_letter.topic, dead_letter.max_delivery_attempts) == ("order-dead", 7)
+    assert binding.topic("order-created").dead_letter is None
 
 
 def test_unknown_type_lists_the_known_ones() -> None:

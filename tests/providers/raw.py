@@ -458,3 +458,103 @@ async def receive(
                 if asyncio.get_running_loop().time() > deadline:
                     return []
     raise ValueError(kind)
+
+
+# --- retention and dead letters ------------------------------------------------
+
+
+@dataclasses.dataclass
+class QueueSettings:
+    """Retention (seconds; None for the broker's default) and dead-letter policy
+    (target physical name, attempts) as the broker reports them."""
+
+    retention: int | None
+    dead_letter: tuple[str, int] | None = None
+
+
+async def read_settings(
+    type_: T, env: Mapping[str, str], plan: base.TopicPlan
+) -> dict[str | None, QueueSettings]:
+    """Per subscription (key None: the topic itself) what the broker holds.
+
+    Kafka: the topic's `retention.ms` override; SQS: each queue's attributes (the
+    dead-letter target is the queue name); Pub/Sub: the topic's retention and each
+    subscription's retention and dead-letter policy (target: the topic id).
+    """
+    if type_ is T.KAFKA:
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        async with kafka_admin(env) as admin:
+            (response,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, plan.name)]
+            )
+            entries = response.resources[0][4]
+            value = next((e[1] for e in entries if e[0] == "retention.ms" and e[3] == 1), None)
+        return {None: QueueSettings(None if value is None else int(value) // 1000)}
+    if type_ is T.AWS_SQS:
+        import json
+
+        found: dict[str | None, QueueSettings] = {}
+        async with sqs_client(env) as sqs:
+            for sub in plan.subscriptions:
+                url = (await sqs.get_queue_url(QueueName=sqs_queue(plan.name, sub)))["QueueUrl"]
+                attrs = (
+                    await sqs.get_queue_attributes(
+                        QueueUrl=url, AttributeNames=["MessageRetentionPeriod", "RedrivePolicy"]
+                    )
+                )["Attributes"]
+                policy = json.loads(attrs["RedrivePolicy"]) if attrs.get("RedrivePolicy") else None
+                found[sub] = QueueSettings(
+                    int(attrs["MessageRetentionPeriod"]),
+                    None
+                    if policy is None
+                    else (
+                        str(policy["deadLetterTargetArn"]).rsplit(":", 1)[-1],
+                        int(policy["maxReceiveCount"]),
+                    ),
+                )
+        return found
+    if type_ is T.GOOGLE_PUBSUB:
+        return await asyncio.to_thread(_pubsub_settings, env, plan)
+    raise ValueError(f"{type_} exposes no settings to read back")
+
+
+def _pubsub_settings(
+    env: Mapping[str, str], plan: base.TopicPlan
+) -> dict[str | None, QueueSettings]:
+    pub, sub = _pubsub_clients(env)
+    project = env["PUBSUB_PROJECT_ID"]
+    try:
+        topic = pub.get_topic(request={"topic": pub.topic_path(project, plan.name)})
+        seconds = int(topic.message_retention_duration.total_seconds())
+        found: dict[str | None, QueueSettings] = {None: QueueSettings(seconds or None)}
+        for name in plan.subscriptions:
+            path = sub.subscription_path(project, base.default_subscription_name(plan.name, name))
+            got = sub.get_subscription(request={"subscription": path})
+            policy = got.dead_letter_policy
+            found[name] = QueueSettings(
+                int(got.message_retention_duration.total_seconds()),
+                (policy.dead_letter_topic.rsplit("/", 1)[-1], policy.max_delivery_attempts)
+                if policy.dead_letter_topic
+                else None,
+            )
+        return found
+    finally:
+        sub.close()
+
+
+async def rabbit_queue_has_arguments(
+    env: Mapping[str, str], queue: str, arguments: Mapping[str, Any]
+) -> bool:
+    """Whether the queue was declared with exactly these (known) arguments: AMQP cannot
+    list a queue's arguments, but it refuses a declaration whose arguments differ."""
+    from aio_pika.exceptions import ChannelPreconditionFailed
+
+    async with amqp(env) as connection:
+        channel = await connection.channel()
+        try:
+            await channel.declare_queue(queue, durable=True, arguments=dict(arguments))
+        except ChannelPreconditionFailed:
+            return False
+        await channel.close()
+        return True

@@ -84,6 +84,8 @@ class FakeBroker:
     """One endpoint: its topics (physical name -> subscriptions) and whether it answers."""
 
     topics: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    #: Retention and dead-letter settings by topic, as last set.
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     down: bool = False
     calls: list[str] = dataclasses.field(default_factory=list)
 
@@ -134,6 +136,19 @@ class FakeProvider:
                 s: base.default_subscription_name(topic.name, s) for s in topic.subscriptions
             },
         )
+
+    async def ensure_settings(self, topic: base.TopicPlan) -> bool:
+        self._call(f"settle {topic.name}")
+        wanted = (topic.retention_seconds, topic.dead_letter)
+        changed = self.broker.settings.get(topic.name) != wanted
+        self.broker.settings[topic.name] = wanted
+        return changed
+
+    async def backlog(
+        self, topics: Collection[base.TopicPlan]
+    ) -> Mapping[base.TopicPlan, base.TopicBacklog]:
+        self._call("backlog")
+        return {}
 
     async def delete_topic(self, topic: base.TopicPlan) -> None:
         self._call(f"delete {topic.name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -197,3 +198,52 @@ def test_every_setting_has_a_flag_and_its_twin_in_the_help() -> None:
         assert isinstance(extra, dict)
         assert str(extra["flag"]) in text
         assert f"[DUCTAPE_{name.upper()}]" in text
+
+
+def _dead_letter_spec() -> models.MessageBrokerSpec:
+    return models.parse_spec(
+        {
+            "name": "Bus",
+            "tag": "bus",
+            "envs": [{"slug": "prd", "type": "REDIS", "config": {"host": "r"}}],
+            "topics": [
+                {
+                    "tag": "orders",
+                    "name": "orders.created",
+                    "retentionSeconds": 600,
+                    "deadLetter": {"topic": "orders-dead", "maxDeliveryAttempts": 7},
+                    "subscriptions": ["billing", "shipping"],
+                },
+                {"tag": "orders-dead", "name": "orders.dead", "subscriptions": ["ops"]},
+            ],
+        }
+    )
+
+
+def test_plan_resolves_the_dead_letter_topic() -> None:
+    spec = _dead_letter_spec()
+    live, dead = (base.TopicPlan.from_spec(t, spec.topics) for t in spec.topics)
+    assert live.retention_seconds == 600 and live.has_settings
+    assert live.dead_letter == base.DeadLetterPlan("orders-dead", "orders.dead", "ops", 7)
+    assert dead.dead_letter is None and not dead.has_settings
+    # Without the resource's topics there is nothing to resolve it against.
+    assert base.TopicPlan.from_spec(spec.topics[0]).dead_letter is None
+
+
+class _Provider:
+    def binding(self) -> dict[str, str]:
+        return {"uri": "redis://r:6379/0"}
+
+
+def test_topics_json_carries_the_dead_letter() -> None:
+    spec = _dead_letter_spec()
+    locations = {
+        "orders": base.TopicLocation("orders.created", {"billing": "billing"}),
+        "orders-dead": base.TopicLocation("orders.dead", {"ops": "ops"}),
+    }
+    entries = core.binding_entries(spec, spec.envs[0], _Provider(), locations)  # type: ignore[arg-type]
+    topics = json.loads(entries["topics.json"])
+    assert topics["orders"]["deadLetter"] == {"topic": "orders-dead", "maxDeliveryAttempts": 7}
+    assert "deadLetter" not in topics["orders-dead"]
+    assert models.retention_in_force(spec.topics[0]) == "600s"
+    assert models.retention_in_force(spec.topics[1]) == models.BROKER_DEFAULT_RETENTION

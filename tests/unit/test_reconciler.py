@@ -320,3 +320,38 @@ async def test_delete_against_an_unreachable_broker_gives_up_in_bounded_time(
         with pytest.raises(errors.BrokerUnreachableError, match="deletion pending"):
             await finalize(rec, settled, elapsed=elapsed, terminating=terminating)
     assert brokers["r1"].topics, "nothing was deleted on a broker that was down"
+
+
+async def test_retention_is_applied_and_set_back_after_a_change_out_of_band() -> None:
+    cluster, brokers, clock = FakeCluster(), FakeBrokers(), Clock()
+    rec = fakes.reconciler(cluster, brokers)
+    manual_health(rec, clock)
+    topics = [{"tag": "orders", "retentionSeconds": 3600, "subscriptions": ["billing"]}]
+    settled = await ready_body(rec, cluster, fakes.body(topics=topics))
+    assert brokers["r1"].settings == {"orders": (3600, None)}
+    assert cluster.connection_secrets[("ns", "bus-dev")]
+    status = settled["status"]["envs"][0]["topics"][0]
+    assert status["retention"] == "3600s"
+
+    brokers["r1"].settings["orders"] = (60, None)  # changed on the broker by someone
+    clock.now += 31
+    outcome, _ = await run(rec, settled, trigger=core.HEALTH)
+    assert outcome.ready
+    assert brokers["r1"].settings == {"orders": (3600, None)}
+    assert "set back" in next(m for _, r, m in cluster.events if r == "DriftRepaired")
+
+
+async def test_the_dead_letter_topic_is_in_topics_json() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    topics = [
+        {
+            "tag": "orders",
+            "deadLetter": {"topic": "dead", "maxDeliveryAttempts": 5},
+            "subscriptions": ["billing"],
+        },
+        {"tag": "dead", "subscriptions": ["ops"]},
+    ]
+    await ready_body(rec, cluster, fakes.body(topics=topics))
+    entry = cluster.connection_secrets[("ns", "bus-dev")]["topics.json"]
+    assert '"deadLetter": {"maxDeliveryAttempts": 5, "topic": "dead"}' in entry

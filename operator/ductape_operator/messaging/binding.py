@@ -24,8 +24,12 @@ import os
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ductape_operator import errors, tls
+
+if TYPE_CHECKING:
+    from ductape_operator import models
 
 #: The `type` entry of each provider, as the operator writes it.
 KAFKA = "kafka"
@@ -107,6 +111,9 @@ class TopicRoute:
     tag: str
     name: str | None
     subscriptions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Where messages that keep failing go, and after how many deliveries
+    #: (docs/messaging.md, "Dead letters and retention"); None: nowhere.
+    dead_letter: models.DeadLetterSpec | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,5 +302,27 @@ def _parse_topics(source: str, kind: str, raw: str) -> dict[str, TopicRoute]:
                 raise BindingError(f"{where}: topic {tag!r}: 'name' is missing")
         elif not isinstance(name, str) or not name:
             raise BindingError(f"{where}: topic {tag!r}: 'name' must be a non-empty string")
-        topics[tag] = TopicRoute(tag=tag, name=name, subscriptions=dict(subs))
+        dead_letter = None
+        if value.get("deadLetter") is not None:
+            dead_letter = _parse_dead_letter(f"{where}: topic {tag!r}", value["deadLetter"])
+        topics[tag] = TopicRoute(
+            tag=tag, name=name, subscriptions=dict(subs), dead_letter=dead_letter
+        )
     return topics
+
+
+def _parse_dead_letter(where: str, raw: object) -> models.DeadLetterSpec:
+    """A topic's `deadLetter`, validated by the API's own model.
+
+    Imported here, not at the top: an application whose topics declare no dead
+    letters loads the client without pydantic.
+    """
+    import pydantic
+
+    from ductape_operator import models
+
+    try:
+        return models.DeadLetterSpec.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        problem = models.describe_validation_error(exc).removeprefix("spec").lstrip(".: ")
+        raise BindingError(f"{where}: 'deadLetter' is malformed ({problem})") from None

@@ -12,17 +12,32 @@ import importlib
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
 from ductape_operator.messaging import metrics as metrics_
 
+if TYPE_CHECKING:
+    from ductape_operator import models
+
 log = logging.getLogger(__name__)
+
+#: Headers a dead-lettered message gains (docs/messaging.md, "Dead letters and retention").
+DEAD_LETTER_TOPIC_HEADER = "dead-letter-topic"
+DEAD_LETTER_SUBSCRIPTION_HEADER = "dead-letter-subscription"
+DEAD_LETTER_COUNT_HEADER = "dead-letter-delivery-count"
+#: What Pub/Sub adds to a message its dead-letter policy moved (source subscription id,
+#: deliveries); turned into the headers above, so every provider's dead letters read alike.
+_PUBSUB_SOURCE = "CloudPubSubDeadLetterSourceSubscription"
+_PUBSUB_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
+_PUBSUB_MARKS = "CloudPubSubDeadLetterSource"
+#: Message ids whose deliveries a subscription counts itself (where the broker does not).
+_MAX_COUNTED = 100_000
 
 _MODULES = {
     binding_.KAFKA: "kafka",
@@ -197,16 +212,33 @@ class Broker:
             )
         route = self.binding.topic(topic)
         consumer = self._transport.consumer(route, subscription, physical, options)
-        return Subscription(self, consumer, options)
+        return Subscription(self, consumer, options, dead_letter=route.dead_letter)
 
 
 class Subscription:
     """An async iterator of `Message`s (and an async context manager that closes it)."""
 
     def __init__(
-        self, broker: Broker, consumer: _transport.Consumer, options: _transport.Options
+        self,
+        broker: Broker,
+        consumer: _transport.Consumer,
+        options: _transport.Options,
+        *,
+        dead_letter: models.DeadLetterSpec | None = None,
     ) -> None:
         self._broker = broker
+        self._dead_letter = dead_letter
+        #: Deliveries seen per message id, for dead letters (the broker's count wins
+        #: when it is higher): a count that restarts with the consumer.
+        self._counts: OrderedDict[str, int] = OrderedDict()
+        #: Physical subscription name -> (topic tag, subscription), for messages the
+        #: broker itself dead-lettered.
+        self._native_marks = broker.binding.type == binding_.GOOGLE_PUBSUB
+        self._sources = {
+            physical: (route.tag, name)
+            for route in broker.binding.topics.values()
+            for name, physical in route.subscriptions.items()
+        }
         self._consumer = consumer
         self._options = options
         self._buffer: deque[message_.Message] = deque()
@@ -275,12 +307,96 @@ class Subscription:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     return None
-            self._buffer.extend(await self._consumer.fetch(self._options.prefetch, max(wait, 0.0)))
+            batch = await self._consumer.fetch(self._options.prefetch, max(wait, 0.0))
+            if self._native_marks:
+                for received in batch:
+                    if _PUBSUB_SOURCE in received.headers:
+                        self._mark_moved_by_broker(received)
+            self._buffer.extend(batch)
+            if self._dead_letter is not None:
+                await self._dead_letter_exhausted()
         message = self._buffer.popleft()
         metrics_.delivered(message.topic, message.subscription)
         if self._consumer.client_redelivery:
             self._arm(message)
         return message
+
+    async def _dead_letter_exhausted(self) -> None:
+        """Count the buffered deliveries; move those past the attempts (their earlier
+        deliveries timed out) instead of handing them to the application."""
+        assert self._dead_letter is not None
+        kept: deque[message_.Message] = deque()
+        for message in self._buffer:
+            count = self._counted(message)
+            message._settler = self  # nacks and timeouts pass through `settle`
+            if count > self._dead_letter.max_delivery_attempts:
+                # Its last delivery to the application was the one before this.
+                await self._move(message, count - 1)
+            else:
+                kept.append(message)
+        self._buffer = kept
+
+    def _mark_moved_by_broker(self, message: message_.Message) -> None:
+        headers = message.headers
+        source = self._sources.get(headers[_PUBSUB_SOURCE])
+        count = headers.get(_PUBSUB_COUNT, "")
+        if source is None:
+            return  # from a subscription this binding does not know: left as it came
+        for name in [h for h in headers if h.startswith(_PUBSUB_MARKS)]:
+            del headers[name]
+        headers[DEAD_LETTER_TOPIC_HEADER], headers[DEAD_LETTER_SUBSCRIPTION_HEADER] = source
+        headers[DEAD_LETTER_COUNT_HEADER] = count
+
+    def _counted(self, message: message_.Message) -> int:
+        seen = self._counts.pop(message.id, 0) + 1
+        count = max(seen, message.delivery_count or 0)
+        self._counts[message.id] = count
+        if len(self._counts) > _MAX_COUNTED:
+            self._counts.popitem(last=False)
+        message.delivery_count = count
+        return count
+
+    async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
+        """Settle through the consumer; a nack of the last attempt, or without requeue,
+        moves the message to the dead-letter topic instead."""
+        attempts = self._dead_letter.max_delivery_attempts if self._dead_letter else None
+        count = message.delivery_count or 1
+        if not ack and attempts is not None and (not requeue or count >= attempts):
+            await self._move(message, count)
+            return
+        if ack:
+            self._counts.pop(message.id, None)
+        await self._consumer.settle(message, ack=ack, requeue=requeue)
+
+    async def _move(self, message: message_.Message, count: int) -> None:
+        """Publish to the dead-letter topic (same data, id, headers, key; plus where it
+        came from), then ack it here: at least once, never lost in between."""
+        assert self._dead_letter is not None
+        headers = {
+            **message.headers,
+            DEAD_LETTER_TOPIC_HEADER: message.topic,
+            DEAD_LETTER_SUBSCRIPTION_HEADER: message.subscription,
+            DEAD_LETTER_COUNT_HEADER: str(count),
+        }
+        moved = message_.OutgoingMessage(
+            message.data,
+            content_type=message.content_type,
+            headers=headers,
+            id=message.id,
+            key=message.key,
+            explicit_id=True,
+        )
+        await self._broker._publish(self._dead_letter.topic, [moved])
+        log.info(
+            "message %s of %s/%s dead-lettered to %s after %d deliveries",
+            message.id,
+            message.topic,
+            message.subscription,
+            self._dead_letter.topic,
+            count,
+        )
+        self._counts.pop(message.id, None)
+        await self._consumer.settle(message, ack=True, requeue=False)
 
     def _arm(self, message: message_.Message) -> None:
         # One timer for the oldest unsettled message rather than one per message:
@@ -311,8 +427,6 @@ class Subscription:
             message.id,
             self._options.redelivery_timeout,
         )
-        task = asyncio.get_running_loop().create_task(
-            self._consumer.settle(message, ack=False, requeue=True)
-        )
+        task = asyncio.get_running_loop().create_task(self.settle(message, ack=False, requeue=True))
         self._expiring.add(task)
         task.add_done_callback(self._expiring.discard)

@@ -149,7 +149,8 @@ class Message:
 
     `data` is the payload as bytes; `text()` and `json()` decode it. Call `ack()`
     once it is processed, or `nack()` to have it delivered again (`requeue=True`)
-    or dropped (`requeue=False`; dead-lettered where the broker is set up for it).
+    or dropped (`requeue=False`; moved to the dead-letter topic when its topic declares one,
+    as is a message nacked or left unsettled on its last attempt: docs/messaging.md).
     A message neither acked nor nacked is delivered again after the
     subscription's redelivery timeout. Settling twice does nothing.
     """
@@ -221,7 +222,8 @@ class Message:
         )
 
     async def nack(self, requeue: bool = True) -> None:
-        """Give the message back: delivered again soon, or dropped with requeue=False."""
+        """Give the message back: delivered again soon, or dropped (dead-lettered) with
+        requeue=False."""
         if self._settled:
             log.debug("message %s already settled; nack ignored", self.id)
             return

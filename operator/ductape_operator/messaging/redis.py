@@ -229,7 +229,11 @@ class RedisConsumer:
             done = cursor in (b"0-0", "0-0")
             self._claim_cursor = "0-0" if done else cursor
             self._claim_at = time.monotonic() + (self._claim_every if done else 0.0)
-            claimed = [self._message(i, f, redelivered=True) for i, f in entries if f]
+            entries = [(i, f) for i, f in entries if f]
+            counts = await self._delivery_counts(entries) if entries else {}
+            claimed = [
+                self._message(i, f, redelivered=True, count=counts.get(i)) for i, f in entries
+            ]
             if claimed:
                 return claimed
         block = max(1, int(min(timeout, self._claim_every) * 1000))
@@ -241,8 +245,30 @@ class RedisConsumer:
             out.extend(self._message(i, f, redelivered=False) for i, f in entries if f)
         return out
 
+    async def _delivery_counts(self, entries: list[Any]) -> dict[Any, int]:
+        """Deliveries of entries just claimed, from the pending-entries list (XAUTOCLAIM
+        counted the claim): what dead letters go by (docs/messaging.md)."""
+        ids = [i for i, _ in entries]
+        pending = await self._transport.client.xpending_range(
+            self._stream,
+            self._group,
+            min=min(ids, key=_entry_order),
+            max=max(ids, key=_entry_order),
+            count=len(ids) + 1000,
+            consumername=self._name,
+        )
+        wanted = set(ids)
+        return {
+            p["message_id"]: int(p["times_delivered"]) for p in pending if p["message_id"] in wanted
+        }
+
     def _message(
-        self, entry_id: bytes, fields: dict[bytes, bytes], *, redelivered: bool
+        self,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        *,
+        redelivered: bool,
+        count: int | None = None,
     ) -> message_.Message:
         wire: dict[str, str] = {}
         for name, value in fields.items():
@@ -260,7 +286,7 @@ class RedisConsumer:
             token=entry_id,
             fallback_id=entry_id.decode(),
             key=key.decode() if key is not None else None,
-            delivery_count=None if redelivered else 1,
+            delivery_count=count if redelivered else 1,
         )
 
     async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
@@ -300,3 +326,10 @@ class RedisConsumer:
             )
             if not pending:
                 await client.xgroup_delconsumer(self._stream, self._group, self._name)
+
+
+def _entry_order(entry_id: Any) -> tuple[int, int]:
+    """A stream entry id (`<ms>-<seq>`) as numbers, for ordering."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

@@ -38,21 +38,54 @@ class SecretValues:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeadLetterPlan:
+    """Where a topic's dead letters go: the dead-letter topic and its one subscription."""
+
+    tag: str
+    name: str
+    subscription: str
+    max_delivery_attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
 class TopicPlan:
-    """A topic as a provider sees it: tag, physical name and subscription names."""
+    """A topic as a provider sees it: tag, physical name and subscription names, and the
+    retention and dead-letter settings (docs/messaging.md, "Dead letters and retention")."""
 
     tag: str
     name: str
     subscriptions: tuple[str, ...] = ()
     partitions: int | None = None
+    retention_seconds: int | None = None
+    dead_letter: DeadLetterPlan | None = None
+
+    @property
+    def has_settings(self) -> bool:
+        """Whether retention or dead letters are declared (else the broker's defaults stand)."""
+        return self.retention_seconds is not None or self.dead_letter is not None
 
     @classmethod
-    def from_spec(cls, topic: models.TopicSpec) -> TopicPlan:
+    def from_spec(
+        cls, topic: models.TopicSpec, topics: Collection[models.TopicSpec] = ()
+    ) -> TopicPlan:
+        """The plan of `topic`; `topics` (the resource's) resolve its dead-letter topic."""
+        dead_letter = None
+        if topic.dead_letter is not None:
+            target = next((t for t in topics if t.tag == topic.dead_letter.topic), None)
+            if target is not None and len(target.subscriptions) == 1:
+                dead_letter = DeadLetterPlan(
+                    tag=target.tag,
+                    name=target.physical_name,
+                    subscription=target.subscriptions[0],
+                    max_delivery_attempts=topic.dead_letter.max_delivery_attempts,
+                )
         return cls(
             tag=topic.tag,
             name=topic.physical_name,
             subscriptions=tuple(topic.subscriptions),
             partitions=topic.partitions,
+            retention_seconds=topic.retention_seconds,
+            dead_letter=dead_letter,
         )
 
 
@@ -124,6 +157,12 @@ class Provider(Protocol):
 
     async def ensure_topic(self, topic: TopicPlan) -> TopicLocation:
         """Create the topic and all its subscriptions, or adopt them; say where they are."""
+        ...
+
+    async def ensure_settings(self, topic: TopicPlan) -> bool:
+        """Make the existing topic's retention and dead-letter settings the plan's, in place
+        (None: the broker's default); True when something had to change. Where the broker
+        cannot change one in place, `ProvisioningError` names the topic and the field."""
         ...
 
     async def delete_topic(self, topic: TopicPlan) -> None:

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka import conn as conn_
 from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
 from aiokafka.protocol.fetch import FetchRequest
@@ -56,6 +57,10 @@ GROUP_LOOKUP_CONCURRENCY = 8
 #: response stays under a megabyte.
 TIMESTAMP_FETCH_BYTES = 16 * 1024
 TIMESTAMP_FETCH_PARTITIONS = 64
+#: The topic config that holds a topic's retention (the `retentionSeconds` of the spec).
+RETENTION_CONFIG = "retention.ms"
+#: DescribeConfigs' config source of a value set on the topic itself (an override).
+_DYNAMIC_TOPIC_CONFIG = 1
 
 _NO_ERROR = 0
 _UNKNOWN_TOPIC_OR_PARTITION = kafka_errors.UnknownTopicOrPartitionError.errno
@@ -264,6 +269,44 @@ class KafkaProvider(_common.ProviderBase):
                 for group in groups.values():
                     await self._commit_start_offsets(group, name, partitions)
         return base.TopicLocation(name=name, subscriptions=groups)
+
+    async def ensure_settings(self, topic: base.TopicPlan) -> bool:
+        """`retention.ms` of the topic, set or removed (the broker's default then stands).
+
+        Dead letters are the messaging client's on Kafka: nothing to set. aiokafka
+        speaks only the non-incremental AlterConfigs, which replaces every override
+        of the topic, so the other overrides are read first and sent back unchanged.
+        """
+        await self._ensure_started()
+        name = topic.name
+        wanted = None if topic.retention_seconds is None else str(topic.retention_seconds * 1000)
+        async with self.guard(f"setting {RETENTION_CONFIG} of topic {name}", self._map):
+            overrides = await self._topic_overrides(name)
+            if overrides.get(RETENTION_CONFIG) == wanted:
+                return False
+            configs = {k: v for k, v in overrides.items() if k != RETENTION_CONFIG}
+            if wanted is not None:
+                configs[RETENTION_CONFIG] = wanted
+            admin = self._require_admin()
+            resource = ConfigResource(ConfigResourceType.TOPIC, name, configs=configs)
+            for response in await admin.alter_configs([resource]):
+                for code, message, *_ in response.resources:
+                    if code != _NO_ERROR:
+                        raise self._code_error(code, f"altering configs of topic {name}", [message])
+        return True
+
+    async def _topic_overrides(self, name: str) -> dict[str, str | None]:
+        """The configs set on the topic itself (not the broker's defaults)."""
+        resource = ConfigResource(ConfigResourceType.TOPIC, name)
+        overrides: dict[str, str | None] = {}
+        for response in await self._require_admin().describe_configs([resource]):
+            for code, message, _type, _name, entries, *_ in response.resources:
+                if code != _NO_ERROR:
+                    raise self._code_error(code, f"describing configs of topic {name}", [message])
+                for key, value, _read_only, source, *_ in entries:
+                    if source == _DYNAMIC_TOPIC_CONFIG:
+                        overrides[key] = value
+        return overrides
 
     async def delete_topic(self, topic: base.TopicPlan) -> None:
         await self._ensure_started()

@@ -39,6 +39,12 @@ SCOPES = ("https://www.googleapis.com/auth/pubsub",)
 DELETED_TOPIC = "_deleted-topic_"
 #: Entries asked for per page of a listing (the service may send fewer).
 LIST_PAGE_SIZE = 1000
+#: The longest a subscription keeps unacked messages, and its default (7 days); a topic
+#: keeps them longer (`retentionSeconds` up to 14 days), to be replayed by seek.
+MAX_SUBSCRIPTION_RETENTION_SECONDS = 604800
+#: A topic retention that reads as "none declared": unset, or the 31 days the emulator
+#: reports once a retention was cleared (it has no "unset" after a clear).
+_NO_TOPIC_RETENTION = frozenset({0, 2678400})
 
 
 def subscription_id(topic: str, subscription: str) -> str:
@@ -190,6 +196,79 @@ class PubSubProvider(_common.ProviderBase):
         await self._delete_subscription(sid)
         await subscriber.create_subscription(request=request, timeout=self._timeout)
 
+    async def ensure_settings(self, topic: base.TopicPlan) -> bool:
+        """The topic's `messageRetentionDuration`, and each subscription's retention and
+        `deadLetterPolicy` (towards the dead-letter topic, `maxDeliveryAttempts`).
+
+        Pub/Sub changes all of them in place. A subscription keeps messages 7 days at
+        most: a longer `retentionSeconds` holds on the topic, its subscriptions keep 7.
+        """
+        await self._ensure_started()
+        publisher, subscriber = self._clients()
+        topic_path = self._topic_path(topic.name)
+        retention = topic.retention_seconds
+        sub_retention = min(
+            retention or MAX_SUBSCRIPTION_RETENTION_SECONDS, MAX_SUBSCRIPTION_RETENTION_SECONDS
+        )
+        policy: dict[str, Any] | None = None
+        if topic.dead_letter is not None:
+            policy = {
+                "dead_letter_topic": self._topic_path(topic.dead_letter.name),
+                "max_delivery_attempts": topic.dead_letter.max_delivery_attempts,
+            }
+        changed = False
+        async with self.guard(
+            f"setting retention and dead letters of topic {topic.name}", self._map
+        ):
+            current = await publisher.get_topic(
+                request={"topic": topic_path}, timeout=self._timeout
+            )
+            have = _seconds(current.message_retention_duration)
+            if have != retention and not (retention is None and have in _NO_TOPIC_RETENTION):
+                body: dict[str, Any] = {"name": topic_path}
+                if retention is not None:
+                    body["message_retention_duration"] = {"seconds": retention}
+                await publisher.update_topic(
+                    request={
+                        "topic": body,
+                        "update_mask": {"paths": ["message_retention_duration"]},
+                    },
+                    timeout=self._timeout,
+                )
+                changed = True
+            for sub in topic.subscriptions:
+                path = self._subscription_path(subscription_id(topic.name, sub))
+                existing = await subscriber.get_subscription(
+                    request={"subscription": path}, timeout=self._timeout
+                )
+                paths: list[str] = []
+                update: dict[str, Any] = {"name": path}
+                if _seconds(existing.message_retention_duration) != sub_retention:
+                    paths.append("message_retention_duration")
+                    update["message_retention_duration"] = {"seconds": sub_retention}
+                dlp = existing.dead_letter_policy
+                have_policy = (
+                    (dlp.dead_letter_topic, dlp.max_delivery_attempts)
+                    if dlp.dead_letter_topic
+                    else None
+                )
+                want_policy = (
+                    (policy["dead_letter_topic"], policy["max_delivery_attempts"])
+                    if policy is not None
+                    else None
+                )
+                if have_policy != want_policy:
+                    paths.append("dead_letter_policy")
+                    if policy is not None:
+                        update["dead_letter_policy"] = policy
+                if paths:
+                    await subscriber.update_subscription(
+                        request={"subscription": update, "update_mask": {"paths": paths}},
+                        timeout=self._timeout,
+                    )
+                    changed = True
+        return changed
+
     async def delete_topic(self, topic: base.TopicPlan) -> None:
         await self._ensure_started()
         publisher, _subscriber = self._clients()
@@ -306,3 +385,13 @@ class PubSubProvider(_common.ProviderBase):
             # A bad topic or subscription id, or a project that does not exist.
             return _common.refused(endpoint, what, exc, retriable=False)
         return _common.refused(endpoint, what, exc, retriable=True)
+
+
+def _seconds(duration: Any) -> int:
+    """Whole seconds of a Duration field, as proto-plus hands it over (a timedelta)."""
+    if duration is None:
+        return 0
+    total = getattr(duration, "total_seconds", None)
+    if total is not None:
+        return int(total())
+    return int(getattr(duration, "seconds", 0))

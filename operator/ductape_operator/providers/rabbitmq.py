@@ -19,6 +19,7 @@ import aio_pika
 from aio_pika import abc as aio_pika_abc
 from aio_pika import exceptions as amqp_errors
 from aiormq import exceptions as aiormq_errors
+from pamqp.common import FieldTable
 
 from ductape_operator import errors, models
 from ductape_operator.providers import _common, base
@@ -37,6 +38,17 @@ ROUTING_KEY = "#"
 def queue_name(topic: str, subscription: str) -> str:
     """The queue of a subscription: `<topic>.<subscription>`."""
     return base.default_subscription_name(topic, subscription)
+
+
+def queue_arguments(topic: base.TopicPlan) -> FieldTable:
+    """The queue arguments of a topic's subscriptions: `x-message-ttl` for retention.
+
+    Dead letters are the messaging client's on RabbitMQ (a dead-letter exchange on
+    the queue would also take every message that expires, which retention drops).
+    """
+    if topic.retention_seconds is None:
+        return {}
+    return {"x-message-ttl": topic.retention_seconds * 1000}
 
 
 class RabbitMQProvider(_common.ProviderBase):
@@ -166,6 +178,7 @@ class RabbitMQProvider(_common.ProviderBase):
         await self._ensure_started()
         exchange = topic.name
         queues = {sub: queue_name(exchange, sub) for sub in topic.subscriptions}
+        arguments = queue_arguments(topic)
         async with self.guard(f"ensuring exchange {exchange}", self._map):
             try:
                 # The usual case in one channel: exchange, queues and bindings.
@@ -174,7 +187,9 @@ class RabbitMQProvider(_common.ProviderBase):
                         exchange, aio_pika.ExchangeType.TOPIC, durable=True
                     )
                     for queue in queues.values():
-                        declared = await channel.declare_queue(queue, durable=True)
+                        declared = await channel.declare_queue(
+                            queue, durable=True, arguments=arguments
+                        )
                         await declared.bind(exchange, routing_key=ROUTING_KEY)
             except amqp_errors.ChannelPreconditionFailed:
                 # Something exists with other arguments and closed that channel:
@@ -184,13 +199,13 @@ class RabbitMQProvider(_common.ProviderBase):
                         exchange, aio_pika.ExchangeType.TOPIC, durable=True
                     )
                 for queue in queues.values():
-                    await self._ensure_queue(queue, exchange)
+                    await self._ensure_queue(queue, exchange, arguments)
         return base.TopicLocation(name=exchange, subscriptions=queues)
 
-    async def _ensure_queue(self, queue: str, exchange: str) -> None:
+    async def _ensure_queue(self, queue: str, exchange: str, arguments: FieldTable) -> None:
         try:
             async with self._channel() as channel:
-                declared = await channel.declare_queue(queue, durable=True)
+                declared = await channel.declare_queue(queue, durable=True, arguments=arguments)
                 await declared.bind(exchange, routing_key=ROUTING_KEY)
                 return
         except amqp_errors.ChannelPreconditionFailed:
@@ -199,6 +214,51 @@ class RabbitMQProvider(_common.ProviderBase):
         async with self._channel() as channel:
             existing = await channel.get_queue(queue, ensure=True)
             await existing.bind(exchange, routing_key=ROUTING_KEY)
+
+    async def ensure_settings(self, topic: base.TopicPlan) -> bool:
+        """Each subscription queue's `x-message-ttl` (retention), through AMQP alone.
+
+        Queue arguments cannot change on an existing queue, and policies need the
+        management API, which a broker may not expose. A queue whose arguments differ
+        is replaced when it is empty and unused (the delete is conditional on the
+        broker, so a message arriving meanwhile is never lost with it); while it holds
+        messages or has consumers, the change waits and the error names the topic and
+        the field (docs/messaging.md, "Dead letters and retention").
+        """
+        await self._ensure_started()
+        arguments = queue_arguments(topic)
+        changed = False
+        async with self.guard(
+            f"setting retention of the queues of exchange {topic.name}", self._map
+        ):
+            for sub in topic.subscriptions:
+                queue = queue_name(topic.name, sub)
+                try:
+                    async with self._channel() as channel:
+                        await channel.declare_queue(queue, durable=True, arguments=arguments)
+                    continue
+                except amqp_errors.ChannelPreconditionFailed:
+                    pass  # declared with other arguments
+                try:
+                    async with self._channel() as channel:
+                        await channel.queue_delete(queue, if_unused=True, if_empty=True)
+                except amqp_errors.ChannelPreconditionFailed:
+                    async with self._channel() as channel:
+                        held = await channel.get_queue(queue, ensure=True)
+                        result = held.declaration_result
+                    raise errors.ProvisioningError(
+                        f"topic {topic.tag}: retentionSeconds cannot change in place on"
+                        f" RabbitMQ queue {queue} of subscription {sub} (queue arguments are"
+                        f" fixed): it holds {result.message_count} message(s) and has"
+                        f" {result.consumer_count} consumer(s); the queue is re-declared"
+                        " with the new setting once it is empty and unused",
+                        retriable=True,
+                    ) from None
+                async with self._channel() as channel:
+                    declared = await channel.declare_queue(queue, durable=True, arguments=arguments)
+                    await declared.bind(topic.name, routing_key=ROUTING_KEY)
+                changed = True
+        return changed
 
     async def delete_topic(self, topic: base.TopicPlan) -> None:
         await self._ensure_started()

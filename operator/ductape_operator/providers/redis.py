@@ -146,6 +146,25 @@ class RedisProvider(_common.ProviderBase):
                 await self._create_group(key, sub)
         return base.TopicLocation(name=key, subscriptions={sub: sub for sub in topic.subscriptions})
 
+    async def ensure_settings(self, topic: base.TopicPlan) -> bool:
+        """Retention by time: `XTRIM <key> MINID` of the entries older than `retentionSeconds`.
+
+        A stream has no time limit of its own, so this runs at every health round
+        (docs/messaging.md, "Dead letters and retention"); entry ids are the server's
+        milliseconds, so the cut-off is taken from the server's clock. Dead letters are
+        the messaging client's (delivery counts of the pending-entries list).
+        """
+        if topic.retention_seconds is None:
+            return False
+        await self._ensure_started()
+        async with self.guard(f"trimming stream {topic.name}", self._map):
+            client = self._require_client()
+            seconds, micros = await client.time()
+            cutoff = seconds * 1000 + micros // 1000 - topic.retention_seconds * 1000
+            if cutoff > 0:
+                await client.xtrim(topic.name, minid=f"{cutoff}-0", approximate=False)
+        return False
+
     async def delete_topic(self, topic: base.TopicPlan) -> None:
         await self._ensure_started()
         key = topic.name

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 from collections.abc import Collection
@@ -26,6 +27,8 @@ from ductape_operator.providers import _common, base
 logger = logging.getLogger(__name__)
 
 QUEUE_NAME_MAX_LENGTH = 80
+#: SQS's own retention (4 days): what a queue gets back when `retentionSeconds` goes away.
+DEFAULT_RETENTION_SECONDS = 345600
 #: Queue URLs per ListQueues page: the most SQS sends.
 LIST_PAGE_SIZE = 1000
 #: GetQueueAttributes calls a backlog reading makes at once (one per queue).
@@ -182,6 +185,53 @@ class SQSProvider(_common.ProviderBase):
             return base.TopicLocation(name=urls[None])
         return base.TopicLocation(
             name=None, subscriptions={str(k): v for k, v in urls.items() if k is not None}
+        )
+
+    async def ensure_settings(self, topic: base.TopicPlan) -> bool:
+        """`MessageRetentionPeriod` and `RedrivePolicy` of every queue of the topic.
+
+        The redrive target is the dead-letter topic's one subscription queue, with
+        `maxReceiveCount` one above `maxDeliveryAttempts`: the messaging client moves a
+        message on the receive past the attempts, adding the source headers, and SQS
+        moves it one receive later only when no such client consumes (a backstop).
+        Both attributes change in place (docs/messaging.md, "Dead letters and retention").
+        """
+        names = self._check_names(topic)
+        await self._ensure_started()
+        changed = False
+        async with self.guard(f"setting attributes of the queues of topic {topic.name}", self._map):
+            client = self._require_client()
+            wanted = {
+                "MessageRetentionPeriod": str(topic.retention_seconds or DEFAULT_RETENTION_SECONDS),
+                "RedrivePolicy": await self._redrive_policy(topic.dead_letter),
+            }
+            for name in names.values():
+                url = (await client.get_queue_url(QueueName=name))["QueueUrl"]
+                reply = await client.get_queue_attributes(QueueUrl=url, AttributeNames=list(wanted))
+                current = reply.get("Attributes") or {}
+                different = {
+                    key: value
+                    for key, value in wanted.items()
+                    if _attribute(key, current.get(key, "")) != _attribute(key, value)
+                }
+                if different:
+                    await client.set_queue_attributes(QueueUrl=url, Attributes=different)
+                    changed = True
+        return changed
+
+    async def _redrive_policy(self, dead_letter: base.DeadLetterPlan | None) -> str:
+        """The RedrivePolicy JSON towards the dead-letter queue, or "" for none."""
+        if dead_letter is None:
+            return ""
+        client = self._require_client()
+        target = queue_name(dead_letter.name, dead_letter.subscription)
+        url = (await client.get_queue_url(QueueName=target))["QueueUrl"]
+        reply = await client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        return json.dumps(
+            {
+                "deadLetterTargetArn": reply["Attributes"]["QueueArn"],
+                "maxReceiveCount": dead_letter.max_delivery_attempts + 1,
+            }
         )
 
     async def delete_topic(self, topic: base.TopicPlan) -> None:
@@ -344,6 +394,15 @@ def _common_prefix(names: list[str]) -> str:
     while size < min(len(first), len(last)) and first[size] == last[size]:
         size += 1
     return first[:size]
+
+
+def _attribute(key: str, value: str) -> object:
+    """An attribute's value, comparable: RedrivePolicy as parsed JSON (SQS may send the
+    count as a string or a number), anything else as sent."""
+    if key != "RedrivePolicy" or not value:
+        return value
+    policy = json.loads(value)
+    return (str(policy.get("deadLetterTargetArn")), int(policy.get("maxReceiveCount", 0)))
 
 
 def _code(exc: botocore_errors.ClientError) -> str:
