@@ -20,12 +20,14 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+import redis.backoff as redis_backoff
 import redis.exceptions as redis_errors
+from redis.asyncio.retry import Retry
 
 from ductape_operator import errors
 from ductape_operator.messaging import _transport
@@ -35,6 +37,10 @@ from ductape_operator.messaging import message as message_
 DATA_FIELD = b"data"
 KEY_FIELD = b"ductape-key"
 HEADER_PREFIX = b"h:"
+#: Seconds one connection attempt may take (retries go on up to `retry_timeout`).
+CONNECT_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
@@ -82,10 +88,30 @@ def _connection_kwargs(binding: binding_.Binding) -> dict[str, Any]:
 
 
 class RedisTransport:
+    """One redis-py client (a connection pool) for publishing and every consumer.
+
+    A connection the server closed (a restart, `CLIENT KILL`, a network cut) fails
+    the command that used it; `retrying` runs it again on a fresh pooled connection
+    for up to `retry_timeout`. redis-py's own retries are off so the two never
+    stack (docs/messaging.md, "Through a broker restart").
+    """
+
     def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
         self._kwargs = _connection_kwargs(binding)
         self._options = options
         self._client: aioredis.Redis | None = None
+        self.link = _transport.Link(f"redis {self._kwargs['host']}:{self._kwargs['port']}")
+
+    def retrying(
+        self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
+    ) -> Awaitable[T]:
+        return _transport.retrying(
+            operation,
+            what=f"redis {what}",
+            timeout=self._options.retry_timeout,
+            map_error=map_error,
+            link=link,
+        )
 
     @property
     def client(self) -> aioredis.Redis:
@@ -96,15 +122,18 @@ class RedisTransport:
     async def start(self) -> None:
         if self._client is not None:
             return
-        client = aioredis.Redis(**self._kwargs, decode_responses=False)
+        client = aioredis.Redis(
+            **self._kwargs,
+            decode_responses=False,
+            retry=Retry(redis_backoff.NoBackoff(), 0),
+            socket_connect_timeout=CONNECT_TIMEOUT,
+        )
 
         async def ping() -> None:
             await client.ping()
 
         try:
-            await _transport.retrying(
-                ping, what="redis connect", timeout=self._options.retry_timeout, map_error=map_error
-            )
+            await self.retrying(ping, "connect", self.link)
         except BaseException:
             await client.aclose()
             raise
@@ -142,9 +171,7 @@ class RedisTransport:
                 if not m.explicit_id:
                     m.id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-        await _transport.retrying(
-            send, what="redis publish", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self.retrying(send, "publish", self.link)
 
     def consumer(
         self,
@@ -181,6 +208,7 @@ class RedisConsumer:
         self._claim_at = 0.0
         self._claim_cursor: Any = "0-0"
         self._acks: _transport.Batcher[bytes] = _transport.Batcher(self._xack, "redis XACK")
+        self.link = _transport.Link(f"redis subscription {route.tag}/{subscription}")
 
     async def start(self) -> None:
         async def check() -> None:
@@ -192,16 +220,11 @@ class RedisConsumer:
                     f"(is subscription {self._subscription!r} provisioned?)"
                 )
 
-        await _transport.retrying(
-            check, what="redis subscribe", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self._transport.retrying(check, "subscribe", self.link)
 
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
-        return await _transport.retrying(
-            lambda: self._fetch(max_messages, timeout),
-            what="redis fetch",
-            timeout=self._options.retry_timeout,
-            map_error=map_error,
+        return await self._transport.retrying(
+            lambda: self._fetch(max_messages, timeout), "fetch", self.link
         )
 
     async def _fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
@@ -272,12 +295,14 @@ class RedisConsumer:
             )
             self._claim_at = 0.0
 
-        await _transport.retrying(
-            release, what="redis nack", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self._transport.retrying(release, "nack", self.link)
 
     async def _xack(self, ids: list[bytes]) -> None:
-        await self._transport.client.xack(self._stream, self._group, *ids)
+        # Retried like the rest, so a reconnect does not turn acks into redeliveries.
+        async def xack() -> None:
+            await self._transport.client.xack(self._stream, self._group, *ids)
+
+        await self._transport.retrying(xack, "ack", self.link)
 
     async def aclose(self) -> None:
         await self._acks.flush()
