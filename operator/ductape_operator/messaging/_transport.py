@@ -98,10 +98,6 @@ class Link:
         self.name = name
         self._lost_at: float | None = None
 
-    @property
-    def lost_at(self) -> float | None:
-        return self._lost_at
-
     def lost(self, reason: str, *, since: float | None = None) -> None:
         if self._lost_at is None:
             self._lost_at = time.monotonic() if since is None else since
@@ -133,8 +129,7 @@ async def retrying(
     cancellation of the caller's own task is passed on. `link`, when given, is
     told about losses and recoveries (it does the logging).
     """
-    started = time.monotonic()
-    deadline = started + timeout
+    deadline = time.monotonic() + timeout
     last: list[errors.DuctapeError] = []
 
     async def attempt() -> T:
@@ -194,10 +189,13 @@ async def retrying(
     )
     if timeout <= 0:
         return await retryer(attempt)
+    window = asyncio.timeout(timeout)
     try:
-        async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout):
+        async with window:
             return await retryer(attempt)
     except TimeoutError as exc:
+        if not window.expired():
+            raise
         if last:
             error = last[0]
             raise error from error.__cause__
