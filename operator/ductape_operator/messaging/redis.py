@@ -242,20 +242,36 @@ class RedisConsumer:
             done = cursor in (b"0-0", "0-0")
             self._claim_cursor = "0-0" if done else cursor
             self._claim_at = time.monotonic() + (self._claim_every if done else 0.0)
-            claimed = [self._message(i, f, redelivered=True) for i, f in entries if f]
-            if claimed:
-                return claimed
+            entries = [(i, f) for i, f in entries if f]
+            if entries:
+                counts = await self._delivery_counts(client, [i for i, _ in entries])
+                return [self._message(i, f, count=counts.get(i)) for i, f in entries]
         block = max(1, int(min(timeout, self._claim_every) * 1000))
         response: Any = await client.xreadgroup(
             self._group, self._name, {self._stream: ">"}, count=max_messages, block=block
         )
         out: list[message_.Message] = []
         for _stream, entries in response or []:
-            out.extend(self._message(i, f, redelivered=False) for i, f in entries if f)
+            out.extend(self._message(i, f, count=1) for i, f in entries if f)
         return out
 
+    async def _delivery_counts(self, client: aioredis.Redis, ids: list[Any]) -> dict[Any, int]:
+        # The group's pending list keeps how often each entry was delivered (XAUTOCLAIM
+        # counts one more): one XPENDING over the claimed range reads it back.
+        pending: Any = await client.xpending_range(
+            self._stream,
+            self._group,
+            min=ids[0],
+            max=ids[-1],
+            # Room for this consumer's other pending entries in that range; an id
+            # left out just has no count.
+            count=2 * len(ids) + 100,
+            consumername=self._name,
+        )
+        return {p["message_id"]: int(p["times_delivered"]) for p in pending}
+
     def _message(
-        self, entry_id: bytes, fields: dict[bytes, bytes], *, redelivered: bool
+        self, entry_id: bytes, fields: dict[bytes, bytes], *, count: int | None
     ) -> message_.Message:
         wire: dict[str, str] = {}
         for name, value in fields.items():
@@ -273,7 +289,7 @@ class RedisConsumer:
             token=entry_id,
             fallback_id=entry_id.decode(),
             key=key.decode() if key is not None else None,
-            delivery_count=None if redelivered else 1,
+            delivery_count=count,
         )
 
     async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
