@@ -10,8 +10,11 @@ through a TCP proxy the test owns, stopped for 3 s. Whether a client survived
 used to be a race, so each test repeats its round ROUNDS times: every round
 must end with 0 failed publishes and every published message consumed (at
 least once; duplicates are counted and reported), by the subscription that was
-open across the outage. A broker that stays away longer than `retry_timeout`
-must make the publish raise `BrokerUnreachableError` after about that long.
+open across the outage. A message held unacked across an outage must be
+delivered again (with the broker's delivery count where it keeps one). A broker
+that stays away longer than `retry_timeout` must make the publish raise
+`BrokerUnreachableError` after about that long. Every outage is undone in a
+`finally`, so the stack stays healthy when a test fails.
 """
 
 from __future__ import annotations
