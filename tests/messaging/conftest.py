@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.messaging import stack
+from tests.messaging import outage, stack
 
 
 @pytest.fixture(params=list(stack.PROVIDERS))
@@ -31,3 +31,11 @@ async def topic(provider: str, tmp_path: pathlib.Path) -> AsyncIterator[stack.Pr
         yield provisioned
     finally:
         await provisioned.delete()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The reconnect tests' per-round figures (published, failed, duplicates)."""
+    if outage.REPORT:
+        terminalreporter.section("messaging client through broker outages")
+        for line in outage.REPORT:
+            terminalreporter.write_line(line)

@@ -1,8 +1,12 @@
-"""Unit tests (no broker): retrying with backoff, and batched acknowledgements."""
+"""Unit tests (no broker): retrying with backoff and a deadline, connection-loss logging,
+and batched acknowledgements."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
+import time
 
 import pytest
 
@@ -56,6 +60,105 @@ async def test_errors_that_retrying_cannot_fix_raise_at_once() -> None:
     with pytest.raises(KeyError):
         await _transport.retrying(foreign, what="t", timeout=10, map_error=as_unreachable)
     assert foreign.calls == 1
+
+
+async def test_an_attempt_that_never_answers_is_cut_off_at_the_timeout() -> None:
+    # A frozen broker closes nothing: without the deadline this would wait forever.
+    async def hang() -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    started = time.monotonic()
+    with pytest.raises(errors.BrokerUnreachableError, match=r"no answer from the broker in 0\.3s"):
+        await _transport.retrying(hang, what="t", timeout=0.3, map_error=as_unreachable)
+    assert 0.25 <= time.monotonic() - started < 2.0
+
+
+async def test_giving_up_takes_about_the_timeout_not_less() -> None:
+    op = Flaky(1000, ConnectionResetError("reset"))
+    started = time.monotonic()
+    with pytest.raises(errors.BrokerUnreachableError):
+        await _transport.retrying(op, what="t", timeout=1.0, map_error=as_unreachable)
+    assert 0.95 <= time.monotonic() - started < 1.5
+
+
+async def test_zero_timeout_means_one_attempt() -> None:
+    op = Flaky(1, ConnectionResetError("reset"))
+    with pytest.raises(errors.BrokerUnreachableError):
+        await _transport.retrying(op, what="t", timeout=0, map_error=as_unreachable)
+    assert op.calls == 1
+
+
+async def test_a_future_the_sdk_cancelled_is_retried_but_the_callers_cancel_is_not() -> None:
+    calls = 0
+
+    async def cut_once() -> str:
+        # The way aiormq ends what waits on a connection that closed.
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            future = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(future.cancel)
+            await future
+        return "ok"
+
+    assert await _transport.retrying(cut_once, what="t", timeout=5, map_error=as_unreachable)
+    assert calls == 2
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(
+        _transport.retrying(forever, what="t", timeout=5, map_error=as_unreachable)
+    )
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def _link_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if r.name.startswith("ductape_operator.messaging") and r.levelno >= logging.INFO
+    ]
+
+
+async def test_a_loss_logs_one_warning_and_one_info_however_many_attempts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ductape_operator.messaging")
+    link = _transport.Link("broker b")
+    op = Flaky(5, ConnectionResetError("reset"))
+    await _transport.retrying(op, what="t", timeout=10, map_error=as_unreachable, link=link)
+    assert op.calls == 6
+    lines = _link_lines(caplog)
+    assert [level for level, _ in lines] == [logging.WARNING, logging.INFO], lines
+    assert lines[0][1] == "broker b: connection lost (lost: reset); reconnecting"
+    assert re.fullmatch(r"broker b: connection back after \d+\.\ds", lines[1][1])
+    # A later success while up logs nothing.
+    await _transport.retrying(
+        Flaky(0, OSError()), what="t", timeout=1, map_error=as_unreachable, link=link
+    )
+    assert len(_link_lines(caplog)) == 2
+
+
+async def test_a_call_without_an_answer_for_a_while_is_reported_lost(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ductape_operator.messaging")
+    monkeypatch.setattr(_transport, "STALL", 0.05)
+    link = _transport.Link("frozen")
+
+    async def slow() -> str:
+        await asyncio.sleep(0.3)
+        return "ok"
+
+    await _transport.retrying(slow, what="publish", timeout=5, map_error=as_unreachable, link=link)
+    lines = _link_lines(caplog)
+    assert [level for level, _ in lines] == [logging.WARNING, logging.INFO], lines
+    assert "publish: no answer in" in lines[0][1]
 
 
 async def test_batcher_sends_what_was_added_in_one_turn_together() -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
+
+import tenacity
 
 from ductape_operator import errors
 from ductape_operator.messaging import binding as binding_
@@ -33,7 +34,8 @@ class Options:
     #: Seconds after which a delivered message that was neither acked nor nacked
     #: is delivered again.
     redelivery_timeout: float = 10.0
-    #: Seconds to keep retrying a connection loss (with backoff) before raising.
+    #: Seconds an operation keeps retrying a lost connection (with backoff), or waits
+    #: on a broker that does not answer, before it raises `BrokerUnreachableError`.
     retry_timeout: float = 30.0
     #: Messages fetched ahead per consumer (RabbitMQ prefetch, batch sizes).
     prefetch: int = 100
@@ -77,35 +79,129 @@ class Transport(Protocol):
     ) -> Consumer: ...
 
 
+#: Backoff between attempts while the broker is unreachable: 0.1 s doubling to 2 s, with jitter.
+_BACKOFF = tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1)
+#: An attempt that gets no answer for this long is reported as a lost connection (a
+#: frozen broker or a black-holed network closes nothing, so no error would tell).
+STALL = 5.0
+
+
+class Link:
+    """What the client knows about one connection: up, or lost since when.
+
+    It logs one WARNING when the connection is lost and one INFO when it is back,
+    with how long that took; failed attempts in between log at DEBUG only
+    (docs/messaging.md, "Through a broker restart").
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lost_at: float | None = None
+
+    def lost(self, reason: str, *, since: float | None = None) -> None:
+        if self._lost_at is None:
+            self._lost_at = time.monotonic() if since is None else since
+            log.warning("%s: connection lost (%s); reconnecting", self.name, reason)
+
+    def restored(self) -> None:
+        if self._lost_at is not None:
+            took = time.monotonic() - self._lost_at
+            self._lost_at = None
+            log.info("%s: connection back after %.1fs", self.name, took)
+
+
 async def retrying(
     operation: Callable[[], Awaitable[T]],
     *,
     what: str,
     timeout: float,
     map_error: Callable[[BaseException], errors.DuctapeError | None],
+    link: Link | None = None,
 ) -> T:
-    """Run `operation`, retrying with exponential backoff while it is unreachable.
+    """Run `operation`, retrying with backoff while the broker is unreachable.
 
     `map_error` turns an SDK exception into the project's (None: not ours, re-raise
-    as is). Only `BrokerUnreachableError` is retried, for up to `timeout` seconds.
+    as is). Only `BrokerUnreachableError` is retried, and for `timeout` seconds
+    from the first attempt in all: an attempt still waiting on a frozen broker
+    then is cut off too, so the caller gets `BrokerUnreachableError` after about
+    `timeout` seconds, never much later (0: one attempt, not cut off). A future
+    the SDK cancelled because its connection closed counts as unreachable, a
+    cancellation of the caller's own task is passed on. `link`, when given, is
+    told about losses and recoveries (it does the logging).
     """
     deadline = time.monotonic() + timeout
-    delay = 0.1
-    while True:
+    last: list[errors.DuctapeError] = []
+
+    async def attempt() -> T:
+        task = asyncio.current_task()
+        at = time.monotonic()
+        stall = None
+        if link is not None:
+            stall = asyncio.get_running_loop().call_later(
+                STALL, lambda: link.lost(f"{what}: no answer in {STALL:.0f}s", since=at)
+            )
         try:
-            return await operation()
+            result = await operation()
+        except asyncio.CancelledError as exc:
+            if task is None or task.cancelling():
+                raise
+            # Not us: the SDK cancelled what we awaited because its connection went.
+            mapped: errors.DuctapeError | None = errors.BrokerUnreachableError(
+                f"{what}: cancelled by the client library (connection closed)"
+            )
+            error: BaseException = exc
         except Exception as exc:
             mapped = exc if isinstance(exc, errors.DuctapeError) else map_error(exc)
             if mapped is None:
                 raise
-            retry = isinstance(mapped, errors.BrokerUnreachableError)
-            if not retry or time.monotonic() > deadline:
-                if mapped is exc:
-                    raise
-                raise mapped from exc
-        log.warning("%s: %s; retrying in %.1fs", what, mapped.message, delay)
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 2.0) * (0.8 + 0.4 * random.random())
+            error = exc
+        else:
+            if link is not None:
+                link.restored()
+            return result
+        finally:
+            if stall is not None:
+                stall.cancel()
+        assert mapped is not None
+        if isinstance(mapped, errors.BrokerUnreachableError):
+            last[:] = [mapped]
+            if link is not None:
+                link.lost(mapped.message, since=at)
+        if mapped is error:
+            raise mapped
+        raise mapped from error
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        # Never sleep past the deadline: the last attempt runs right at it.
+        return max(0.0, min(_BACKOFF(state), deadline - time.monotonic()))
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        outcome = state.outcome
+        failure = outcome.exception() if outcome is not None else None
+        log.debug("%s: %s; attempt %d, retrying", what, failure, state.attempt_number)
+
+    retryer: tenacity.AsyncRetrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_delay(timeout),
+        wait=wait,
+        retry=tenacity.retry_if_exception_type(errors.BrokerUnreachableError),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    if timeout <= 0:
+        return await retryer(attempt)
+    window = asyncio.timeout(timeout)
+    try:
+        async with window:
+            return await retryer(attempt)
+    except TimeoutError as exc:
+        if not window.expired():
+            raise
+        if last:
+            error = last[0]
+            raise error from error.__cause__
+        raise errors.BrokerUnreachableError(
+            f"{what}: no answer from the broker in {timeout:g}s"
+        ) from exc
 
 
 class Batcher(Generic[T]):

@@ -20,8 +20,8 @@ import contextlib
 import dataclasses
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import aiokafka
 import aiokafka.errors as kafka_errors
@@ -33,6 +33,15 @@ from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: What a commit raises when the group rebalanced since the messages were fetched.
+_REBALANCED = (
+    kafka_errors.CommitFailedError,
+    kafka_errors.IllegalGenerationError,
+    kafka_errors.UnknownMemberIdError,
+    kafka_errors.RebalanceInProgressError,
+)
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
@@ -83,10 +92,27 @@ def _client_kwargs(binding: binding_.Binding) -> dict[str, Any]:
 
 
 class KafkaTransport:
+    """One producer. aiokafka reconnects to the brokers by itself and keeps records
+    until they are acknowledged; `retrying` bounds how long a publish waits on that
+    (`retry_timeout`) and sends again what failed (docs/messaging.md, "Through a
+    broker restart")."""
+
     def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
         self._kwargs = _client_kwargs(binding)
         self._options = options
         self._producer: aiokafka.AIOKafkaProducer | None = None
+        self.link = _transport.Link(f"kafka {','.join(self._kwargs['bootstrap_servers'])}")
+
+    def retrying(
+        self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
+    ) -> Awaitable[T]:
+        return _transport.retrying(
+            operation,
+            what=f"kafka {what}",
+            timeout=self._options.retry_timeout,
+            map_error=map_error,
+            link=link,
+        )
 
     @property
     def client_kwargs(self) -> dict[str, Any]:
@@ -101,12 +127,7 @@ class KafkaTransport:
             await producer.start()
 
         try:
-            await _transport.retrying(
-                connect,
-                what="kafka connect",
-                timeout=self._options.retry_timeout,
-                map_error=map_error,
-            )
+            await self.retrying(connect, "connect", self.link)
         except BaseException:
             await producer.stop()
             raise
@@ -139,9 +160,7 @@ class KafkaTransport:
                 )
             await asyncio.gather(*futures)
 
-        await _transport.retrying(
-            send, what="kafka publish", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self.retrying(send, "publish", self.link)
 
     def consumer(
         self,
@@ -175,6 +194,8 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         options: _transport.Options,
     ) -> None:
         assert route.name is not None
+        self._transport = transport
+        self.link = _transport.Link(f"kafka subscription {route.tag}/{subscription}")
         self._topic = route.name
         self._tag = route.tag
         self._subscription = subscription
@@ -199,12 +220,7 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         async def connect() -> None:
             await self._consumer.start()
 
-        await _transport.retrying(
-            connect,
-            what="kafka subscribe",
-            timeout=self._options.retry_timeout,
-            map_error=map_error,
-        )
+        await self._transport.retrying(connect, "subscribe", self.link)
         # Joining the group takes a rebalance; wait for it so that messages published
         # after the subscription is open are all seen (more consumers than partitions
         # leave some idle, hence no error when none arrives).
@@ -232,13 +248,12 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
         if not self._buffer:
-            batches = await _transport.retrying(
+            batches = await self._transport.retrying(
                 lambda: self._consumer.getmany(
                     timeout_ms=int(timeout * 1000), max_records=max_messages
                 ),
-                what="kafka fetch",
-                timeout=self._options.retry_timeout,
-                map_error=map_error,
+                "fetch",
+                self.link,
             )
             for records in batches.values():
                 self._buffer.extend(records)
@@ -321,7 +336,18 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _commit(self, tps: list[aiokafka.TopicPartition]) -> None:
         offsets = self._committable(set(tps))
         if offsets:
-            await self._consumer.commit(offsets)
+            # Retried through a lost connection. A commit the group refuses because
+            # it rebalanced meanwhile (as it does after an outage) is expected: the
+            # partitions' new owner starts from the last commit, so those messages
+            # come again, which at-least-once allows.
+            try:
+                await self._transport.retrying(
+                    lambda: self._consumer.commit(offsets), "commit", self.link
+                )
+            except errors.BrokerError as exc:
+                if not isinstance(exc.__cause__, _REBALANCED):
+                    raise
+                log.debug("kafka: commit refused after a rebalance: %s", exc)
 
     async def aclose(self) -> None:
         try:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped]
 from google.api_core import exceptions as google_errors
@@ -49,6 +49,15 @@ MAX_ACK_IDS = 1000
 # through them directly costs a fraction of the wrappers' per-field marshalling.
 _PB_MESSAGE: Any = pubsub_types.PubsubMessage.pb()
 _PB_PUBLISH: Any = pubsub_types.PublishRequest.pb()
+#: gRPC reconnects a lost channel with a backoff that grows to 120 s by default;
+#: capped here so that a broker back after an outage is used again within seconds.
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+T = TypeVar("T")
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
@@ -85,6 +94,15 @@ def make_transport(binding: binding_.Binding, options: _transport.Options) -> Pu
 
 
 class PubSubTransport:
+    """The gRPC publisher and subscriber clients, over one channel with the emulator.
+
+    Every call is a request of its own: after an outage gRPC reconnects the
+    channel by itself, and `retrying` sends a failed call again for up to
+    `retry_timeout`. The clients' own retry policies are switched off
+    (`retry=None`) so the two never stack (docs/messaging.md, "Through a broker
+    restart").
+    """
+
     def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
         self._project = binding.require("project-id")
         self._emulator = binding.get("emulator-host")
@@ -94,6 +112,18 @@ class PubSubTransport:
         self._publisher: PublisherAsyncClient | None = None
         self._subscriber: SubscriberAsyncClient | None = None
         self._channel: grpc.aio.Channel | None = None
+        self.link = _transport.Link(f"pubsub {self._emulator or 'pubsub.googleapis.com'}")
+
+    def retrying(
+        self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
+    ) -> Awaitable[T]:
+        return _transport.retrying(
+            operation,
+            what=f"pubsub {what}",
+            timeout=self._options.retry_timeout,
+            map_error=map_error,
+            link=link,
+        )
 
     def topic_path(self, name: str) -> str:
         return name if name.startswith("projects/") else f"projects/{self._project}/topics/{name}"
@@ -119,7 +149,7 @@ class PubSubTransport:
         if self._publisher is not None:
             return
         if self._emulator:
-            self._channel = grpc.aio.insecure_channel(self._emulator)
+            self._channel = grpc.aio.insecure_channel(self._emulator, options=_CHANNEL_OPTIONS)
             self._publisher = PublisherAsyncClient(
                 transport=PublisherGrpcAsyncIOTransport(host=self._emulator, channel=self._channel)
             )
@@ -179,15 +209,13 @@ class PubSubTransport:
         request = pubsub_types.PublishRequest.wrap(_PB_PUBLISH(topic=topic, messages=batch))
 
         async def send() -> None:
-            response = await self.publisher.publish(request=request)
+            response = await self.publisher.publish(request=request, retry=None)
             if len(response.message_ids) != len(batch):
                 raise errors.BrokerError(
                     f"pubsub: {len(batch)} messages sent, {len(response.message_ids)} accepted"
                 )
 
-        await _transport.retrying(
-            send, what="pubsub publish", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self.retrying(send, "publish", self.link)
 
     def consumer(
         self,
@@ -220,14 +248,15 @@ class PubSubConsumer:
         self._acks: _transport.Batcher[str] = _transport.Batcher(
             self._acknowledge, "pubsub acknowledge"
         )
+        self.link = _transport.Link(f"pubsub subscription {route.tag}/{subscription}")
 
     async def start(self) -> None:
         async def check() -> Any:
-            return await self._transport.subscriber.get_subscription(subscription=self._path)
+            return await self._transport.subscriber.get_subscription(
+                subscription=self._path, retry=None
+            )
 
-        found = await _transport.retrying(
-            check, what="pubsub subscribe", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        found = await self._transport.retrying(check, "subscribe", self.link)
         # The subscription's own deadline already is the redelivery timeout: no need
         # to change it for each batch.
         self._modify = found.ack_deadline_seconds != self._deadline
@@ -244,20 +273,23 @@ class PubSubConsumer:
             except google_errors.DeadlineExceeded:
                 return None
 
-        response = await _transport.retrying(
-            pull, what="pubsub pull", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        response = await self._transport.retrying(pull, "pull", self.link)
         if response is None:
             return []
         received = list(pubsub_types.PullResponse.pb(response).received_messages)
         if not received:
             return []
         if self._modify:
-            await self._transport.subscriber.modify_ack_deadline(
-                subscription=self._path,
-                ack_ids=[r.ack_id for r in received],
-                ack_deadline_seconds=self._deadline,
-            )
+
+            async def extend() -> None:
+                await self._transport.subscriber.modify_ack_deadline(
+                    subscription=self._path,
+                    ack_ids=[r.ack_id for r in received],
+                    ack_deadline_seconds=self._deadline,
+                    retry=None,
+                )
+
+            await self._transport.retrying(extend, "modify ack deadline", self.link)
         return [self._message(r) for r in received]
 
     def _message(self, received: Any) -> message_.Message:
@@ -283,18 +315,26 @@ class PubSubConsumer:
 
         async def release() -> None:
             await self._transport.subscriber.modify_ack_deadline(
-                subscription=self._path, ack_ids=[message.token], ack_deadline_seconds=0
+                subscription=self._path,
+                ack_ids=[message.token],
+                ack_deadline_seconds=0,
+                retry=None,
             )
 
-        await _transport.retrying(
-            release, what="pubsub nack", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self._transport.retrying(release, "nack", self.link)
 
     async def _acknowledge(self, ack_ids: list[str]) -> None:
         for start in range(0, len(ack_ids), MAX_ACK_IDS):
-            await self._transport.subscriber.acknowledge(
-                subscription=self._path, ack_ids=ack_ids[start : start + MAX_ACK_IDS]
-            )
+            chunk = ack_ids[start : start + MAX_ACK_IDS]
+
+            async def acknowledge(chunk: list[str] = chunk) -> None:
+                await self._transport.subscriber.acknowledge(
+                    subscription=self._path, ack_ids=chunk, retry=None
+                )
+
+            # Retried through an outage, so that a reconnect does not turn acks
+            # into redeliveries.
+            await self._transport.retrying(acknowledge, "acknowledge", self.link)
 
     async def aclose(self) -> None:
         await self._acks.flush()

@@ -5,8 +5,9 @@ durable queue bound with `#`. Messages go out persistent, with publisher
 confirms and `mandatory`, so a message the broker cannot route to any queue
 raises instead of vanishing. The routing key is the message key, or the topic's
 exchange name. The message id and content type travel in the AMQP properties,
-application headers in the AMQP headers table. The connection is aio-pika's
-robust connection: it reconnects with backoff and resumes consumers.
+application headers in the AMQP headers table. The client owns the reconnect
+(see `RabbitTransport`): a lost connection or channel is reopened before the
+next use, publishes wait for it and consumers consume again.
 
 RabbitMQ only redelivers an unacknowledged message when its channel closes, so
 the client nacks (with requeue) a message left unsettled past the redelivery
@@ -16,9 +17,10 @@ timeout itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -33,6 +35,10 @@ from ductape_operator.messaging import message as message_
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+#: Seconds one connection attempt may take (retries go on up to `retry_timeout`).
+CONNECT_TIMEOUT = 10.0
+
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
     """The project's error for an aio-pika exception (None: not an AMQP error)."""
@@ -43,8 +49,12 @@ def map_error(exc: BaseException) -> errors.DuctapeError | None:
         return errors.BrokerAuthError(text)
     if isinstance(exc, amqp_errors.ChannelNotFoundEntity):
         return errors.ProvisioningError(f"{text} (is the topic provisioned?)", retriable=True)
-    if isinstance(exc, amqp_errors.DeliveryError):
+    if isinstance(exc, aiormq.exceptions.PublishError):
+        # Returned as unroutable (`mandatory`): no queue is bound, sending again won't help.
         return errors.BrokerError(f"rabbitmq: message not delivered: {exc}", retriable=False)
+    if isinstance(exc, amqp_errors.DeliveryError):
+        # A nack: the broker could not take it just now (a queue going down): send again.
+        return errors.BrokerUnreachableError(f"rabbitmq: message refused by the broker: {exc}")
     if isinstance(
         exc,
         amqp_errors.AMQPConnectionError
@@ -57,6 +67,12 @@ def map_error(exc: BaseException) -> errors.DuctapeError | None:
     if isinstance(exc, amqp_errors.AMQPError):
         return errors.BrokerError(text)
     return None
+
+
+def _usable(connection: aio_pika.abc.AbstractConnection) -> bool:
+    """Open and connected: after a close that came from the broker, aio-pika's
+    `is_closed` may stay False while `connected` is cleared."""
+    return not connection.is_closed and connection.connected.is_set()
 
 
 def make_transport(binding: binding_.Binding, options: _transport.Options) -> RabbitTransport:
@@ -79,56 +95,100 @@ def _connection_kwargs(binding: binding_.Binding) -> dict[str, Any]:
 
 
 class RabbitTransport:
+    """One AMQP connection, reopened by the client itself when the broker drops it.
+
+    aio-pika's robust connection reconnects in the background, but while it does
+    `channel()` raises `RuntimeError("Connection was not opened")` and whether an
+    operation lands before or after its reconnect is a race. Here a plain
+    connection is checked before each use and replaced, under a lock, when the
+    broker closed it; every operation runs in `retrying`, so it waits for the new
+    connection (up to `retry_timeout`) instead of failing.
+    """
+
     def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
         self._kwargs = _connection_kwargs(binding)
         self._options = options
-        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self._lock = asyncio.Lock()
+        self._started = False
+        self.link = _transport.Link(f"rabbitmq {self._kwargs['host']}:{self._kwargs['port']}")
 
-    @property
-    def connection(self) -> aio_pika.abc.AbstractRobustConnection:
-        if self._connection is None:
-            raise RuntimeError("broker is not started")
-        return self._connection
-
-    async def start(self) -> None:
-        if self._connection is not None:
-            return
-
-        async def connect() -> aio_pika.abc.AbstractRobustConnection:
-            connection: aio_pika.abc.AbstractRobustConnection = await aio_pika.connect_robust(
-                **self._kwargs, timeout=10
-            )
-            return connection
-
-        self._connection = await _transport.retrying(
-            connect,
-            what="rabbitmq connect",
+    def retrying(self, operation: Callable[[], Awaitable[T]], what: str) -> Awaitable[T]:
+        return _transport.retrying(
+            operation,
+            what=f"rabbitmq {what}",
             timeout=self._options.retry_timeout,
             map_error=map_error,
+            link=self.link,
         )
 
-    async def aclose(self) -> None:
-        connection, self._connection = self._connection, None
-        self._channel = None
-        self._exchanges.clear()
-        if connection is not None:
-            await connection.close()
+    async def start(self) -> None:
+        if not self._started:
+            await self.retrying(self.connected, "connect")
+            self._started = True
 
-    async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
+    async def aclose(self) -> None:
+        self._started = False
         async with self._lock:
-            if self._channel is None or self._channel.is_closed:
+            connection, self._connection = self._connection, None
+            self._channel = None
+            self._exchanges.clear()
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    def current(self, connection: aio_pika.abc.AbstractConnection | None) -> bool:
+        """Whether `connection` is the open connection (not one the broker closed)."""
+        return connection is not None and connection is self._connection and _usable(connection)
+
+    async def connected(self) -> aio_pika.abc.AbstractConnection:
+        """The open connection: the current one, or a new one when it was lost."""
+        async with self._lock:
+            current = self._connection
+            if current is not None and _usable(current):
+                return current
+            self._connection = None
+            self._channel = None
+            self._exchanges.clear()
+            if current is not None:
+                self.link.lost("closed by the broker")
+                with contextlib.suppress(Exception):
+                    await current.close()
+            connection: aio_pika.abc.AbstractConnection = await aio_pika.connect(
+                **self._kwargs, timeout=CONNECT_TIMEOUT
+            )
+            connection.close_callbacks.add(self._on_close)
+            self._connection = connection
+            self.link.restored()
+            return connection
+
+    def _on_close(self, connection: Any, exc: BaseException | None = None) -> None:
+        # Called by aio-pika when the connection closes: report a loss at once, even
+        # when no operation is running (aclose() forgets the connection first).
+        if connection is self._connection:
+            self.link.lost(str(exc) if exc else "closed")
+
+    async def _exchange(
+        self, name: str
+    ) -> tuple[
+        aio_pika.abc.AbstractConnection,
+        aio_pika.abc.AbstractChannel,
+        aio_pika.abc.AbstractExchange,
+    ]:
+        connection = await self.connected()
+        async with self._lock:
+            channel = self._channel
+            if channel is None or channel.is_closed or not self.current(connection):
                 self._exchanges.clear()
-                self._channel = await self.connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                self._channel = channel
             exchange = self._exchanges.get(name)
             if exchange is None:
-                exchange = await self._channel.get_exchange(name, ensure=True)
+                exchange = await channel.get_exchange(name, ensure=True)
                 self._exchanges[name] = exchange
-            return exchange
+            return connection, channel, exchange
 
     async def publish(
         self, route: binding_.TopicRoute, messages: Sequence[message_.OutgoingMessage]
@@ -137,27 +197,34 @@ class RabbitTransport:
         assert name is not None
 
         async def send() -> None:
-            exchange = await self._exchange(name)
-            await asyncio.gather(
-                *(
-                    exchange.publish(
-                        aio_pika.Message(
-                            m.data,
-                            headers=dict(m.headers) or None,
-                            content_type=m.content_type,
-                            message_id=m.id,
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
-                        routing_key=m.key or name,
-                        mandatory=True,
+            connection, channel, exchange = await self._exchange(name)
+            try:
+                await asyncio.gather(
+                    *(
+                        exchange.publish(
+                            aio_pika.Message(
+                                m.data,
+                                headers=dict(m.headers) or None,
+                                content_type=m.content_type,
+                                message_id=m.id,
+                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            ),
+                            routing_key=m.key or name,
+                            mandatory=True,
+                        )
+                        for m in messages
                     )
-                    for m in messages
                 )
-            )
+            except Exception as exc:
+                if channel.is_closed or not self.current(connection):
+                    # Whatever aio-pika raised, the channel or connection it went out on
+                    # is gone: the broker may or may not have the messages, so send again.
+                    raise errors.BrokerUnreachableError(
+                        f"rabbitmq: connection lost while publishing: {type(exc).__name__}: {exc}"
+                    ) from exc
+                raise
 
-        await _transport.retrying(
-            send, what="rabbitmq publish", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self.retrying(send, "publish")
 
     def consumer(
         self,
@@ -170,6 +237,15 @@ class RabbitTransport:
 
 
 class RabbitConsumer:
+    """One consumer on a subscription queue, re-subscribed when its channel is lost.
+
+    Every `fetch` first checks that the channel it consumes on is still open on
+    the transport's current connection; if not, it opens a new channel and
+    consumes again (waiting, like a publish, up to `retry_timeout`). Messages
+    delivered on the lost channel and not yet acked are requeued by the broker
+    and come again on the new one; their late acks are ignored.
+    """
+
     client_redelivery = True
 
     def __init__(
@@ -186,37 +262,61 @@ class RabbitConsumer:
         self._queue_name = queue
         self._options = options
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._on: aio_pika.abc.AbstractConnection | None = None
         self._queue: aio_pika.abc.AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+        self.link = _transport.Link(f"rabbitmq subscription {route.tag}/{subscription}")
 
-    async def start(self) -> None:
-        async def subscribe() -> None:
-            channel = await self._transport.connection.channel()
-            try:
-                await channel.set_qos(prefetch_count=self._options.prefetch)
-                queue = await channel.get_queue(self._queue_name, ensure=True)
-                self._consumer_tag = await queue.consume(self._inbox.put, no_ack=False)
-            except BaseException:
+    async def _subscribe(self) -> None:
+        connection = await self._transport.connected()
+        channel = await connection.channel()
+        try:
+            await channel.set_qos(prefetch_count=self._options.prefetch)
+            queue = await channel.get_queue(self._queue_name, ensure=True)
+            # A fresh inbox: what the lost channel delivered can no longer be acked.
+            inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+            tag = await queue.consume(inbox.put, no_ack=False)
+        except BaseException:
+            with contextlib.suppress(Exception):
                 await channel.close()
-                raise
-            self._channel, self._queue = channel, queue
+            raise
+        self._channel, self._on, self._queue = channel, connection, queue
+        self._consumer_tag, self._inbox = tag, inbox
 
+    def _consuming(self) -> bool:
+        channel = self._channel
+        return channel is not None and not channel.is_closed and self._transport.current(self._on)
+
+    async def _ensure(self) -> None:
+        if self._consuming():
+            return
+        if self._channel is not None:
+            self.link.lost("channel closed")
+            old, self._channel = self._channel, None
+            with contextlib.suppress(Exception):
+                await old.close()
         await _transport.retrying(
-            subscribe,
-            what="rabbitmq subscribe",
+            self._subscribe,
+            what=f"rabbitmq subscribe {self._tag}/{self._subscription}",
             timeout=self._options.retry_timeout,
             map_error=map_error,
+            link=self.link,
         )
 
+    async def start(self) -> None:
+        await self._ensure()
+
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
+        await self._ensure()
+        inbox = self._inbox
         try:
-            first = await asyncio.wait_for(self._inbox.get(), timeout)
+            first = await asyncio.wait_for(inbox.get(), timeout)
         except TimeoutError:
             return []
         out = [self._message(first)]
-        while len(out) < max_messages and not self._inbox.empty():
-            out.append(self._message(self._inbox.get_nowait()))
+        while len(out) < max_messages and not inbox.empty():
+            out.append(self._message(inbox.get_nowait()))
         return out
 
     def _message(self, incoming: aio_pika.abc.AbstractIncomingMessage) -> message_.Message:
@@ -253,8 +353,9 @@ class RabbitConsumer:
             else:
                 await incoming.nack(requeue=requeue)
         except Exception as exc:
-            # The channel it came on is gone: the broker has requeued it already.
-            log.warning("rabbitmq: settling message %s failed: %s", message.id, exc)
+            # The channel it came on is gone: the broker has requeued it already and
+            # delivers it again on the new channel (expected after a reconnect).
+            log.debug("rabbitmq: settling message %s failed: %s", message.id, exc)
 
     async def aclose(self) -> None:
         channel, self._channel = self._channel, None
@@ -263,6 +364,10 @@ class RabbitConsumer:
         try:
             if self._queue is not None and self._consumer_tag is not None:
                 await self._queue.cancel(self._consumer_tag)
+        except Exception as exc:
+            # The connection went meanwhile: the broker has requeued what was unacked.
+            log.debug("rabbitmq: cancelling consumer %s failed: %s", self._consumer_tag, exc)
         finally:
             # Closing the channel hands unacknowledged messages back to the queue.
-            await channel.close()
+            with contextlib.suppress(Exception):
+                await channel.close()

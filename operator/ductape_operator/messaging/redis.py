@@ -21,12 +21,14 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+import redis.backoff as redis_backoff
 import redis.exceptions as redis_errors
+from redis.asyncio.retry import Retry
 
 from ductape_operator import errors
 from ductape_operator import tls as tls_
@@ -37,6 +39,10 @@ from ductape_operator.messaging import message as message_
 DATA_FIELD = b"data"
 KEY_FIELD = b"ductape-key"
 HEADER_PREFIX = b"h:"
+#: Seconds one connection attempt may take (retries go on up to `retry_timeout`).
+CONNECT_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
@@ -86,6 +92,14 @@ def _connection_kwargs(binding: binding_.Binding) -> dict[str, Any]:
 
 
 class RedisTransport:
+    """One redis-py client (a connection pool) for publishing and every consumer.
+
+    A connection the server closed (a restart, `CLIENT KILL`, a network cut) fails
+    the command that used it; `retrying` runs it again on a fresh pooled connection
+    for up to `retry_timeout`. redis-py's own retries are off so the two never
+    stack (docs/messaging.md, "Through a broker restart").
+    """
+
     def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
         self._kwargs = _connection_kwargs(binding)
         cert, key = binding.get(tls_.CERT_ENTRY), binding.get(tls_.KEY_ENTRY)
@@ -96,6 +110,18 @@ class RedisTransport:
             self._kwargs.update(ssl_certfile=pair.cert_path, ssl_keyfile=pair.key_path)
         self._options = options
         self._client: aioredis.Redis | None = None
+        self.link = _transport.Link(f"redis {self._kwargs['host']}:{self._kwargs['port']}")
+
+    def retrying(
+        self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
+    ) -> Awaitable[T]:
+        return _transport.retrying(
+            operation,
+            what=f"redis {what}",
+            timeout=self._options.retry_timeout,
+            map_error=map_error,
+            link=link,
+        )
 
     @property
     def client(self) -> aioredis.Redis:
@@ -106,15 +132,18 @@ class RedisTransport:
     async def start(self) -> None:
         if self._client is not None:
             return
-        client = aioredis.Redis(**self._kwargs, decode_responses=False)
+        client = aioredis.Redis(
+            **self._kwargs,
+            decode_responses=False,
+            retry=Retry(redis_backoff.NoBackoff(), 0),
+            socket_connect_timeout=CONNECT_TIMEOUT,
+        )
 
         async def ping() -> None:
             await client.ping()
 
         try:
-            await _transport.retrying(
-                ping, what="redis connect", timeout=self._options.retry_timeout, map_error=map_error
-            )
+            await self.retrying(ping, "connect", self.link)
         except BaseException:
             await client.aclose()
             raise
@@ -152,9 +181,7 @@ class RedisTransport:
                 if not m.explicit_id:
                     m.id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-        await _transport.retrying(
-            send, what="redis publish", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self.retrying(send, "publish", self.link)
 
     def consumer(
         self,
@@ -191,6 +218,7 @@ class RedisConsumer:
         self._claim_at = 0.0
         self._claim_cursor: Any = "0-0"
         self._acks: _transport.Batcher[bytes] = _transport.Batcher(self._xack, "redis XACK")
+        self.link = _transport.Link(f"redis subscription {route.tag}/{subscription}")
 
     async def start(self) -> None:
         async def check() -> None:
@@ -202,16 +230,11 @@ class RedisConsumer:
                     f"(is subscription {self._subscription!r} provisioned?)"
                 )
 
-        await _transport.retrying(
-            check, what="redis subscribe", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self._transport.retrying(check, "subscribe", self.link)
 
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
-        return await _transport.retrying(
-            lambda: self._fetch(max_messages, timeout),
-            what="redis fetch",
-            timeout=self._options.retry_timeout,
-            map_error=map_error,
+        return await self._transport.retrying(
+            lambda: self._fetch(max_messages, timeout), "fetch", self.link
         )
 
     async def _fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
@@ -230,31 +253,28 @@ class RedisConsumer:
             self._claim_cursor = "0-0" if done else cursor
             self._claim_at = time.monotonic() + (self._claim_every if done else 0.0)
             entries = [(i, f) for i, f in entries if f]
-            counts = await self._delivery_counts(entries) if entries else {}
-            claimed = [
-                self._message(i, f, redelivered=True, count=counts.get(i)) for i, f in entries
-            ]
-            if claimed:
-                return claimed
+            if entries:
+                counts = await self._delivery_counts(client, [i for i, _ in entries])
+                return [self._message(i, f, count=counts.get(i)) for i, f in entries]
         block = max(1, int(min(timeout, self._claim_every) * 1000))
         response: Any = await client.xreadgroup(
             self._group, self._name, {self._stream: ">"}, count=max_messages, block=block
         )
         out: list[message_.Message] = []
         for _stream, entries in response or []:
-            out.extend(self._message(i, f, redelivered=False) for i, f in entries if f)
+            out.extend(self._message(i, f, count=1) for i, f in entries if f)
         return out
 
-    async def _delivery_counts(self, entries: list[Any]) -> dict[Any, int]:
-        """Deliveries of entries just claimed, from the pending-entries list (XAUTOCLAIM
-        counted the claim): what dead letters go by (docs/messaging.md)."""
-        ids = [i for i, _ in entries]
-        pending = await self._transport.client.xpending_range(
+    async def _delivery_counts(self, client: aioredis.Redis, ids: list[Any]) -> dict[Any, int]:
+        """Deliveries of entries just claimed, from the group's pending-entries list
+        (XAUTOCLAIM counted the claim): what dead letters go by (docs/messaging.md)."""
+        pending: Any = await client.xpending_range(
             self._stream,
             self._group,
             min=min(ids, key=_entry_order),
             max=max(ids, key=_entry_order),
-            count=len(ids) + 1000,
+            # Room for this consumer's other pending entries in that range.
+            count=2 * len(ids) + 100,
             consumername=self._name,
         )
         wanted = set(ids)
@@ -263,12 +283,7 @@ class RedisConsumer:
         }
 
     def _message(
-        self,
-        entry_id: bytes,
-        fields: dict[bytes, bytes],
-        *,
-        redelivered: bool,
-        count: int | None = None,
+        self, entry_id: bytes, fields: dict[bytes, bytes], *, count: int | None
     ) -> message_.Message:
         wire: dict[str, str] = {}
         for name, value in fields.items():
@@ -286,7 +301,7 @@ class RedisConsumer:
             token=entry_id,
             fallback_id=entry_id.decode(),
             key=key.decode() if key is not None else None,
-            delivery_count=count if redelivered else 1,
+            delivery_count=count,
         )
 
     async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
@@ -308,12 +323,14 @@ class RedisConsumer:
             )
             self._claim_at = 0.0
 
-        await _transport.retrying(
-            release, what="redis nack", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self._transport.retrying(release, "nack", self.link)
 
     async def _xack(self, ids: list[bytes]) -> None:
-        await self._transport.client.xack(self._stream, self._group, *ids)
+        # Retried like the rest, so a reconnect does not turn acks into redeliveries.
+        async def xack() -> None:
+            await self._transport.client.xack(self._stream, self._group, *ids)
+
+        await self._transport.retrying(xack, "ack", self.link)
 
     async def aclose(self) -> None:
         await self._acks.flush()

@@ -22,8 +22,8 @@ import base64
 import contextlib
 import math
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import aioboto3
 import botocore.config
@@ -42,6 +42,7 @@ MAX_BATCH_BYTES = 256 * 1024
 #: Batches in flight at once when publishing or acknowledging many messages.
 CONCURRENCY = 16
 #: What an SQS message body may contain (anything else goes base64).
+T = TypeVar("T")
 _SQS_TEXT = re.compile("^[\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
 
 _AUTH_CODES = {
@@ -120,6 +121,14 @@ def _attributes(m: message_.OutgoingMessage, encoded: bool) -> dict[str, Any]:
 
 
 class SqsTransport:
+    """One aiobotocore SQS client; every call is an HTTP request of its own.
+
+    A call that fails on the way (connection refused or reset, a timeout,
+    throttling) is sent again by `retrying` for up to `retry_timeout`; botocore's
+    own retries are switched off so the two never stack (docs/messaging.md,
+    "Through a broker restart").
+    """
+
     def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
         self._session = aioboto3.Session(
             region_name=binding.require("region"),
@@ -130,6 +139,18 @@ class SqsTransport:
         self._options = options
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
+        self.link = _transport.Link(f"sqs {self._endpoint or binding.require('region')}")
+
+    def retrying(
+        self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
+    ) -> Awaitable[T]:
+        return _transport.retrying(
+            operation,
+            what=f"sqs {what}",
+            timeout=self._options.retry_timeout,
+            map_error=map_error,
+            link=link,
+        )
 
     @property
     def client(self) -> Any:
@@ -142,7 +163,7 @@ class SqsTransport:
             return
         stack = contextlib.AsyncExitStack()
         config = botocore.config.Config(
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries={"total_max_attempts": 1},
             max_pool_connections=CONCURRENCY * 2,
         )
         self._client = await stack.enter_async_context(
@@ -181,12 +202,7 @@ class SqsTransport:
 
         async def send(queue: str, batch: list[dict[str, Any]]) -> None:
             async with limit:
-                await _transport.retrying(
-                    lambda: self._send(queue, batch),
-                    what="sqs publish",
-                    timeout=self._options.retry_timeout,
-                    map_error=map_error,
-                )
+                await self.retrying(lambda: self._send(queue, batch), "publish", self.link)
 
         await asyncio.gather(*(send(q, b) for q in queues if q for b in batches))
 
@@ -232,6 +248,7 @@ class SqsConsumer:
         self._options = options
         self._visibility = min(43200, max(1, math.ceil(options.redelivery_timeout)))
         self._acks: _transport.Batcher[str] = _transport.Batcher(self._delete, "sqs delete")
+        self.link = _transport.Link(f"sqs subscription {route.tag}/{subscription}")
 
     async def start(self) -> None:
         async def check() -> None:
@@ -239,9 +256,7 @@ class SqsConsumer:
                 QueueUrl=self._queue, AttributeNames=["QueueArn"]
             )
 
-        await _transport.retrying(
-            check, what="sqs subscribe", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self._transport.retrying(check, "subscribe", self.link)
 
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
         async def receive() -> Any:
@@ -254,9 +269,7 @@ class SqsConsumer:
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
             )
 
-        response = await _transport.retrying(
-            receive, what="sqs receive", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        response = await self._transport.retrying(receive, "receive", self.link)
         return [self._message(m) for m in response.get("Messages") or []]
 
     def _message(self, raw: dict[str, Any]) -> message_.Message:
@@ -291,18 +304,21 @@ class SqsConsumer:
                 QueueUrl=self._queue, ReceiptHandle=message.token, VisibilityTimeout=0
             )
 
-        await _transport.retrying(
-            release, what="sqs nack", timeout=self._options.retry_timeout, map_error=map_error
-        )
+        await self._transport.retrying(release, "nack", self.link)
 
     async def _delete(self, handles: list[str]) -> None:
         async def delete(chunk: list[str]) -> None:
-            response = await self._transport.client.delete_message_batch(
-                QueueUrl=self._queue,
-                Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)],
-            )
-            if response.get("Failed"):
-                raise errors.BrokerError(f"sqs: {len(response['Failed'])} deletes failed")
+            async def once() -> None:
+                response = await self._transport.client.delete_message_batch(
+                    QueueUrl=self._queue,
+                    Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)],
+                )
+                if response.get("Failed"):
+                    raise errors.BrokerError(f"sqs: {len(response['Failed'])} deletes failed")
+
+            # Retried through an outage, so that a reconnect does not turn acks into
+            # redeliveries.
+            await self._transport.retrying(once, "delete", self.link)
 
         await asyncio.gather(
             *(delete(handles[i : i + MAX_BATCH]) for i in range(0, len(handles), MAX_BATCH))
