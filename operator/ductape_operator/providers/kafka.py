@@ -67,6 +67,14 @@ _UNKNOWN_TOPIC_OR_PARTITION = kafka_errors.UnknownTopicOrPartitionError.errno
 _TOPIC_ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
 _NON_EMPTY_GROUP = kafka_errors.NonEmptyGroup.errno
 _GROUP_ID_NOT_FOUND = kafka_errors.GroupIdNotFound.errno
+#: The group coordinator is not there yet (being elected, or its log still loading).
+_COORDINATOR_NOT_READY = frozenset(
+    {
+        kafka_errors.CoordinatorNotAvailableError.errno,
+        kafka_errors.NotCoordinatorError.errno,
+        kafka_errors.CoordinatorLoadInProgressError.errno,
+    }
+)
 #: A commit without a generation refused because the group has live members.
 _GROUP_IN_USE = frozenset(
     {
@@ -677,19 +685,33 @@ class KafkaProvider(_common.ProviderBase):
         Generation -1 and no member id is Kafka's commit for a group nobody
         consumes in: a group with live members refuses it, and keeps its offsets.
         """
-        coordinator = await self._require_admin().find_coordinator(group)
         offsets = [(partition, 0, "") for partition in range(partitions)]
         request = OffsetCommitRequest(group, -1, "", -1, [(topic, offsets)])
-        response = await self._request(request, coordinator)
-        for _topic, results in response.topics:
-            for _partition, code in results:
-                if code in _GROUP_IN_USE:
-                    logger.info("consumer group %s on %s is active; not committing", group, topic)
-                    return
-                if code != _NO_ERROR:
-                    raise self._code_error(
-                        code, f"committing the start offsets of consumer group {group}", []
-                    )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(LEADER_WAIT, self._timeout)
+        pause = 0.05
+        while True:
+            # A fresh cluster creates its offsets topic on the first group's use: the
+            # coordinator is "not available" or "loading" for a moment, which the
+            # consumer this replaced waited out by itself.
+            try:
+                coordinator = await self._require_admin().find_coordinator(group)
+                response = await self._request(request, coordinator)
+                codes = [code for _topic, results in response.topics for _p, code in results]
+            except (kafka_errors.CoordinatorNotAvailableError, kafka_errors.NotCoordinatorError):
+                codes = [kafka_errors.CoordinatorNotAvailableError.errno]
+            if any(code in _GROUP_IN_USE for code in codes):
+                logger.info("consumer group %s on %s is active; not committing", group, topic)
+                return
+            failed = [code for code in codes if code != _NO_ERROR]
+            if not failed:
+                return
+            if failed[0] not in _COORDINATOR_NOT_READY or loop.time() > deadline:
+                raise self._code_error(
+                    failed[0], f"committing the start offsets of consumer group {group}", []
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     async def _commit_start_offsets(self, group: str, topic: str, partitions: int) -> None:
         offsets = await self._require_admin().list_consumer_group_offsets(group)
