@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -437,3 +438,32 @@ def machine() -> dict[str, Any]:
 
 def rounded(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def stack_config(type_: str, rabbit_secret: str, sqs_secret: str = "") -> Obj:
+    """One env's config on the local stack, from the variables of .testenv/env; the
+    credentials it needs come from the named Secrets (key `password`; `id` and `secret`)."""
+    if type_ == "KAFKA":
+        return {"brokers": os.environ["KAFKA_BOOTSTRAP_SERVERS"].split(",")}
+    if type_ == "REDIS":
+        url = urllib.parse.urlparse(os.environ["REDIS_URL"])
+        return {"host": url.hostname, "port": url.port}
+    if type_ == "RABBITMQ":
+        url = urllib.parse.urlparse(os.environ["AMQP_URL"])
+        return {
+            "host": url.hostname,
+            "port": url.port,
+            "username": url.username,
+            "password": {"secretKeyRef": {"name": rabbit_secret, "key": "password"}},
+        }
+    if type_ == "GOOGLE_PUBSUB":
+        return {
+            "projectId": os.environ["PUBSUB_PROJECT_ID"],
+            "emulatorHost": os.environ["PUBSUB_EMULATOR_HOST"],
+        }
+    return {
+        "region": os.environ.get("AWS_REGION", "us-east-1"),
+        "endpoint": os.environ["SQS_ENDPOINT"],
+        "accessKeyId": {"secretKeyRef": {"name": sqs_secret, "key": "id"}},
+        "secretAccessKey": {"secretKeyRef": {"name": sqs_secret, "key": "secret"}},
+    }

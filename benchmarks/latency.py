@@ -47,30 +47,7 @@ SQS_KEY = {"id": "testing", "secret": "testing"}
 
 
 def _config(type_: str) -> Obj:
-    if type_ == "KAFKA":
-        return {"brokers": os.environ["KAFKA_BOOTSTRAP_SERVERS"].split(",")}
-    if type_ == "REDIS":
-        url = urllib.parse.urlparse(os.environ["REDIS_URL"])
-        return {"host": url.hostname, "port": url.port}
-    if type_ == "RABBITMQ":
-        url = urllib.parse.urlparse(os.environ["AMQP_URL"])
-        return {
-            "host": url.hostname,
-            "port": url.port,
-            "username": url.username,
-            "password": {"secretKeyRef": {"name": RABBIT_SECRET, "key": "password"}},
-        }
-    if type_ == "GOOGLE_PUBSUB":
-        return {
-            "projectId": os.environ["PUBSUB_PROJECT_ID"],
-            "emulatorHost": os.environ["PUBSUB_EMULATOR_HOST"],
-        }
-    return {
-        "region": os.environ.get("AWS_REGION", "us-east-1"),
-        "endpoint": os.environ["SQS_ENDPOINT"],
-        "accessKeyId": {"secretKeyRef": {"name": SQS_SECRET, "key": "id"}},
-        "secretAccessKey": {"secretKeyRef": {"name": SQS_SECRET, "key": "secret"}},
-    }
+    return kit.stack_config(type_, RABBIT_SECRET, SQS_SECRET)
 
 
 def _topic_names(prefix: str) -> list[tuple[str, list[str]]]:

@@ -61,26 +61,11 @@ RETRY_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
 CREATE_ATTEMPTS = 5
 
 
-# --- Kubernetes helpers -----------------------------------------------------
-
-
 # --- the resources ----------------------------------------------------------
 
 
 def _config(provider: str) -> Obj:
-    """One env's config on the local stack, from the variables of .testenv/env."""
-    if provider == "KAFKA":
-        return {"brokers": os.environ["KAFKA_BOOTSTRAP_SERVERS"].split(",")}
-    if provider == "REDIS":
-        url = urllib.parse.urlparse(os.environ["REDIS_URL"])
-        return {"host": url.hostname, "port": url.port}
-    url = urllib.parse.urlparse(os.environ["AMQP_URL"])
-    return {
-        "host": url.hostname,
-        "port": url.port,
-        "username": url.username,
-        "password": {"secretKeyRef": {"name": RABBIT_SECRET, "key": "password"}},
-    }
+    return kit.stack_config(provider, RABBIT_SECRET)
 
 
 def _manifest(

@@ -414,26 +414,26 @@ class Reconciler:
         new, changed and missing ones are ensured, concurrently; then retention and dead
         letters are applied where they are declared. Where the topics all are."""
 
-        def plan(topic: models.TopicSpec) -> base.TopicPlan:
-            return base.TopicPlan.from_spec(topic, spec.topics)
-
+        plans = {t.tag: base.TopicPlan.from_spec(t, spec.topics) for t in spec.topics}
         locations: dict[str, base.TopicLocation] = {}
+        existing: list[models.TopicSpec] = []
         drifted: list[models.TopicSpec] = []
         for topic in work.check:
-            if inventory is not None and inventory.knows(plan(topic)):
-                exists = inventory.has(plan(topic))
+            plan = plans[topic.tag]
+            if inventory is not None and inventory.knows(plan):
+                exists = inventory.has(plan)
             else:
-                exists = await provider.topic_exists(plan(topic))
+                exists = await provider.topic_exists(plan)
             if exists:
                 locations[topic.tag] = work.known[topic.tag]
+                existing.append(topic)
             else:
                 drifted.append(topic)
         to_ensure = [*work.ensure, *drifted]
-        ensured = await asyncio.gather(*(provider.ensure_topic(plan(t)) for t in to_ensure))
+        ensured = await asyncio.gather(*(provider.ensure_topic(plans[t.tag]) for t in to_ensure))
         locations.update({t.tag: loc for t, loc in zip(to_ensure, ensured, strict=True)})
-        existing = [t for t in work.check if t not in drifted]
         to_settle = work.settle(existing, to_ensure, health=inventory is not None)
-        settled = await asyncio.gather(*(provider.ensure_settings(plan(t)) for t in to_settle))
+        settled = await asyncio.gather(*(provider.ensure_settings(plans[t.tag]) for t in to_settle))
         where = f"{obj.ref.namespace}/{obj.ref.name}"
         for topic, changed in zip(to_settle, settled, strict=True):
             if changed and work.previous.get(topic.tag) == topic:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -497,11 +497,7 @@ class KafkaProvider(_common.ProviderBase):
     async def _groups_with_offsets(
         self, pairs: Collection[tuple[str, str]]
     ) -> set[tuple[str, str]]:
-        """The (group, topic) pairs whose group has committed offsets on the topic.
-
-        A failure cancels the lookups still running and is raised as it came, so
-        the guard maps it like any other (not as an exception group).
-        """
+        """The (group, topic) pairs whose group has committed offsets on the topic."""
         limit = asyncio.Semaphore(GROUP_LOOKUP_CONCURRENCY)
         found: set[tuple[str, str]] = set()
 
@@ -510,15 +506,7 @@ class KafkaProvider(_common.ProviderBase):
                 if await self._has_offsets(group, topic):
                     found.add((group, topic))
 
-        error: BaseException | None = None
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                for group, topic in pairs:
-                    tasks.create_task(lookup(group, topic))
-        except BaseExceptionGroup as failed:
-            error = failed.exceptions[0]
-        if error is not None:
-            raise error  # outside the handler: its own cause and context stay
+        await _each_pair(pairs, lookup)
         return found
 
     async def _list_offsets(
@@ -610,15 +598,7 @@ class KafkaProvider(_common.ProviderBase):
                         offsets[int(partition)] = int(offset)
             found[(group, topic)] = offsets
 
-        error: BaseException | None = None
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                for group, topic in pairs:
-                    tasks.create_task(lookup(group, topic))
-        except BaseExceptionGroup as failed:
-            error = failed.exceptions[0]
-        if error is not None:
-            raise error  # outside the handler: its own cause and context stay
+        await _each_pair(pairs, lookup)
         return found
 
     async def _wait_for_leaders(self, name: str, at_least: int = 1) -> int:
@@ -791,6 +771,25 @@ def _timestamp_at(data: bytes | None, offset: int) -> int | None:
         for record in batch:
             if record.offset >= offset:
                 return int(record.timestamp)
+
+
+async def _each_pair(
+    pairs: Collection[tuple[str, str]], lookup: Callable[[str, str], Coroutine[Any, Any, None]]
+) -> None:
+    """`lookup(group, topic)` for every pair, concurrently (each bounds itself).
+
+    A failure cancels the lookups still running and is raised as it came, so the
+    guard maps it like any other (not as an exception group).
+    """
+    error: BaseException | None = None
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            for group, topic in pairs:
+                tasks.create_task(lookup(group, topic))
+    except BaseExceptionGroup as failed:
+        error = failed.exceptions[0]
+    if error is not None:
+        raise error  # outside the handler: its own cause and context stay
 
 
 def _topic_meta(metadata: dict[str, Any], name: str) -> dict[str, Any] | None:
