@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -37,6 +38,7 @@ from ductape_operator import errors, models, outages, redaction
 logger = logging.getLogger(__name__)
 
 MANAGED_BY = "ductape-operator"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 #: API calls in flight at once: worker threads and pooled HTTP connections alike.
 API_CONCURRENCY = 32
 
@@ -53,7 +55,7 @@ _executor = concurrent.futures.ThreadPoolExecutor(
 #: Referenced Secrets' decoded data as the Secret watch delivered it; None = known absent.
 _secrets: dict[tuple[str, str], dict[str, str] | None] = {}
 #: Digest of each connection Secret as this process last wrote or saw it.
-_written: dict[tuple[str, str], str] = {}
+_written: dict[tuple[str, str], _Written] = {}
 
 
 def configure() -> None:
@@ -205,6 +207,7 @@ def _broker_path(ref: BrokerRef, subresource: str = "") -> str:
 
 
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
 
 
 def _client() -> kubernetes.client.ApiClient:
@@ -288,23 +291,43 @@ def forget_secret(namespace: str, name: str) -> None:
 
 
 def connection_secret_seen(namespace: str, name: str, body: Mapping[str, Any] | None) -> bool:
-    """The watch delivered one of our connection Secrets; True when it is not what we wrote.
+    """The watch delivered a Secret; True when it is one of ours and not what we wrote.
 
-    A Secret deleted or edited out of band is forgotten, so the next reconcile
-    writes it again instead of trusting this process's memory.
+    Every connection Secret this operator manages is remembered as the watch shows
+    it (a digest of our labels, type and data, and its owners), so a reconcile that
+    would write the same again makes no call at all, after a restart too. One that
+    was deleted or edited out of band is reported, so its owner writes it again.
     """
     key = (namespace, name)
-    if key not in _written:
-        return False
-    if body is None:
-        del _written[key]
-        return True
-    meta = body.get("metadata") or {}
-    seen = _digest(body.get("type"), meta.get("labels") or {}, body.get("data") or {})
-    if seen == _written[key]:
-        return False
-    del _written[key]
-    return True
+    meta = (body or {}).get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if body is None or labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
+        return _written.pop(key, None) is not None
+    before = _written.get(key)
+    # Only the labels the operator sets count: one someone else adds is theirs to keep.
+    ours = {k: v for k, v in labels.items() if _is_our_label(k)}
+    seen = _Written(
+        digest=_digest(body.get("type"), ours, body.get("data") or {}),
+        type=body.get("type"),
+        metadata={"labels": ours, "ownerReferences": list(meta.get("ownerReferences") or [])},
+    )
+    _written[key] = seen
+    return before is not None and before.digest != seen.digest
+
+
+def _is_our_label(key: str) -> bool:
+    return key == MANAGED_BY_LABEL or key.startswith(f"{models.GROUP}/")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Written:
+    """A connection Secret as last written or watched: enough to skip an equal write,
+    and to know whose it is without reading it."""
+
+    digest: str
+    type: object
+    #: Its labels (ours only) and ownerReferences.
+    metadata: Mapping[str, Any]
 
 
 def _digest(type_: object, labels: Mapping[str, Any], data: Mapping[str, Any]) -> str:
@@ -318,15 +341,18 @@ async def apply_connection_secret(
     data: Mapping[str, str],
     labels: Mapping[str, str],
 ) -> bool:
-    """Create or update a connection Secret owned by `owner`; True when something was written.
+    """Make the connection Secret of `owner` hold `data`; True when its content changed.
 
-    A Secret of that name that this MessageBroker does not own is never
-    overwritten: that would destroy someone else's data.
+    One server-side apply, with a field manager of the owning MessageBroker's own
+    (docs/reference.md, "The connection Secret"): entries and labels the operator
+    no longer sets are removed, what others add to the Secret (an annotation, a
+    label) is kept, and a Secret of that name written by anyone else, another
+    MessageBroker included, conflicts instead of being taken over: that would
+    destroy someone else's data.
     """
     namespace = owner.namespace
     encoded = {k: base64.b64encode(v.encode("utf-8")).decode("ascii") for k, v in data.items()}
-    all_labels = {**labels, "app.kubernetes.io/managed-by": MANAGED_BY}
-
+    all_labels = {**labels, MANAGED_BY_LABEL: MANAGED_BY}
     body: Any = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -341,48 +367,76 @@ async def apply_connection_secret(
     }
     key = (namespace, name)
     digest = _digest(body["type"], all_labels, encoded)
-    if _written.get(key) == digest:
-        return False  # what we last wrote, and the watch has not seen it change since
-    changed = await _put_secret(owner, body, known=key in _written)
-    _written[key] = digest
-    return changed
+    known = _written.get(key)
+    if known is None:
+        await _first_apply(owner, body)
+    elif _owned_by(known.metadata, owner):
+        if known.digest == digest:
+            return False  # as written or watched, and the watch has not seen it change since
+        if known.type != body["type"]:
+            # The type of a Secret is immutable: replace it (applications that re-read
+            # the binding never see partial data).
+            await delete_secret(owner, name)
+        await _apply_secret(owner, body, force=True)
+    elif _left_by_namesake(known.metadata, owner):
+        await _apply_secret(owner, body, force=True)
+    else:
+        raise _not_ours(namespace, name)
+    _written[key] = _Written(digest, body["type"], body["metadata"])
+    # Unknown to this process (a first write, or the watch not there yet after a
+    # restart): the apply is idempotent, and whether it changed anything is not news.
+    return known is not None
 
 
-async def _put_secret(owner: BrokerRef, body: Any, *, known: bool) -> bool:
-    """Make the Secret `body` exist as given; True when something was written."""
+def field_manager(owner: BrokerRef) -> str:
+    """The field manager of `owner`'s Secrets: one per MessageBroker, so that two of
+    them naming the same Secret conflict on the API server."""
+    return f"{MANAGED_BY}/{owner.uid}"
+
+
+async def _apply_secret(owner: BrokerRef, body: Any, *, force: bool) -> None:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    query = f"?fieldManager={field_manager(owner)}&force={'true' if force else 'false'}"
+    await _call(
+        f"write Secret {namespace}/{name}",
+        "PATCH",
+        _secrets_path(namespace, name) + query,
+        body,
+        content_type=APPLY_PATCH,
+    )
+
+
+async def _first_apply(owner: BrokerRef, body: Any) -> None:
+    """A Secret this process has not seen: applied without force, so that one of that
+    name already written by anyone else conflicts; only then is it read to decide."""
     namespace, name = owner.namespace, body["metadata"]["name"]
-    action = f"write Secret {namespace}/{name}"
-
-    async def create(*, conflict_ok: bool = False) -> bool:
-        made = await _call(action, "POST", _secrets_path(namespace), body, conflict_ok=conflict_ok)
-        return made is not None
-
-    # Usually a new resource's first Secret: create it blind, look only on a conflict.
-    if not known and await create(conflict_ok=True):
-        return True
+    try:
+        await _apply_secret(owner, body, force=False)
+        return
+    except errors.DuctapeError as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, ApiException) or cause.status not in (409, 422):
+            raise
     existing = await _read_secret(namespace, name)
-    if existing is None:
-        return await create()
-    existing_meta = existing.get("metadata") or {}
-    owned = _owned_by(existing_meta, owner)
-    if not owned and not _left_by_namesake(existing_meta, owner):
-        raise errors.InvalidConfigError(
-            f"Secret {namespace}/{name} already exists and is not owned by this"
-            " MessageBroker; set envs[].secretName to another name or remove that Secret"
-        )
-    existing_labels = existing_meta.get("labels") or {}
-    same_labels = all(existing_labels.get(k) == v for k, v in body["metadata"]["labels"].items())
-    same_type = existing.get("type") == body["type"]
-    if owned and same_type and same_labels and (existing.get("data") or {}) == body["data"]:
-        return False
-    if not same_type:
-        # The type of a Secret is immutable: replace it (the switch is atomic enough
-        # for applications that re-read the binding; they never see partial data).
+    if existing is None:  # deleted meanwhile
+        await _apply_secret(owner, body, force=False)
+        return
+    meta = existing.get("metadata") or {}
+    if not _owned_by(meta, owner) and not _left_by_namesake(meta, owner):
+        raise _not_ours(namespace, name)
+    if existing.get("type") != body["type"]:
         await delete_secret(owner, name)
-        return await create()
-    body["metadata"]["resourceVersion"] = existing_meta.get("resourceVersion")
-    await _call(action, "PUT", _secrets_path(namespace, name), body)
-    return True
+        await _apply_secret(owner, body, force=False)
+        return
+    # Ours, written by an earlier owner of the same name or an earlier version: take it.
+    await _apply_secret(owner, body, force=True)
+
+
+def _not_ours(namespace: str, name: str) -> errors.InvalidConfigError:
+    return errors.InvalidConfigError(
+        f"Secret {namespace}/{name} already exists and is not owned by this"
+        " MessageBroker; set envs[].secretName to another name or remove that Secret"
+    )
 
 
 async def delete_secret(owner: BrokerRef, name: str) -> None:
@@ -524,7 +578,7 @@ def _left_by_namesake(metadata: Mapping[str, Any], owner: BrokerRef) -> bool:
     refs = metadata.get("ownerReferences") or []
     labels = metadata.get("labels") or {}
     return (
-        labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
+        labels.get(MANAGED_BY_LABEL) == MANAGED_BY
         and bool(refs)
         and all(
             ref.get("kind") == models.KIND
