@@ -44,12 +44,3 @@ def kube(stack_env: dict[str, str]) -> Iterator[kubernetes.client.ApiClient]:
     api = kubernetes.config.new_client_from_config(config_file=stack_env["KUBECONFIG"])
     yield api
     api.close()
-
-
-@pytest.fixture
-def namespace(kube: kubernetes.client.ApiClient, name: str) -> Iterator[str]:
-    core = kubernetes.client.CoreV1Api(kube)
-    body = kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name))
-    core.create_namespace(body)
-    yield name
-    core.delete_namespace(name)
