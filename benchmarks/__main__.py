@@ -15,6 +15,7 @@ import traceback
 MODULES = [
     "benchmarks.throughput",
     "benchmarks.latency",
+    "benchmarks.api_calls",
 ]
 
 
