@@ -27,7 +27,7 @@ from benchmarks import kit
 
 GROUP, VERSION, PLURAL = "ductape.app", "v1alpha1", "messagebrokers"
 #: Objects the operator reads and writes per resource.
-RESOURCES = ("messagebrokers", "secrets", "events")
+RESOURCES = ("messagebrokers", "secrets", "events", "namespaces")
 #: Verbs that are one call each (LIST and WATCH are per kind, and the benchmark lists).
 VERBS = ("GET", "POST", "PUT", "PATCH", "APPLY", "DELETE")
 HEALTH_INTERVAL = 3.0
