@@ -115,7 +115,9 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="session")
-def operator(crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(
+    crd: None, kube: kit.Kube, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
     proc = OperatorProcess(
         log_path,
@@ -130,6 +132,17 @@ def operator(crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Op
     )
     proc.start()
     yield proc
+    # The namespaces the last tests deleted are still going: their MessageBrokers'
+    # finalizers need this operator, so wait for them (a while) before stopping it,
+    # else they stay Terminating on the stack for whoever runs tests next.
+    try:
+        kit.wait_until(
+            lambda: not [ns for ns in kube.namespace_names() if ns.startswith("e2e-")] or None,
+            timeout=120,
+            what="the test namespaces to go",
+        )
+    except AssertionError as exc:
+        print(f"note: {exc}")
     proc.stop()
     # Keep the log where CI can find it after a failure.
     state = os.environ.get("DUCTAPE_STATE_DIR") or str(ROOT / ".testenv")

@@ -83,6 +83,9 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    def namespace_names(self) -> list[str]:
+        return [ns.metadata.name for ns in self.core.list_namespace().items]
+
     def create_secret(self, ns: str, name: str, data: Mapping[str, str]) -> None:
         self.core.create_namespaced_secret(
             ns, {"metadata": {"name": name}, "stringData": dict(data)}
