@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import secrets
 from collections import Counter
@@ -26,7 +27,7 @@ import kopf
 from kopf._cogs.structs import references as kopf_references
 from kopf._core.reactor import observation as kopf_observation
 
-from ductape_operator import errors, kube, metrics, models, outages, reconcile
+from ductape_operator import core, errors, kube, metrics, models, outages, reconcile
 from ductape_operator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -212,9 +213,19 @@ async def pause_changed(
     body: kopf.Body,
     memo: kopf.Memo,
     type: str,
+    patch: kopf.Patch,
     **kwargs: Any,
 ) -> None:
-    """kopf ignores its own prefix's annotations in diffs: watch the paused flag here."""
+    """kopf ignores its own prefix's annotations in diffs: watch the paused flag here.
+
+    A new resource's tag label is written here too, in the patch that adds kopf's
+    finalizer (see `core.label_before_handling`): kopf runs event handlers before it
+    decides on the finalizer, in the same processing cycle, and adds its finalizer
+    with a patch function, so the label must be one too for both to be one request.
+    """
+    tag = core.label_before_handling(body, FINALIZER)
+    if tag is not None:
+        patch.fns.append(functools.partial(core.set_tag_label, tag=tag))
     if type in (None, "DELETED") or body.get("metadata", {}).get("deletionTimestamp"):
         return
     obj = reconcile.BrokerObject.from_body(body)
