@@ -37,6 +37,9 @@ PREFIX = "ductape.app"
 RESOURCE = (models.GROUP, models.VERSION, models.PLURAL)
 CRD = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
+#: kopf's record of the spec it last handled (its diff base); absent until the create
+#: handler has succeeded once.
+DIFFBASE_KEY = "last-handled-configuration"
 #: kopf's retries of a failed API request, in seconds: about five minutes in all, so
 #: that an API server outage shorter than that never ends a watch (kopf's default
 #: gives up after a minute, and a watch that gives up stops the operator).
@@ -83,7 +86,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # user's label, must not cost a reconcile and a diff-base write per resource.
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX,
-        key="last-handled-configuration",
+        key=DIFFBASE_KEY,
         ignored_fields=["metadata.labels", "metadata.annotations"],
     )
     # Events come from one place, the reconciler, on transitions only: kopf posts none
@@ -197,7 +200,14 @@ async def reconcile_broker(
 
 
 async def health_round(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any) -> None:
-    """Timer: this resource's share of the per-endpoint round (probe, drift, retry)."""
+    """Timer: this resource's share of the per-endpoint round (probe, drift, retry).
+
+    A resource whose create handler has not succeeded yet is left to that handler
+    (kopf retries it): in a burst of creates its timer can fire while it still waits
+    its turn, and reconciling it here too would only add API writes to the queue.
+    """
+    if f"{PREFIX}/{DIFFBASE_KEY}" not in body.get("metadata", {}).get("annotations", {}):
+        return
     obj = reconcile.BrokerObject.from_body(body)
     logger.debug("health round for %s/%s", obj.ref.namespace, obj.ref.name)
     owner = tag_owner(kwargs, obj)
