@@ -107,11 +107,11 @@ def label_before_handling(body: Mapping[str, Any], finalizer: str) -> str | None
     """The tag label to write with the finalizer, before any handler runs; else None.
 
     kopf adds its finalizer in a patch of its own before the create handler runs; a
-    missing tag label goes into that same patch, so that a new resource costs one
-    API write less and its handler starts with the label already there (it must be
-    there before the status says Ready: docs/operations.md, "Scale"). Only while the
-    finalizer is still missing (a new resource), and only for a valid spec, as `gate`
-    would label it.
+    missing tag label goes into that same patch, so that a new resource costs one API
+    write less and its handler starts with the label already there (it must be there
+    before the status says Ready: docs/operations.md, "A burst of creates"). Only while
+    the finalizer is still missing (a new resource), and only for a valid spec, as
+    `gate` would label it.
     """
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp") or finalizer in (meta.get("finalizers") or []):

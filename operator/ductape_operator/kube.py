@@ -444,7 +444,7 @@ _posting: set[asyncio.Task[None]] = set()
 #: Events posted at once. An Event is news, never on a resource's path to Ready: a burst
 #: of a thousand creates posts a thousand Ready Events, and they wait here, behind the
 #: Secrets and status patches of the resources still on their way (docs/operations.md,
-#: "Scale"), instead of taking the API pool's threads ahead of them.
+#: "A burst of creates"), instead of taking the API pool's threads ahead of them.
 EVENT_CONCURRENCY = 2
 _event_slots = asyncio.Semaphore(EVENT_CONCURRENCY)
 
