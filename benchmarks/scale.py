@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import signal
 import sys
 import threading
@@ -59,6 +60,13 @@ TOPICS, SUBSCRIPTION = ("a", "b"), "s"
 #: Status codes worth retrying a create on (the API server is busy, not refusing).
 RETRY_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
 CREATE_ATTEMPTS = 5
+#: What the watch shows of a resource on its way to Ready, in the order it usually comes:
+#: the operator's finalizer, the tag label, a first status, Ready=True, and kopf's record
+#: that the create was handled (its diff-base annotation). See `StageTracker`.
+STAGES = ("seen", "finalizer", "label", "status", "ready", "handled")
+FINALIZER = "ductape.app/finalizer"
+TAG_LABEL = "ductape.app/tag"
+HANDLED_ANNOTATION = "ductape.app/last-handled-configuration"
 
 
 # --- the resources ----------------------------------------------------------
@@ -150,7 +158,98 @@ def _create_all(
     return created, failed
 
 
-# --- the operator process ---------------------------------------------------
+class StageTracker:
+    """When each resource first showed each of `STAGES` on the watch, and its events.
+
+    Where a resource's time goes between its create call and Ready: waiting for
+    the operator to pick up its ADDED event (the finalizer), the handler's own
+    writes (label, status), and what comes after Ready (kopf's bookkeeping).
+    """
+
+    def __init__(self) -> None:
+        self.first: dict[str, dict[str, float]] = collections.defaultdict(dict)
+        self.events: collections.Counter[str] = collections.Counter()
+
+    def on_event(self, type_: str, obj: Obj, now: float) -> None:
+        if type_ == "DELETED":
+            return
+        name = kit.name_of(obj)
+        self.events[name] += 1
+        meta = obj.get("metadata") or {}
+        reached = {
+            "seen": True,
+            "finalizer": FINALIZER in (meta.get("finalizers") or []),
+            "label": TAG_LABEL in (meta.get("labels") or {}),
+            "status": bool(obj.get("status")),
+            "ready": kit.is_ready(obj),
+            "handled": HANDLED_ANNOTATION in (meta.get("annotations") or {}),
+        }
+        stages = self.first[name]
+        for stage, yes in reached.items():
+            if yes and stage not in stages:
+                stages[stage] = now
+
+    def summary(self, created: dict[str, float]) -> dict[str, Any]:
+        """Per stage, p50/p99 of the seconds from the create call, and of the step
+        from the stage before it; the watch events per resource."""
+        out: dict[str, Any] = {}
+        previous: str | None = None
+        for stage in STAGES:
+            since_create = [
+                t[stage] - created[n] for n, t in self.first.items() if stage in t and n in created
+            ]
+            step = [
+                t[stage] - t[previous]
+                for t in self.first.values()
+                if previous is not None and stage in t and previous in t
+            ]
+            out[stage] = {
+                "p50_s": kit.rounded(kit.percentile(since_create, 0.50)),
+                "p99_s": kit.rounded(kit.percentile(since_create, 0.99)),
+                "step_p50_s": kit.rounded(kit.percentile(step, 0.50)),
+                "step_p99_s": kit.rounded(kit.percentile(step, 0.99)),
+            }
+            previous = stage
+        counts = [self.events[n] for n in created]
+        out["events_per_resource"] = kit.rounded(sum(counts) / len(counts), 2) if counts else None
+        return out
+
+    def on_list(self, items: list[Obj], now: float) -> None:
+        for obj in items:
+            self.on_event("MODIFIED", obj, now)
+
+
+def _api_requests() -> collections.Counter[str]:
+    """The API server's own request counters (`apiserver_request_total`), summed by
+    verb, resource and subresource, e.g. `PATCH messagebrokers/status`."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in kit.kubectl("get", "--raw", "/metrics").splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels_text, _, value = line.rpartition(" ")
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', labels_text))
+        if labels.get("verb") == "WATCH" or not labels.get("resource"):
+            continue
+        key = f"{labels['verb']} {labels['resource']}"
+        if labels.get("subresource"):
+            key += f"/{labels['subresource']}"
+        counts[key] += int(float(value))
+    return counts
+
+
+class Fanout:
+    """Hands each watch event and list to several trackers."""
+
+    def __init__(self, *trackers: Any) -> None:
+        self.trackers = trackers
+
+    def on_event(self, type_: str, obj: Obj, now: float) -> None:
+        for tracker in self.trackers:
+            tracker.on_event(type_, obj, now)
+
+    def on_list(self, items: list[Obj], now: float) -> None:
+        for tracker in self.trackers:
+            tracker.on_list(items, now)
 
 
 # --- the phases -------------------------------------------------------------
@@ -447,6 +546,25 @@ def _print_table(result: dict[str, Any]) -> None:
         f"machine: {machine['nproc']} CPUs, {machine['memory_gb']} GB, {machine['platform']},"
         f" Python {machine['python']}"
     )
+    stages = ready.get("stages") or {}
+    for stage in STAGES:
+        if stage in stages:
+            figures = stages[stage]
+            rows.append(
+                (
+                    f"  stage {stage}",
+                    f"after create p50 {_fmt(figures['p50_s'], ' s', 3)}"
+                    f" p99 {_fmt(figures['p99_s'], ' s', 3)}; step p50"
+                    f" {_fmt(figures['step_p50_s'], ' s', 3)} p99"
+                    f" {_fmt(figures['step_p99_s'], ' s', 3)}",
+                )
+            )
+    requests = result.get("api_requests_to_ready") or {}
+    if requests:
+        per = ", ".join(f"{k} {v / result['count']:.2f}" for k, v in requests.items())
+        rows.append(("API requests per resource to Ready", per))
+    if stages.get("events_per_resource") is not None:
+        rows.append(("  watch events per resource", _fmt(stages["events_per_resource"])))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
@@ -523,16 +641,19 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
         # Ready: a watch from before the first create, then the creates.
         tracker = kit.ReadyTracker()
+        stages = StageTracker()
+        both = Fanout(tracker, stages)
         ready_watcher = kit.Watcher(
             "messagebrokers",
             kubernetes.client.CustomObjectsApi(watch_client).list_namespaced_custom_object,
             (GROUP, VERSION, namespace, PLURAL),
-            tracker.on_event,
-            tracker.on_list,
+            both.on_event,
+            both.on_list,
         )
         ready_watcher.list_now()
         ready_watcher.start()
         cpu["start"] = kit.cpu_seconds(operator.pid) if operator else None
+        requests_before = _api_requests()
         created, failed = _create_all(namespace, bodies, args.clients)
         first_create = min(created.values(), default=time.monotonic())
         print(
@@ -543,6 +664,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         kit.stop_all([ready_watcher])
         kit.check([ready_watcher])
         cpu["ready"] = kit.cpu_seconds(operator.pid) if operator else None
+        # Every request up to here, the creates and the benchmark's own lists included.
+        requests = _api_requests()
+        requests.subtract(requests_before)
+        result["api_requests_to_ready"] = {k: v for k, v in requests.most_common() if v > 0}
         ready_times = {n: t for n, t in tracker.first_ready.items() if n in created}
         latencies = [ready_times[n] - created[n] for n in ready_times]
         result["ready"] = {
@@ -558,6 +683,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             "p99_s": kit.rounded(kit.percentile(latencies, 0.99)),
             "max_s": kit.rounded(max(latencies, default=None)),
             "seen_ready_on_relist": tracker.seen_on_relist,
+            "stages": stages.summary(created),
             "watch_restarts": ready_watcher.restarts,
         }
         print(f"{len(ready_times)} of {args.count} Ready", flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import secrets
 from collections import Counter
@@ -26,7 +27,7 @@ import kopf
 from kopf._cogs.structs import references as kopf_references
 from kopf._core.reactor import observation as kopf_observation
 
-from ductape_operator import errors, kube, metrics, models, outages, reconcile
+from ductape_operator import core, errors, kube, metrics, models, outages, reconcile
 from ductape_operator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ PREFIX = "ductape.app"
 RESOURCE = (models.GROUP, models.VERSION, models.PLURAL)
 CRD = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
+#: kopf's record of the spec it last handled (its diff base); absent until the create
+#: handler has succeeded once.
+DIFFBASE_KEY = "last-handled-configuration"
 #: kopf's retries of a failed API request, in seconds: about five minutes in all, so
 #: that an API server outage shorter than that never ends a watch (kopf's default
 #: gives up after a minute, and a watch that gives up stops the operator).
@@ -82,7 +86,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # user's label, must not cost a reconcile and a diff-base write per resource.
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX,
-        key="last-handled-configuration",
+        key=DIFFBASE_KEY,
         ignored_fields=["metadata.labels", "metadata.annotations"],
     )
     # Events come from one place, the reconciler, on transitions only: kopf posts none
@@ -196,7 +200,14 @@ async def reconcile_broker(
 
 
 async def health_round(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any) -> None:
-    """Timer: this resource's share of the per-endpoint round (probe, drift, retry)."""
+    """Timer: this resource's share of the per-endpoint round (probe, drift, retry).
+
+    A resource whose create handler has not succeeded yet is left to that handler
+    (kopf retries it): in a burst of creates its timer can fire while it still waits
+    its turn, and reconciling it here too would only add API writes to the queue.
+    """
+    if f"{PREFIX}/{DIFFBASE_KEY}" not in body.get("metadata", {}).get("annotations", {}):
+        return
     obj = reconcile.BrokerObject.from_body(body)
     logger.debug("health round for %s/%s", obj.ref.namespace, obj.ref.name)
     owner = tag_owner(kwargs, obj)
@@ -212,9 +223,19 @@ async def pause_changed(
     body: kopf.Body,
     memo: kopf.Memo,
     type: str,
+    patch: kopf.Patch,
     **kwargs: Any,
 ) -> None:
-    """kopf ignores its own prefix's annotations in diffs: watch the paused flag here."""
+    """kopf ignores its own prefix's annotations in diffs: watch the paused flag here.
+
+    A new resource's tag label is written here too, in the patch that adds kopf's
+    finalizer (see `core.label_before_handling`): kopf runs event handlers before it
+    decides on the finalizer, in the same processing cycle, and adds its finalizer
+    with a patch function, so the label must be one too for both to be one request.
+    """
+    tag = core.label_before_handling(body, FINALIZER)
+    if tag is not None:
+        patch.fns.append(functools.partial(core.set_tag_label, tag=tag))
     if type in (None, "DELETED") or body.get("metadata", {}).get("deletionTimestamp"):
         return
     obj = reconcile.BrokerObject.from_body(body)

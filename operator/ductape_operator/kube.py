@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 MANAGED_BY = "ductape-operator"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 #: API calls in flight at once: worker threads and pooled HTTP connections alike.
-API_CONCURRENCY = 32
+API_CONCURRENCY = 64
 
 
 #: Identity of one MessageBroker object (a plain value, defined with the models).
@@ -495,6 +495,12 @@ async def patch_metadata(
 
 #: Events being posted; kept so that the tasks are not garbage-collected mid-flight.
 _posting: set[asyncio.Task[None]] = set()
+#: Events posted at once. An Event is news, never on a resource's path to Ready: a burst
+#: of a thousand creates posts a thousand Ready Events, and they wait here, behind the
+#: Secrets and status patches of the resources still on their way (docs/operations.md,
+#: "A burst of creates"), instead of taking the API pool's threads ahead of them.
+EVENT_CONCURRENCY = 2
+_event_slots = asyncio.Semaphore(EVENT_CONCURRENCY)
 
 
 def emit_event(ref: BrokerRef, *, type: str, reason: str, message: str) -> None:
@@ -532,12 +538,13 @@ async def post_event(ref: BrokerRef, *, type: str, reason: str, message: str) ->
         "count": 1,
     }
     try:
-        await _call(
-            f"post Event {reason}",
-            "POST",
-            f"/api/v1/namespaces/{ref.namespace}/events",
-            body,
-        )
+        async with _event_slots:
+            await _call(
+                f"post Event {reason}",
+                "POST",
+                f"/api/v1/namespaces/{ref.namespace}/events",
+                body,
+            )
     except errors.DuctapeError as exc:
         # During an API server outage that outage's own line says it all; a namespace
         # being deleted refuses new Events (403), which is no news either.

@@ -182,6 +182,37 @@ def test_gate(mutate: Any, owner: str | None, reason: Reason | None, label: bool
         assert "envs" in verdict.message
 
 
+FINALIZER = "ductape.app/finalizer"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "label"),
+    [
+        (lambda b: None, "bus"),
+        (lambda b: b["metadata"].update(finalizers=["other.example/keep"]), "bus"),
+        (lambda b: b["metadata"].update(finalizers=[FINALIZER]), None),
+        (lambda b: b["metadata"].update(deletionTimestamp="2026-01-01T00:00:00Z"), None),
+        (lambda b: b["metadata"]["labels"].update({core.TAG_LABEL: "bus"}), None),
+        (lambda b: b["metadata"]["labels"].update({core.TAG_LABEL: "stale"}), "bus"),
+        (lambda b: b["spec"].pop("envs"), None),
+        (lambda b: b["spec"].pop("tag"), None),
+    ],
+)
+def test_a_new_resource_is_labelled_with_the_finalizer(mutate: Any, label: str | None) -> None:
+    raw = fakes.body()
+    mutate(raw)
+    assert core.label_before_handling(raw, FINALIZER) == label
+
+
+def test_set_tag_label_keeps_other_labels_and_makes_the_map_if_missing() -> None:
+    raw = fakes.body(labels={"team": "a"})
+    core.set_tag_label(raw, "bus")
+    assert raw["metadata"]["labels"] == {"team": "a", core.TAG_LABEL: "bus"}
+    bare: dict[str, Any] = {"metadata": {"labels": None}}
+    core.set_tag_label(bare, "bus")
+    assert bare["metadata"]["labels"] == {core.TAG_LABEL: "bus"}
+
+
 def topic(tag: str, *subs: str, name: str | None = None) -> models.TopicSpec:
     return models.TopicSpec(tag=tag, name=name, subscriptions=list(subs))
 
