@@ -58,6 +58,20 @@ def api_calls(api: kubernetes.client.ApiClient) -> Counts:
     return counts
 
 
+def settled(api: kubernetes.client.ApiClient, quiet: float = 2.0, timeout: float = 60) -> Counts:
+    """The counts once they stop moving for `quiet` seconds: the operator posts Events in
+    the background, after the Ready status, and they belong to the phase that caused them."""
+    deadline = time.monotonic() + timeout
+    last = api_calls(api)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)  # the quiet period is the measurement
+        now = api_calls(api)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def per_resource(before: Counts, after: Counts, ours: Counts, count: int) -> dict[str, float]:
     diff = after.copy()
     diff.subtract(before)
@@ -134,7 +148,7 @@ def run(count: int = 20) -> dict[str, dict[str, float]]:
                 GROUP, VERSION, namespace, PLURAL, manifest(name)
             )
         wait_for(lambda: all_ready(1), f"{count} resources Ready")
-        after = api_calls(api)
+        after = settled(api)
         ours = collections.Counter({("POST", "messagebrokers"): count})
         phases["create"] = per_resource(before, after, ours, count)
 
@@ -151,7 +165,7 @@ def run(count: int = 20) -> dict[str, dict[str, float]]:
                 GROUP, VERSION, namespace, PLURAL, name, {"spec": {"description": "changed"}}
             )
         wait_for(lambda: all_ready(2), f"{count} resources Ready at generation 2")
-        after = api_calls(api)
+        after = settled(api)
         ours = collections.Counter({("PATCH", "messagebrokers"): count})
         phases["spec change"] = per_resource(before, after, ours, count)
 
@@ -159,7 +173,7 @@ def run(count: int = 20) -> dict[str, dict[str, float]]:
         for name in names:
             custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         wait_for(lambda: not listed(), f"{count} resources deleted")
-        after = api_calls(api)
+        after = settled(api)
         # The garbage collector reads and deletes each owned Secret: its calls, not ours.
         ours = collections.Counter(
             {
