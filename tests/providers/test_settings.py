@@ -13,7 +13,9 @@ import time
 import pytest
 
 from ductape_operator import errors, models
-from ductape_operator.providers import base, rabbitmq, sqs
+from ductape_operator.brokers.rabbitmq import operator as rabbitmq
+from ductape_operator.brokers.sqs import operator as sqs
+from ductape_operator.providers import base
 from tests.providers import raw
 from tests.providers.conftest import TYPES, unique_topic
 

@@ -49,7 +49,7 @@ _MODULES = {
 
 
 def _make_transport(binding: binding_.Binding, options: _transport.Options) -> Any:
-    module = importlib.import_module(f"ductape_operator.messaging.{_MODULES[binding.type]}")
+    module = importlib.import_module(f"ductape_operator.brokers.{_MODULES[binding.type]}.client")
     return module.make_transport(binding, options)
 
 

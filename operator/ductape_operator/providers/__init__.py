@@ -17,12 +17,12 @@ import logging
 from collections.abc import Callable, Hashable
 
 from ductape_operator import models
+from ductape_operator.brokers.kafka.operator import KafkaProvider
+from ductape_operator.brokers.pubsub.operator import PubSubProvider
+from ductape_operator.brokers.rabbitmq.operator import RabbitMQProvider
+from ductape_operator.brokers.redis.operator import RedisProvider
+from ductape_operator.brokers.sqs.operator import SQSProvider
 from ductape_operator.providers import base
-from ductape_operator.providers.kafka import KafkaProvider
-from ductape_operator.providers.pubsub import PubSubProvider
-from ductape_operator.providers.rabbitmq import RabbitMQProvider
-from ductape_operator.providers.redis import RedisProvider
-from ductape_operator.providers.sqs import SQSProvider
 
 __all__ = [
     "KafkaProvider",
