@@ -156,20 +156,22 @@ def referenced_secrets(raw_spec: Mapping[str, Any]) -> set[str]:
     names: set[str] = set()
     for env in raw_spec.get("envs") or []:
         config = env.get("config") if isinstance(env, Mapping) else None
-        if not isinstance(config, Mapping):
-            continue
-        sasl = config.get("sasl")
-        candidates = [
-            config.get(f) for f in ("password", "credentials", "accessKeyId", "secretAccessKey")
-        ]
-        if isinstance(sasl, Mapping):
-            candidates.append(sasl.get("password"))
-        for ref in candidates:
-            if isinstance(ref, Mapping) and isinstance(ref.get("secretKeyRef"), Mapping):
-                name = ref["secretKeyRef"].get("name")
-                if isinstance(name, str):
-                    names.add(name)
+        if isinstance(config, Mapping):
+            _collect_secret_names(config, names)
     return names
+
+
+def _collect_secret_names(node: Mapping[str, Any], names: set[str]) -> None:
+    """Every `secretKeyRef.name` in a raw config, at any depth (whatever its broker)."""
+    for value in node.values():
+        if not isinstance(value, Mapping):
+            continue
+        ref = value.get("secretKeyRef")
+        if isinstance(ref, Mapping):
+            if isinstance(ref.get("name"), str):
+                names.add(ref["name"])
+        else:
+            _collect_secret_names(value, names)
 
 
 def shows_paused(obj: BrokerObject) -> bool:
@@ -184,20 +186,7 @@ def broker_identity(env: models.EnvSpec) -> str:
     Two envs with the same identity are the same broker: changing only a
     password or a client id is not a move, and leaves nothing behind.
     """
-    cfg = env.config
-    parts = [
-        env.type.value,
-        ",".join(sorted(cfg.brokers or [])),
-        cfg.host or "",
-        str(cfg.port or ""),
-        str(cfg.db or 0),
-        cfg.vhost or "",
-        cfg.project_id or "",
-        cfg.emulator_host or "",
-        cfg.region or "",
-        cfg.endpoint or "",
-    ]
-    return "|".join(parts)
+    return env.broker_identity()
 
 
 def secret_name_for(broker_name: str, env: models.EnvSpec) -> str:

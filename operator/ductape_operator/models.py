@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
@@ -23,7 +23,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
+
+from ductape_operator import brokers
 
 GROUP = "ductape.app"
 VERSION = "v1alpha1"
@@ -111,18 +113,14 @@ class MessageBrokerTypes(enum.StrEnum):
     AWS_SQS = "AWS_SQS"
 
     @property
+    def kind(self) -> brokers.BrokerKind:
+        """The registered broker of this type."""
+        return brokers.kind(self.value)
+
+    @property
     def binding_type(self) -> str:
         """The `type` entry of the Service Binding Secret."""
-        return _BINDING_TYPES[self]
-
-
-_BINDING_TYPES = {
-    MessageBrokerTypes.KAFKA: "kafka",
-    MessageBrokerTypes.REDIS: "redis",
-    MessageBrokerTypes.RABBITMQ: "rabbitmq",
-    MessageBrokerTypes.GOOGLE_PUBSUB: "google-pubsub",
-    MessageBrokerTypes.AWS_SQS: "aws-sqs",
-}
+        return self.kind.binding_type
 
 
 class DeletionPolicy(enum.StrEnum):
@@ -360,27 +358,14 @@ NEEDS_TLS_MESSAGE = "config.ca, clientCert and clientKey need TLS: tls: true (ss
 #: Which config fields (wire names) each type requires and allows. The CRD's
 #: CEL rules are generated from this table, and `EnvSpec` checks it again.
 FIELDS_BY_TYPE: dict[MessageBrokerTypes, tuple[frozenset[str], frozenset[str]]] = {
-    MessageBrokerTypes.KAFKA: (
-        frozenset({"brokers"}),
-        frozenset({"clientId", "groupId", "ssl", "sasl", "replicationFactor", *TLS_FIELDS}),
-    ),
-    MessageBrokerTypes.REDIS: (
-        frozenset({"host"}),
-        frozenset({"port", "username", "password", "db", "tls", *TLS_FIELDS}),
-    ),
-    MessageBrokerTypes.RABBITMQ: (
-        frozenset({"host"}),
-        frozenset({"port", "username", "password", "vhost", "tls", *TLS_FIELDS}),
-    ),
-    MessageBrokerTypes.GOOGLE_PUBSUB: (
-        frozenset({"projectId"}),
-        frozenset({"credentials", "emulatorHost"}),
-    ),
-    MessageBrokerTypes.AWS_SQS: (
-        frozenset({"region"}),
-        frozenset({"endpoint", "accessKeyId", "secretAccessKey"}),
-    ),
+    MessageBrokerTypes(kind.type): (kind.required, kind.optional) for kind in brokers.kinds()
 }
+
+
+def _either(values: Iterable[str]) -> str:
+    """`a, b or c`."""
+    *rest, last = values
+    return f"{', '.join(rest)} or {last}" if rest else last
 
 
 def _unique(values: list[str], what: str) -> None:
@@ -402,8 +387,8 @@ class EnvSpec(_Model):
         MessageBrokerTypes,
         Field(
             description=(
-                "The provider of this environment: KAFKA, REDIS, RABBITMQ, GOOGLE_PUBSUB"
-                " or AWS_SQS. Changing it moves the environment to another broker."
+                f"The provider of this environment: {_either(k.type for k in brokers.kinds())}."
+                " Changing it moves the environment to another broker."
             )
         ),
     ]
@@ -415,6 +400,15 @@ class EnvSpec(_Model):
         ObjectName | None,
         Field(description="Name of the connection Secret (default <metadata.name>-<slug>)."),
     ] = None
+
+    def broker_identity(self) -> str:
+        """Which broker this env points at, credentials aside (`BrokerKind.identity`).
+
+        Two envs with the same identity are the same broker: changing only a
+        password or a client id is not a move, and leaves nothing behind.
+        """
+        values = self.config.model_dump(by_alias=True, exclude_none=True)
+        return self.type.kind.identity(values)
 
     @model_validator(mode="after")
     def _config_matches_type(self) -> EnvSpec:
@@ -449,7 +443,8 @@ def tls_problems(type_: MessageBrokerTypes, config: BrokerConfig) -> list[str]:
     if (config.client_cert is None) != (config.client_key is None):
         problems.append(CLIENT_PAIR_MESSAGE)
     uses = config.ca is not None or config.client_cert is not None or config.client_key is not None
-    tls_on = config.ssl if type_ is MessageBrokerTypes.KAFKA else config.tls
+    flag = type_.kind.tls_flag
+    tls_on = flag is not None and getattr(config, to_snake(flag)) is True
     if uses and not tls_on:
         problems.append(NEEDS_TLS_MESSAGE)
     return problems

@@ -8,7 +8,6 @@ created, so an application needs only its own provider's SDK installed.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import time
@@ -39,18 +38,10 @@ _PUBSUB_MARKS = "CloudPubSubDeadLetterSource"
 #: Message ids whose deliveries a subscription counts itself (where the broker does not).
 _MAX_COUNTED = 100_000
 
-_MODULES = {
-    binding_.KAFKA: "kafka",
-    binding_.REDIS: "redis",
-    binding_.RABBITMQ: "rabbitmq",
-    binding_.GOOGLE_PUBSUB: "pubsub",
-    binding_.AWS_SQS: "sqs",
-}
-
 
 def _make_transport(binding: binding_.Binding, options: _transport.Options) -> Any:
-    module = importlib.import_module(f"ductape_operator.brokers.{_MODULES[binding.type]}.client")
-    return module.make_transport(binding, options)
+    """The client side of the binding's broker, imported now (with its SDK)."""
+    return binding_.kind_of(binding).transport_factory()(binding, options)
 
 
 class Broker:
@@ -233,7 +224,7 @@ class Subscription:
         self._counts: OrderedDict[str, int] = OrderedDict()
         #: Physical subscription name -> (topic tag, subscription), for messages the
         #: broker itself dead-lettered.
-        self._native_marks = broker.binding.type == binding_.GOOGLE_PUBSUB
+        self._native_marks = binding_.kind_of(broker.binding).native_dead_letter_marks
         self._sources = {
             physical: (route.tag, name)
             for route in broker.binding.topics.values()

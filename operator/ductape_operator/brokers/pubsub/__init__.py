@@ -1,0 +1,17 @@
+"""Google Cloud Pub/Sub: the google-cloud-pubsub GAPIC clients (README.md, "Providers")."""
+
+from ductape_operator.brokers._kind import BrokerKind
+
+KIND = BrokerKind(
+    type="GOOGLE_PUBSUB",
+    binding_type="google-pubsub",
+    title="Google Pub/Sub",
+    package=__name__,
+    required=frozenset({"projectId"}),
+    optional=frozenset({"credentials", "emulatorHost"}),
+    identity_fields=("projectId", "emulatorHost"),
+    required_entries=(("project-id",),),
+    entries=("project-id", "emulator-host", "credentials.json"),
+    native_dead_letter_marks=True,
+    provider="operator:PubSubProvider",
+)
