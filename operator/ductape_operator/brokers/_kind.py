@@ -56,6 +56,10 @@ class BrokerKind:
     #: `module:attribute` of the client side's `make_transport(binding, options)`.
     transport: str = "client:make_transport"
 
+    def config_module(self) -> Any:
+        """The broker's `config` module: `MODEL`, its config model, and optional `NOTES`."""
+        return importlib.import_module(f"{self.package}.config")
+
     def provider_class(self) -> Any:
         """The operator side's class, imported now (it imports the broker's SDK)."""
         return _resolve(self.package, self.provider)

@@ -35,6 +35,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
 from ductape_operator import errors, models
+from ductape_operator.brokers.kafka.config import KafkaConfig, SaslMechanism
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -104,9 +105,9 @@ _AUTH = frozenset(
     }
 )
 _SASL_MECHANISMS = {
-    models.SaslMechanism.PLAIN: "PLAIN",
-    models.SaslMechanism.SCRAM_SHA_256: "SCRAM-SHA-256",
-    models.SaslMechanism.SCRAM_SHA_512: "SCRAM-SHA-512",
+    SaslMechanism.PLAIN: "PLAIN",
+    SaslMechanism.SCRAM_SHA_256: "SCRAM-SHA-256",
+    SaslMechanism.SCRAM_SHA_512: "SCRAM-SHA-512",
 }
 
 
@@ -128,15 +129,16 @@ class KafkaProvider(_common.ProviderBase):
         timeout: float = _common.DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(config, secrets, timeout=timeout)
-        if not config.brokers:
+        self._settings = settings = config.narrow(KafkaConfig)
+        if not settings.brokers:
             raise errors.InvalidConfigError("KAFKA: config.brokers is required")
-        self._brokers = list(config.brokers)
+        self._brokers = list(settings.brokers)
         self._password = (
-            _common.secret_value(secrets, config.sasl.password) if config.sasl else None
+            _common.secret_value(secrets, settings.sasl.password) if settings.sasl else None
         )
         if self._password:
             self._credentials.append(self._password)
-        self._tls_material, self._ssl_context = self._tls_setup(bool(config.ssl))
+        self._tls_material, self._ssl_context = self._tls_setup(bool(settings.ssl))
         self._admin: AIOKafkaAdminClient | None = None
         #: Topics waiting for the next CreateTopics request, and the request in flight.
         self._creating: list[tuple[NewTopic, asyncio.Future[tuple[int, list[Any]]]]] = []
@@ -150,8 +152,8 @@ class KafkaProvider(_common.ProviderBase):
 
     @property
     def security_protocol(self) -> str:
-        tls = bool(self._config.ssl)
-        if self._config.sasl is not None:
+        tls = bool(self._settings.ssl)
+        if self._settings.sasl is not None:
             return "SASL_SSL" if tls else "SASL_PLAINTEXT"
         return "SSL" if tls else "PLAINTEXT"
 
@@ -161,7 +163,7 @@ class KafkaProvider(_common.ProviderBase):
             "bootstrap-servers": ",".join(self._brokers),
             "security-protocol": self.security_protocol,
         }
-        sasl = self._config.sasl
+        sasl = self._settings.sasl
         if sasl is not None:
             entries["sasl-mechanism"] = _SASL_MECHANISMS[sasl.mechanism]
             entries["username"] = sasl.username
@@ -173,13 +175,13 @@ class KafkaProvider(_common.ProviderBase):
     def _client_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
             "bootstrap_servers": self._brokers,
-            "client_id": self._config.client_id or "ductape-operator",
+            "client_id": self._settings.client_id or "ductape-operator",
             "request_timeout_ms": int(self._timeout * 1000),
             "security_protocol": self.security_protocol,
         }
         if self._ssl_context is not None:
             options["ssl_context"] = self._ssl_context
-        sasl = self._config.sasl
+        sasl = self._settings.sasl
         if sasl is not None:
             options["sasl_mechanism"] = _SASL_MECHANISMS[sasl.mechanism]
             options["sasl_plain_username"] = sasl.username
@@ -249,7 +251,7 @@ class KafkaProvider(_common.ProviderBase):
             created = False
             if partitions is None:
                 brokers = len(metadata.get("brokers") or []) or 1
-                replicas = self._config.replication_factor or min(
+                replicas = self._settings.replication_factor or min(
                     MAX_DEFAULT_REPLICATION_FACTOR, brokers
                 )
                 code, rest = await self._create_topic(NewTopic(name, wanted, replicas))

@@ -30,6 +30,7 @@ from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 
 from ductape_operator import errors, models
+from ductape_operator.brokers.pubsub.config import PubSubConfig
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -65,11 +66,12 @@ class PubSubProvider(_common.ProviderBase):
         timeout: float = _common.DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(config, secrets, timeout=timeout)
-        if not config.project_id:
+        settings = config.narrow(PubSubConfig)
+        if not settings.project_id:
             raise errors.InvalidConfigError("GOOGLE_PUBSUB: config.projectId is required")
-        self._project = config.project_id
-        self._emulator = config.emulator_host
-        self._credentials_json = _common.secret_value(secrets, config.credentials)
+        self._project = settings.project_id
+        self._emulator = settings.emulator_host
+        self._credentials_json = _common.secret_value(secrets, settings.credentials)
         if self._credentials_json:
             self._credentials.append(self._credentials_json)
         self._channels: list[grpc.aio.Channel] = []

@@ -22,6 +22,7 @@ from aiormq import exceptions as aiormq_errors
 from pamqp.common import FieldTable
 
 from ductape_operator import errors, models
+from ductape_operator.brokers.rabbitmq.config import RabbitMQConfig
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -64,14 +65,15 @@ class RabbitMQProvider(_common.ProviderBase):
         timeout: float = _common.DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(config, secrets, timeout=timeout)
-        if not config.host:
+        settings = config.narrow(RabbitMQConfig)
+        if not settings.host:
             raise errors.InvalidConfigError("RABBITMQ: config.host is required")
-        self._host = config.host
-        self._tls = bool(config.tls)
-        self._port = config.port or (DEFAULT_TLS_PORT if self._tls else DEFAULT_PORT)
-        self._vhost = config.vhost or DEFAULT_VHOST
-        self._username = config.username or None
-        self._password = _common.secret_value(secrets, config.password)
+        self._host = settings.host
+        self._tls = bool(settings.tls)
+        self._port = settings.port or (DEFAULT_TLS_PORT if self._tls else DEFAULT_PORT)
+        self._vhost = settings.vhost or DEFAULT_VHOST
+        self._username = settings.username or None
+        self._password = _common.secret_value(secrets, settings.password)
         if self._password:
             self._credentials.append(self._password)
         self._tls_material, self._ssl_context = self._tls_setup(self._tls)

@@ -17,6 +17,7 @@ import redis.asyncio as aredis
 from redis import exceptions as redis_errors
 
 from ductape_operator import errors, models, tls
+from ductape_operator.brokers.redis.config import RedisConfig
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -37,14 +38,15 @@ class RedisProvider(_common.ProviderBase):
         timeout: float = _common.DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(config, secrets, timeout=timeout)
-        if not config.host:
+        settings = config.narrow(RedisConfig)
+        if not settings.host:
             raise errors.InvalidConfigError("REDIS: config.host is required")
-        self._host = config.host
-        self._port = config.port or DEFAULT_PORT
-        self._db = config.db or 0
-        self._tls = bool(config.tls)
-        self._username = config.username or None
-        self._password = _common.secret_value(secrets, config.password)
+        self._host = settings.host
+        self._port = settings.port or DEFAULT_PORT
+        self._db = settings.db or 0
+        self._tls = bool(settings.tls)
+        self._username = settings.username or None
+        self._password = _common.secret_value(secrets, settings.password)
         if self._password:
             self._credentials.append(self._password)
         # redis-py builds its own context from these (CA text, pair as files), with the

@@ -22,6 +22,7 @@ from botocore import exceptions as botocore_errors
 from botocore.config import Config
 
 from ductape_operator import errors, models
+from ductape_operator.brokers.sqs.config import SQSConfig
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -91,12 +92,13 @@ class SQSProvider(_common.ProviderBase):
         timeout: float = _common.DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(config, secrets, timeout=timeout)
-        if not config.region:
+        settings = config.narrow(SQSConfig)
+        if not settings.region:
             raise errors.InvalidConfigError("AWS_SQS: config.region is required")
-        self._region = config.region
-        self._endpoint_url = config.endpoint or None
-        self._access_key_id = _common.secret_value(secrets, config.access_key_id)
-        self._secret_access_key = _common.secret_value(secrets, config.secret_access_key)
+        self._region = settings.region
+        self._endpoint_url = settings.endpoint or None
+        self._access_key_id = _common.secret_value(secrets, settings.access_key_id)
+        self._secret_access_key = _common.secret_value(secrets, settings.secret_access_key)
         self._credentials += [v for v in (self._secret_access_key,) if v]
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None

@@ -1,0 +1,41 @@
+"""Redis's config fields: the `config` of an env of type REDIS (README.md, "Providers")."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from ductape_operator import schema
+
+#: The server's port when `port` is not set.
+DEFAULT_PORT = 6379
+
+
+class RedisConfig(schema.TrustFields):
+    """An env's Redis connection."""
+
+    host: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=schema.HOST_MAX_LENGTH,
+            pattern=schema.HOST_PATTERN,
+            description="server host name or IPv4 address (required).",
+        ),
+    ] = None
+    port: Annotated[schema.Port | None, Field(description="server port.")] = None
+    username: Annotated[str | None, Field(max_length=253, description="user name.")] = None
+    password: Annotated[schema.SecretRef | None, Field(description="password, from a Secret.")] = (
+        None
+    )
+    db: Annotated[
+        int | None,
+        Field(ge=0, le=1023, strict=True, description="database number (default 0)."),
+    ] = None
+    tls: Annotated[schema.Flag | None, Field(description="connect with TLS.")] = None
+
+
+MODEL = RedisConfig
+#: What the API's description of a field adds for this type, e.g. `REDIS (default 6379)`.
+NOTES = {"port": f"default {DEFAULT_PORT}"}
