@@ -110,6 +110,25 @@ class Link:
             log.info("%s: connection back after %.1fs", self.name, took)
 
 
+def error_for(
+    failure: errors.Failure | None, text: str, *, missing: str = "the topic"
+) -> errors.DuctapeError | None:
+    """The client side's error for a failure a broker's `classify` found (None: not an
+    exception of the SDK, re-raised as is). `missing` names what NOT_FOUND means.
+
+    A throttled request is retried like a lost connection (`retrying`).
+    """
+    if failure is None:
+        return None
+    if failure is errors.Failure.AUTH:
+        return errors.BrokerAuthError(text)
+    if failure in (errors.Failure.UNREACHABLE, errors.Failure.THROTTLED):
+        return errors.BrokerUnreachableError(text)
+    if failure is errors.Failure.NOT_FOUND:
+        return errors.ProvisioningError(f"{text} (is {missing} provisioned?)", retriable=True)
+    return errors.BrokerError(text, retriable=failure is not errors.Failure.INVALID)
+
+
 async def retrying(
     operation: Callable[[], Awaitable[T]],
     *,

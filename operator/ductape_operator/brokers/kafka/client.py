@@ -28,6 +28,7 @@ import aiokafka.errors as kafka_errors
 from aiokafka.abc import ConsumerRebalanceListener
 
 from ductape_operator import errors
+from ductape_operator.brokers.kafka.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
@@ -45,29 +46,10 @@ _REBALANCED = (
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
-    """The project's error for an aiokafka exception (None: not a Kafka error)."""
+    """The client side's error for an aiokafka exception (None: not one): `errors.classify`,
+    shared with the operator side."""
     text = f"kafka: {type(exc).__name__}: {exc}"
-    if isinstance(
-        exc,
-        kafka_errors.TopicAuthorizationFailedError | kafka_errors.GroupAuthorizationFailedError,
-    ):
-        return errors.BrokerAuthError(text)
-    if isinstance(exc, kafka_errors.UnknownTopicOrPartitionError):
-        return errors.ProvisioningError(f"{text} (is the topic provisioned?)", retriable=True)
-    if isinstance(
-        exc,
-        kafka_errors.KafkaConnectionError
-        | kafka_errors.NodeNotReadyError
-        | kafka_errors.NoBrokersAvailable
-        | kafka_errors.KafkaTimeoutError
-        | kafka_errors.RequestTimedOutError
-        | ConnectionError
-        | OSError,
-    ):
-        return errors.BrokerUnreachableError(text)
-    if isinstance(exc, kafka_errors.KafkaError):
-        return errors.BrokerError(text, retriable=bool(getattr(exc, "retriable", False)))
-    return None
+    return _transport.error_for(classify(exc), text)
 
 
 def make_transport(binding: binding_.Binding, options: _transport.Options) -> KafkaTransport:

@@ -36,6 +36,7 @@ from aiokafka.structs import TopicPartition
 
 from ductape_operator import errors, models
 from ductape_operator.brokers.kafka.config import KafkaConfig, SaslMechanism
+from ductape_operator.brokers.kafka.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -82,26 +83,6 @@ _GROUP_IN_USE = frozenset(
         kafka_errors.IllegalGenerationError.errno,
         kafka_errors.UnknownMemberIdError.errno,
         kafka_errors.RebalanceInProgressError.errno,
-    }
-)
-#: The request or the config is at fault: trying again with nothing changed cannot help.
-_PERMANENT = frozenset(
-    {
-        kafka_errors.InvalidTopicError.errno,
-        kafka_errors.InvalidPartitionsError.errno,
-        kafka_errors.InvalidReplicationFactorError.errno,
-        kafka_errors.InvalidReplicationAssignmentError.errno,
-        kafka_errors.InvalidConfigurationError.errno,
-        kafka_errors.PolicyViolationError.errno,
-        kafka_errors.InvalidRequestError.errno,
-    }
-)
-_AUTH = frozenset(
-    {
-        kafka_errors.TopicAuthorizationFailedError.errno,
-        kafka_errors.GroupAuthorizationFailedError.errno,
-        kafka_errors.ClusterAuthorizationFailedError.errno,
-        kafka_errors.SaslAuthenticationFailed.errno,
     }
 )
 _SASL_MECHANISMS = {
@@ -740,25 +721,9 @@ class KafkaProvider(_common.ProviderBase):
         return self._map(exc, what)
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
-        """The one place Kafka errors become the project's."""
-        endpoint = self.endpoint
-        code = getattr(exc, "errno", None)
-        if isinstance(exc, kafka_errors.AuthenticationFailedError) or code in _AUTH:
-            return _common.auth_failed(endpoint, what, exc)
-        if code in _PERMANENT:
-            return _common.refused(endpoint, what, exc, retriable=False)
-        if isinstance(
-            exc,
-            kafka_errors.KafkaConnectionError
-            | kafka_errors.NoBrokersAvailable
-            | kafka_errors.NodeNotReadyError
-            | kafka_errors.KafkaTimeoutError
-            | kafka_errors.RequestTimedOutError
-            | OSError,
-        ):
-            return _common.unreachable(endpoint, what, exc)
-        retriable = bool(getattr(exc, "retriable", True))
-        return _common.refused(endpoint, what, exc, retriable=retriable)
+        """The operator side's error for an SDK exception (`errors.classify`, shared with
+        the client side)."""
+        return _common.from_failure(classify(exc), self.endpoint, what, exc)
 
 
 def _timestamp_at(data: bytes | None, offset: int) -> int | None:

@@ -35,6 +35,7 @@ from google.pubsub_v1.services.subscriber.transports.grpc_asyncio import (
 )
 
 from ductape_operator import errors
+from ductape_operator.brokers.pubsub.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
@@ -61,32 +62,10 @@ T = TypeVar("T")
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
-    """The project's error for a google-api-core exception (None: not a Pub/Sub error)."""
+    """The client side's error for a Google API exception (None: not one): `errors.classify`,
+    shared with the operator side."""
     text = f"pubsub: {type(exc).__name__}: {exc}"
-    if isinstance(
-        exc,
-        google_errors.PermissionDenied
-        | google_errors.Unauthenticated
-        | auth_errors.GoogleAuthError,
-    ):
-        return errors.BrokerAuthError(text)
-    if isinstance(exc, google_errors.NotFound):
-        return errors.ProvisioningError(
-            f"{text} (is the topic or subscription provisioned?)", retriable=True
-        )
-    if isinstance(
-        exc,
-        google_errors.ServiceUnavailable
-        | google_errors.DeadlineExceeded
-        | google_errors.RetryError
-        | grpc.aio.AioRpcError
-        | ConnectionError
-        | OSError,
-    ):
-        return errors.BrokerUnreachableError(text)
-    if isinstance(exc, google_errors.GoogleAPIError):
-        return errors.BrokerError(text)
-    return None
+    return _transport.error_for(classify(exc), text, missing="the topic or subscription")
 
 
 def make_transport(binding: binding_.Binding, options: _transport.Options) -> PubSubTransport:

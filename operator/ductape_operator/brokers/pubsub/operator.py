@@ -31,6 +31,7 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncI
 
 from ductape_operator import errors, models
 from ductape_operator.brokers.pubsub.config import PubSubConfig
+from ductape_operator.brokers.pubsub.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -360,33 +361,14 @@ class PubSubProvider(_common.ProviderBase):
             )
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
-        """The one place Google API errors become the project's."""
-        endpoint = self.endpoint
-        if isinstance(
-            exc,
-            google_errors.PermissionDenied
-            | google_errors.Unauthenticated
-            | google_auth_errors.RefreshError,
-        ):
-            return _common.auth_failed(endpoint, what, exc)
+        """The operator side's error for an SDK exception (`errors.classify`, shared with
+        the client side); no credentials at all is the config's to fix."""
         if isinstance(exc, google_auth_errors.DefaultCredentialsError):
             return errors.InvalidConfigError(
-                f"{endpoint}: no credentials: set config.credentials or give the operator"
+                f"{self.endpoint}: no credentials: set config.credentials or give the operator"
                 f" workload identity ({_common.describe(exc)})"
             )
-        if isinstance(
-            exc,
-            google_errors.ServiceUnavailable
-            | google_errors.DeadlineExceeded
-            | google_errors.RetryError
-            | google_auth_errors.TransportError
-            | OSError,
-        ):
-            return _common.unreachable(endpoint, what, exc)
-        if isinstance(exc, google_errors.InvalidArgument | google_errors.NotFound):
-            # A bad topic or subscription id, or a project that does not exist.
-            return _common.refused(endpoint, what, exc, retriable=False)
-        return _common.refused(endpoint, what, exc, retriable=True)
+        return _common.from_failure(classify(exc), self.endpoint, what, exc)
 
 
 def _seconds(duration: Any) -> int:

@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Collection
 import aio_pika
 from aio_pika import abc as aio_pika_abc
 from aio_pika import exceptions as amqp_errors
-from aiormq import exceptions as aiormq_errors
 from pamqp.common import FieldTable
 
 from ductape_operator import errors, models
 from ductape_operator.brokers.rabbitmq.config import RabbitMQConfig
+from ductape_operator.brokers.rabbitmq.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -381,27 +381,9 @@ class RabbitMQProvider(_common.ProviderBase):
                 pass
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
-        """The one place AMQP errors become the project's."""
-        endpoint = self.endpoint
-        if isinstance(
-            exc,
-            amqp_errors.AuthenticationError
-            | amqp_errors.ProbableAuthenticationError
-            | aiormq_errors.ChannelAccessRefused
-            | aiormq_errors.ConnectionNotAllowed,
-        ):
-            return _common.auth_failed(endpoint, what, exc)
-        if isinstance(exc, amqp_errors.ChannelPreconditionFailed):
-            return _common.refused(endpoint, what, exc, retriable=False)
-        if isinstance(
-            exc,
-            amqp_errors.AMQPConnectionError
-            | amqp_errors.ChannelInvalidStateError
-            | ConnectionError
-            | OSError,
-        ):
-            return _common.unreachable(endpoint, what, exc)
-        return _common.refused(endpoint, what, exc, retriable=True)
+        """The operator side's error for an SDK exception (`errors.classify`, shared with
+        the client side)."""
+        return _common.from_failure(classify(exc), self.endpoint, what, exc)
 
 
 def _usable(connection: aio_pika_abc.AbstractConnection) -> bool:

@@ -32,6 +32,7 @@ from redis.asyncio.retry import Retry
 
 from ductape_operator import errors
 from ductape_operator import tls as tls_
+from ductape_operator.brokers.redis.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
@@ -46,19 +47,10 @@ T = TypeVar("T")
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
-    """The project's error for a redis-py exception (None: not a Redis error)."""
+    """The client side's error for a redis-py exception (None: not one): `errors.classify`,
+    shared with the operator side."""
     text = f"redis: {type(exc).__name__}: {exc}"
-    if isinstance(exc, redis_errors.AuthenticationError | redis_errors.AuthorizationError):
-        return errors.BrokerAuthError(text)
-    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
-        return errors.BrokerUnreachableError(text)
-    if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("NOGROUP"):
-        return errors.ProvisioningError(
-            f"{text} (is the subscription provisioned?)", retriable=True
-        )
-    if isinstance(exc, redis_errors.RedisError):
-        return errors.BrokerError(text)
-    return None
+    return _transport.error_for(classify(exc), text, missing="the subscription")
 
 
 def make_transport(binding: binding_.Binding, options: _transport.Options) -> RedisTransport:

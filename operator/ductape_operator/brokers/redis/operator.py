@@ -18,6 +18,7 @@ from redis import exceptions as redis_errors
 
 from ductape_operator import errors, models, tls
 from ductape_operator.brokers.redis.config import RedisConfig
+from ductape_operator.brokers.redis.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -319,25 +320,9 @@ class RedisProvider(_common.ProviderBase):
                 raise
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
-        """The one place Redis errors become the project's."""
-        endpoint = self.endpoint
-        text = str(exc)
-        if isinstance(
-            exc,
-            redis_errors.AuthenticationError
-            | redis_errors.AuthorizationError
-            | redis_errors.NoPermissionError,
-        ) or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
-            return _common.auth_failed(endpoint, what, exc)
-        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
-            return _common.unreachable(endpoint, what, exc)
-        if isinstance(exc, redis_errors.BusyLoadingError | redis_errors.TryAgainError):
-            return _common.refused(endpoint, what, exc, retriable=True)
-        if isinstance(exc, redis_errors.ReadOnlyError | redis_errors.OutOfMemoryError):
-            return _common.refused(endpoint, what, exc, retriable=True)
-        if isinstance(exc, redis_errors.ResponseError):
-            return _common.refused(endpoint, what, exc, retriable=False)
-        return _common.refused(endpoint, what, exc, retriable=True)
+        """The operator side's error for an SDK exception (`errors.classify`, shared with
+        the client side)."""
+        return _common.from_failure(classify(exc), self.endpoint, what, exc)
 
 
 def _backlog_of(group: dict[str, object] | None) -> int | None:

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 import aioboto3
 import botocore.config
-import botocore.exceptions as aws_errors
 
 from ductape_operator import errors
+from ductape_operator.brokers.sqs.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
@@ -45,52 +45,12 @@ CONCURRENCY = 16
 T = TypeVar("T")
 _SQS_TEXT = re.compile("^[\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
 
-_AUTH_CODES = {
-    "InvalidClientTokenId",
-    "AccessDenied",
-    "AccessDeniedException",
-    "SignatureDoesNotMatch",
-    "UnrecognizedClientException",
-    "ExpiredToken",
-}
-_MISSING_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-_TRANSIENT_CODES = {
-    "ThrottlingException",
-    "RequestThrottled",
-    "ServiceUnavailable",
-    "InternalError",
-    "InternalFailure",
-}
-
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
-    """The project's error for a botocore exception (None: not an AWS error)."""
+    """The client side's error for a botocore exception (None: not one): `errors.classify`,
+    shared with the operator side."""
     text = f"sqs: {type(exc).__name__}: {exc}"
-    if isinstance(exc, aws_errors.ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in _AUTH_CODES:
-            return errors.BrokerAuthError(text)
-        if code in _MISSING_CODES:
-            return errors.ProvisioningError(f"{text} (is the topic provisioned?)", retriable=True)
-        if code in _TRANSIENT_CODES:
-            return errors.BrokerUnreachableError(text)
-        return errors.BrokerError(text, retriable=False)
-    if isinstance(exc, aws_errors.NoCredentialsError | aws_errors.PartialCredentialsError):
-        return errors.BrokerAuthError(text)
-    if isinstance(
-        exc,
-        aws_errors.EndpointConnectionError
-        | aws_errors.ConnectionClosedError
-        | aws_errors.ConnectTimeoutError
-        | aws_errors.ReadTimeoutError
-        | aws_errors.HTTPClientError
-        | ConnectionError
-        | OSError,
-    ):
-        return errors.BrokerUnreachableError(text)
-    if isinstance(exc, aws_errors.BotoCoreError):
-        return errors.BrokerError(text)
-    return None
+    return _transport.error_for(classify(exc), text)
 
 
 def make_transport(binding: binding_.Binding, options: _transport.Options) -> SqsTransport:

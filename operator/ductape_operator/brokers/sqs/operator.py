@@ -22,7 +22,9 @@ from botocore import exceptions as botocore_errors
 from botocore.config import Config
 
 from ductape_operator import errors, models
+from ductape_operator.brokers.sqs import errors as sqs_errors
 from ductape_operator.brokers.sqs.config import SQSConfig
+from ductape_operator.brokers.sqs.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -37,33 +39,7 @@ ATTRIBUTE_CONCURRENCY = 8
 #: Visible plus in flight (received, not deleted yet): the backlog of a queue.
 _BACKLOG_ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
-_NOT_FOUND = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 _ALREADY_EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
-_AUTH = frozenset(
-    {
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "SignatureDoesNotMatch",
-        "IncompleteSignature",
-        "MissingAuthenticationToken",
-        "InvalidSecurity",
-        "AccessDenied",
-        "AccessDeniedException",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "AuthFailure",
-    }
-)
-_PERMANENT = frozenset(
-    {
-        "InvalidParameterValue",
-        "InvalidParameterValueException",
-        "InvalidAttributeName",
-        "InvalidAttributeValue",
-        "ValidationError",
-        "InvalidAddress",
-    }
-)
 
 
 def queue_name(topic: str, subscription: str | None = None) -> str:
@@ -178,7 +154,7 @@ class SQSProvider(_common.ProviderBase):
                 try:
                     reply = await client.create_queue(QueueName=name)
                 except botocore_errors.ClientError as exc:
-                    if _code(exc) not in _ALREADY_EXISTS:
+                    if sqs_errors.code(exc) not in _ALREADY_EXISTS:
                         raise
                     # Exists with other attributes: adopt it as it is.
                     reply = await client.get_queue_url(QueueName=name)
@@ -254,7 +230,7 @@ class SQSProvider(_common.ProviderBase):
             reply = await client.get_queue_url(QueueName=name)
             await client.delete_queue(QueueUrl=reply["QueueUrl"])
         except botocore_errors.ClientError as exc:
-            if _code(exc) not in _NOT_FOUND:
+            if sqs_errors.code(exc) not in sqs_errors.NOT_FOUND_CODES:
                 raise
 
     async def topic_exists(self, topic: base.TopicPlan) -> bool:
@@ -265,7 +241,7 @@ class SQSProvider(_common.ProviderBase):
                 try:
                     await client.get_queue_url(QueueName=name)
                 except botocore_errors.ClientError as exc:
-                    if _code(exc) in _NOT_FOUND:
+                    if sqs_errors.code(exc) in sqs_errors.NOT_FOUND_CODES:
                         return False
                     raise
         return True
@@ -341,7 +317,7 @@ class SQSProvider(_common.ProviderBase):
                             QueueUrl=url, AttributeNames=_BACKLOG_ATTRIBUTES
                         )
                     except botocore_errors.ClientError as exc:
-                        if _code(exc) in _NOT_FOUND:
+                        if sqs_errors.code(exc) in sqs_errors.NOT_FOUND_CODES:
                             return  # deleted since the listing: no figure
                         raise
                 attributes = reply.get("Attributes", {})
@@ -363,30 +339,9 @@ class SQSProvider(_common.ProviderBase):
             await self._require_client().list_queues(MaxResults=1)
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
-        """The one place botocore errors become the project's."""
-        endpoint = self.endpoint
-        if isinstance(exc, botocore_errors.ClientError):
-            code = _code(exc)
-            if code in _AUTH:
-                return _common.auth_failed(endpoint, what, exc)
-            if code in _PERMANENT:
-                return _common.refused(endpoint, what, exc, retriable=False)
-            return _common.refused(endpoint, what, exc, retriable=True)
-        if isinstance(
-            exc, botocore_errors.NoCredentialsError | botocore_errors.PartialCredentialsError
-        ):
-            return _common.auth_failed(endpoint, what, exc)
-        if isinstance(
-            exc,
-            botocore_errors.EndpointConnectionError
-            | botocore_errors.ConnectionError
-            | botocore_errors.ConnectTimeoutError
-            | botocore_errors.ReadTimeoutError
-            | botocore_errors.HTTPClientError
-            | OSError,
-        ):
-            return _common.unreachable(endpoint, what, exc)
-        return _common.refused(endpoint, what, exc, retriable=True)
+        """The operator side's error for an SDK exception (`errors.classify`, shared with
+        the client side)."""
+        return _common.from_failure(classify(exc), self.endpoint, what, exc)
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -405,7 +360,3 @@ def _attribute(key: str, value: str) -> object:
         return value
     policy = json.loads(value)
     return (str(policy.get("deadLetterTargetArn")), int(policy.get("maxReceiveCount", 0)))
-
-
-def _code(exc: botocore_errors.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
