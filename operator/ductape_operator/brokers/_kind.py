@@ -47,9 +47,10 @@ class BrokerKind:
     #: Whether a `topics.json` topic may have no `name` when it has subscriptions
     #: (its messages go to every subscription's own queue).
     topic_name_optional: bool = False
-    #: Whether the broker moves dead letters itself and marks them with its own headers,
-    #: which the shared subscription reads into the common ones (messaging.broker).
-    native_dead_letter_marks: bool = False
+    #: For a broker that moves dead letters itself and marks them with its own headers:
+    #: `module:attribute` of the client side's reader of those marks, a function of a
+    #: message's headers returning `messaging._transport.DeadLetterMarks` or None.
+    dead_letter_marks: str | None = None
     #: `module:attribute` of the operator side, a `providers.base.Provider` class,
     #: relative to `package`.
     provider: str = "operator:Provider"
@@ -67,6 +68,12 @@ class BrokerKind:
     def transport_factory(self) -> Any:
         """The client side's `make_transport`, imported now (it imports the broker's SDK)."""
         return _resolve(self.package, self.transport)
+
+    def dead_letter_reader(self) -> Any:
+        """The client side's reader of the broker's own dead-letter marks, or None."""
+        if self.dead_letter_marks is None:
+            return None
+        return _resolve(self.package, self.dead_letter_marks)
 
     def identity(self, values: Mapping[str, Any]) -> str:
         """Which broker a config points at, from its wire-named `values`, credentials aside."""

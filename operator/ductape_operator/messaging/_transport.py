@@ -43,6 +43,17 @@ class Options:
     ready_timeout: float = 30.0
 
 
+@dataclasses.dataclass(frozen=True)
+class DeadLetterMarks:
+    """What a broker that dead-letters by itself wrote on a message it moved: the
+    physical name of the subscription it left, its delivery count, and the headers
+    that carried them (dropped once read into the common ones)."""
+
+    source: str
+    count: str
+    headers: tuple[str, ...]
+
+
 class Consumer(Protocol):
     """One consumer in one subscription."""
 

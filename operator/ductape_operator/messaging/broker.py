@@ -32,9 +32,6 @@ DEAD_LETTER_SUBSCRIPTION_HEADER = "dead-letter-subscription"
 DEAD_LETTER_COUNT_HEADER = "dead-letter-delivery-count"
 #: What Pub/Sub adds to a message its dead-letter policy moved (source subscription id,
 #: deliveries); turned into the headers above, so every provider's dead letters read alike.
-_PUBSUB_SOURCE = "CloudPubSubDeadLetterSourceSubscription"
-_PUBSUB_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
-_PUBSUB_MARKS = "CloudPubSubDeadLetterSource"
 #: Message ids whose deliveries a subscription counts itself (where the broker does not).
 _MAX_COUNTED = 100_000
 
@@ -224,7 +221,7 @@ class Subscription:
         self._counts: OrderedDict[str, int] = OrderedDict()
         #: Physical subscription name -> (topic tag, subscription), for messages the
         #: broker itself dead-lettered.
-        self._native_marks = binding_.kind_of(broker.binding).native_dead_letter_marks
+        self._read_marks = binding_.kind_of(broker.binding).dead_letter_reader()
         self._sources = {
             physical: (route.tag, name)
             for route in broker.binding.topics.values()
@@ -299,10 +296,11 @@ class Subscription:
                 if wait <= 0:
                     return None
             batch = await self._consumer.fetch(self._options.prefetch, max(wait, 0.0))
-            if self._native_marks:
+            if self._read_marks is not None:
                 for received in batch:
-                    if _PUBSUB_SOURCE in received.headers:
-                        self._mark_moved_by_broker(received)
+                    marks = self._read_marks(received.headers)
+                    if marks is not None:
+                        self._mark_moved_by_broker(received, marks)
             self._buffer.extend(batch)
             if self._dead_letter is not None:
                 await self._dead_letter_exhausted()
@@ -327,16 +325,17 @@ class Subscription:
                 kept.append(message)
         self._buffer = kept
 
-    def _mark_moved_by_broker(self, message: message_.Message) -> None:
+    def _mark_moved_by_broker(
+        self, message: message_.Message, marks: _transport.DeadLetterMarks
+    ) -> None:
         headers = message.headers
-        source = self._sources.get(headers[_PUBSUB_SOURCE])
-        count = headers.get(_PUBSUB_COUNT, "")
+        source = self._sources.get(marks.source)
         if source is None:
             return  # from a subscription this binding does not know: left as it came
-        for name in [h for h in headers if h.startswith(_PUBSUB_MARKS)]:
+        for name in marks.headers:
             del headers[name]
         headers[DEAD_LETTER_TOPIC_HEADER], headers[DEAD_LETTER_SUBSCRIPTION_HEADER] = source
-        headers[DEAD_LETTER_COUNT_HEADER] = count
+        headers[DEAD_LETTER_COUNT_HEADER] = marks.count
 
     def _counted(self, message: message_.Message) -> int:
         seen = self._counts.pop(message.id, 0) + 1

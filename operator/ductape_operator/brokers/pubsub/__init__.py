@@ -12,6 +12,6 @@ KIND = BrokerKind(
     identity_fields=("projectId", "emulatorHost"),
     required_entries=(("project-id",),),
     entries=("project-id", "emulator-host", "credentials.json"),
-    native_dead_letter_marks=True,
+    dead_letter_marks="client:dead_letter_marks",
     provider="operator:PubSubProvider",
 )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped]
@@ -66,6 +66,24 @@ def map_error(exc: BaseException) -> errors.DuctapeError | None:
     shared with the operator side."""
     text = f"pubsub: {type(exc).__name__}: {exc}"
     return _transport.error_for(classify(exc), text, missing="the topic or subscription")
+
+
+#: Attributes Pub/Sub adds to a message it moved to a dead-letter topic itself.
+_DEAD_LETTER_MARKS = "CloudPubSubDeadLetterSource"
+_DEAD_LETTER_SOURCE = "CloudPubSubDeadLetterSourceSubscription"
+_DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
+
+
+def dead_letter_marks(headers: Mapping[str, str]) -> _transport.DeadLetterMarks | None:
+    """Pub/Sub's marks on a message it dead-lettered (None: not one it moved)."""
+    source = headers.get(_DEAD_LETTER_SOURCE)
+    if source is None:
+        return None
+    return _transport.DeadLetterMarks(
+        source=source,
+        count=headers.get(_DEAD_LETTER_COUNT, ""),
+        headers=tuple(name for name in headers if name.startswith(_DEAD_LETTER_MARKS)),
+    )
 
 
 def make_transport(binding: binding_.Binding, options: _transport.Options) -> PubSubTransport:
