@@ -7,9 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from ductape_operator import schema
-
-#: The server's port when `port` is not set (AMQP; with TLS see the operator side).
-DEFAULT_PORT = 5672
+from ductape_operator.brokers.rabbitmq.entries import DEFAULT_PORT
 
 
 class RabbitMQConfig(schema.TrustFields):

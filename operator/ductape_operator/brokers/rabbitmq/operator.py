@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import urllib.parse
 from collections.abc import AsyncIterator, Collection
 
 import aio_pika
@@ -22,16 +21,12 @@ from pamqp.common import FieldTable
 
 from ductape_operator import errors, models
 from ductape_operator.brokers.rabbitmq.config import RabbitMQConfig
+from ductape_operator.brokers.rabbitmq.entries import DEFAULT_VHOST, Entries, default_port
 from ductape_operator.brokers.rabbitmq.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PORT = 5672
-DEFAULT_TLS_PORT = 5671
-DEFAULT_VHOST = "/"
-#: What AMQP clients log in with when no user is configured (RabbitMQ's default user).
-DEFAULT_USER = "guest"
 #: A subscription's queue gets every message of its topic.
 ROUTING_KEY = "#"
 
@@ -70,7 +65,7 @@ class RabbitMQProvider(_common.ProviderBase):
             raise errors.InvalidConfigError("RABBITMQ: config.host is required")
         self._host = settings.host
         self._tls = bool(settings.tls)
-        self._port = settings.port or (DEFAULT_TLS_PORT if self._tls else DEFAULT_PORT)
+        self._port = settings.port or default_port(self._tls)
         self._vhost = settings.vhost or DEFAULT_VHOST
         self._username = settings.username or None
         self._password = _common.secret_value(secrets, settings.password)
@@ -83,34 +78,22 @@ class RabbitMQProvider(_common.ProviderBase):
     # --- naming and binding -------------------------------------------------
 
     @property
-    def _scheme(self) -> str:
-        return "amqps" if self._tls else "amqp"
-
-    @property
-    def _vhost_path(self) -> str:
-        return urllib.parse.quote(self._vhost, safe="")
+    def _entries(self) -> Entries:
+        return Entries(
+            host=self._host,
+            port=self._port,
+            vhost=self._vhost,
+            username=self._username,
+            password=self._password,
+            tls=self._tls,
+        )
 
     @property
     def endpoint(self) -> str:
-        return f"{self._scheme}://{self._host}:{self._port}/{self._vhost_path}"
+        return self._entries.endpoint
 
     def binding(self) -> dict[str, str]:
-        userinfo = ""
-        if self._username or self._password:
-            userinfo = urllib.parse.quote(self._username or DEFAULT_USER, safe="")
-            if self._password:
-                userinfo += ":" + urllib.parse.quote(self._password, safe="")
-            userinfo += "@"
-        entries = {
-            "uri": f"{self._scheme}://{userinfo}{self._host}:{self._port}/{self._vhost_path}",
-            "host": self._host,
-            "port": str(self._port),
-            "virtual-host": self._vhost,
-        }
-        if self._username:
-            entries["username"] = self._username
-        if self._password:
-            entries["password"] = self._password
+        entries = self._entries.write()
         entries.update(self._tls_material.entries())
         return entries
 
@@ -133,11 +116,12 @@ class RabbitMQProvider(_common.ProviderBase):
                 self._connection = None
                 with contextlib.suppress(Exception):
                     await current.close()
+            login, password = self._entries.login
             self._connection = await aio_pika.connect(
                 host=self._host,
                 port=self._port,
-                login=self._username or DEFAULT_USER,
-                password=self._password or DEFAULT_USER,
+                login=login,
+                password=password,
                 virtualhost=self._vhost,
                 ssl=self._tls,
                 ssl_context=self._ssl_context,

@@ -23,7 +23,6 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 import redis.backoff as redis_backoff
@@ -32,6 +31,7 @@ from redis.asyncio.retry import Retry
 
 from ductape_operator import errors
 from ductape_operator import tls as tls_
+from ductape_operator.brokers.redis.entries import Entries
 from ductape_operator.brokers.redis.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
@@ -58,28 +58,16 @@ def make_transport(binding: binding_.Binding, options: _transport.Options) -> Re
 
 
 def _connection_kwargs(binding: binding_.Binding) -> dict[str, Any]:
-    uri = urlsplit(binding.get("uri") or "")
-    tls = uri.scheme == "rediss" or (binding.get("tls") or "").lower() == "true"
-    host = binding.get("host") or uri.hostname or "localhost"
-    port = int(binding.get("port") or uri.port or 6379)
-    database = binding.get("database") or uri.path.lstrip("/") or "0"
-    username = binding.get("username") or (unquote(uri.username) if uri.username else None)
-    password = binding.get("password") or (unquote(uri.password) if uri.password else None)
-    try:
-        db = int(database)
-    except ValueError:
-        raise binding_.BindingError(
-            f"binding {binding.source}: entry 'database' must be a number, not {database!r}"
-        ) from None
+    entries = Entries.read(binding)
     return {
-        "host": host,
-        "port": port,
-        "db": db,
-        "username": username,
-        "password": password,
-        "ssl": tls,
+        "host": entries.host,
+        "port": entries.port,
+        "db": entries.database,
+        "username": entries.username,
+        "password": entries.password,
+        "ssl": entries.tls,
         # redis-py builds its context from the CA text (and the pair's files, below).
-        "ssl_ca_data": binding.get(tls_.CA_ENTRY) if tls else None,
+        "ssl_ca_data": binding.get(tls_.CA_ENTRY) if entries.tls else None,
     }
 
 

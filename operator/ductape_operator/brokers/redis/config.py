@@ -7,9 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from ductape_operator import schema
-
-#: The server's port when `port` is not set.
-DEFAULT_PORT = 6379
+from ductape_operator.brokers.redis.entries import DEFAULT_PORT
 
 
 class RedisConfig(schema.TrustFields):

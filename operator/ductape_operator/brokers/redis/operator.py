@@ -9,7 +9,6 @@ destroying a throwaway group, since Redis has no "create an empty stream".
 from __future__ import annotations
 
 import logging
-import urllib.parse
 import uuid
 from collections.abc import Collection
 
@@ -18,12 +17,11 @@ from redis import exceptions as redis_errors
 
 from ductape_operator import errors, models, tls
 from ductape_operator.brokers.redis.config import RedisConfig
+from ductape_operator.brokers.redis.entries import DEFAULT_DATABASE, DEFAULT_PORT, Entries
 from ductape_operator.brokers.redis.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PORT = 6379
 
 
 class RedisProvider(_common.ProviderBase):
@@ -44,7 +42,7 @@ class RedisProvider(_common.ProviderBase):
             raise errors.InvalidConfigError("REDIS: config.host is required")
         self._host = settings.host
         self._port = settings.port or DEFAULT_PORT
-        self._db = settings.db or 0
+        self._db = settings.db or DEFAULT_DATABASE
         self._tls = bool(settings.tls)
         self._username = settings.username or None
         self._password = _common.secret_value(secrets, settings.password)
@@ -59,30 +57,22 @@ class RedisProvider(_common.ProviderBase):
     # --- naming and binding -------------------------------------------------
 
     @property
-    def _scheme(self) -> str:
-        return "rediss" if self._tls else "redis"
+    def _entries(self) -> Entries:
+        return Entries(
+            host=self._host,
+            port=self._port,
+            database=self._db,
+            username=self._username,
+            password=self._password,
+            tls=self._tls,
+        )
 
     @property
     def endpoint(self) -> str:
-        return f"{self._scheme}://{self._host}:{self._port}/{self._db}"
+        return self._entries.endpoint
 
     def binding(self) -> dict[str, str]:
-        userinfo = ""
-        if self._username or self._password:
-            userinfo = urllib.parse.quote(self._username or "", safe="")
-            if self._password:
-                userinfo += ":" + urllib.parse.quote(self._password, safe="")
-            userinfo += "@"
-        entries = {
-            "uri": f"{self._scheme}://{userinfo}{self._host}:{self._port}/{self._db}",
-            "host": self._host,
-            "port": str(self._port),
-            "database": str(self._db),
-        }
-        if self._username:
-            entries["username"] = self._username
-        if self._password:
-            entries["password"] = self._password
+        entries = self._entries.write()
         entries.update(self._tls_material.entries())
         return entries
 
