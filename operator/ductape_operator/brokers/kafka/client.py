@@ -28,6 +28,7 @@ import aiokafka.errors as kafka_errors
 from aiokafka.abc import ConsumerRebalanceListener
 
 from ductape_operator import errors
+from ductape_operator.brokers.kafka.entries import Entries
 from ductape_operator.brokers.kafka.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
@@ -57,19 +58,17 @@ def make_transport(binding: binding_.Binding, options: _transport.Options) -> Ka
 
 
 def _client_kwargs(binding: binding_.Binding) -> dict[str, Any]:
-    protocol = (binding.get("security-protocol") or "PLAINTEXT").upper()
+    entries = Entries.read(binding)
     kwargs: dict[str, Any] = {
-        "bootstrap_servers": [
-            s.strip() for s in binding.require("bootstrap-servers").split(",") if s.strip()
-        ],
-        "security_protocol": protocol,
+        "bootstrap_servers": list(entries.bootstrap_servers),
+        "security_protocol": entries.security_protocol,
     }
-    if protocol in ("SSL", "SASL_SSL"):
+    if entries.tls:
         kwargs["ssl_context"] = binding.tls_context()
-    if protocol.startswith("SASL"):
-        kwargs["sasl_mechanism"] = (binding.get("sasl-mechanism") or "PLAIN").upper()
-        kwargs["sasl_plain_username"] = binding.require("username")
-        kwargs["sasl_plain_password"] = binding.require("password")
+    if entries.sasl:
+        kwargs["sasl_mechanism"] = entries.sasl_mechanism
+        kwargs["sasl_plain_username"] = entries.username
+        kwargs["sasl_plain_password"] = entries.password
     return kwargs
 
 

@@ -36,6 +36,7 @@ from aiokafka.structs import TopicPartition
 
 from ductape_operator import errors, models
 from ductape_operator.brokers.kafka.config import KafkaConfig, SaslMechanism
+from ductape_operator.brokers.kafka.entries import Entries, security_protocol
 from ductape_operator.brokers.kafka.errors import classify
 from ductape_operator.providers import _common, base
 
@@ -128,28 +129,26 @@ class KafkaProvider(_common.ProviderBase):
     # --- naming and binding -------------------------------------------------
 
     @property
+    def _entries(self) -> Entries:
+        sasl = self._settings.sasl
+        return Entries(
+            bootstrap_servers=tuple(self._brokers),
+            security_protocol=self.security_protocol,
+            sasl_mechanism=None if sasl is None else _SASL_MECHANISMS[sasl.mechanism],
+            username=None if sasl is None else sasl.username,
+            password=self._password,
+        )
+
+    @property
     def endpoint(self) -> str:
-        return "kafka://" + ",".join(self._brokers)
+        return self._entries.endpoint
 
     @property
     def security_protocol(self) -> str:
-        tls = bool(self._settings.ssl)
-        if self._settings.sasl is not None:
-            return "SASL_SSL" if tls else "SASL_PLAINTEXT"
-        return "SSL" if tls else "PLAINTEXT"
+        return security_protocol(tls=bool(self._settings.ssl), sasl=self._settings.sasl is not None)
 
     def binding(self) -> dict[str, str]:
-        entries = {
-            "uri": self.endpoint,
-            "bootstrap-servers": ",".join(self._brokers),
-            "security-protocol": self.security_protocol,
-        }
-        sasl = self._settings.sasl
-        if sasl is not None:
-            entries["sasl-mechanism"] = _SASL_MECHANISMS[sasl.mechanism]
-            entries["username"] = sasl.username
-            if self._password is not None:
-                entries["password"] = self._password
+        entries = self._entries.write()
         entries.update(self._tls_material.entries())
         return entries
 

@@ -25,10 +25,11 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import aioboto3
 import botocore.config
 
 from ductape_operator import errors
+from ductape_operator.brokers.sqs import sdk
+from ductape_operator.brokers.sqs.entries import Entries
 from ductape_operator.brokers.sqs.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
@@ -90,16 +91,11 @@ class SqsTransport:
     """
 
     def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
-        self._session = aioboto3.Session(
-            region_name=binding.require("region"),
-            aws_access_key_id=binding.get("access-key-id"),
-            aws_secret_access_key=binding.get("secret-access-key"),
-        )
-        self._endpoint = binding.get("endpoint")
+        self._entries = Entries.read(binding)
         self._options = options
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
-        self.link = _transport.Link(f"sqs {self._endpoint or binding.require('region')}")
+        self.link = _transport.Link(f"sqs {self._entries.endpoint_url or self._entries.region}")
 
     def retrying(
         self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
@@ -126,9 +122,7 @@ class SqsTransport:
             retries={"total_max_attempts": 1},
             max_pool_connections=CONCURRENCY * 2,
         )
-        self._client = await stack.enter_async_context(
-            self._session.client("sqs", endpoint_url=self._endpoint, config=config)
-        )
+        self._client = await sdk.open_client(self._entries, config, stack)
         self._stack = stack
 
     async def aclose(self) -> None:

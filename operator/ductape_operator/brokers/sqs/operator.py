@@ -17,13 +17,14 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-import aioboto3
 from botocore import exceptions as botocore_errors
 from botocore.config import Config
 
 from ductape_operator import errors, models
 from ductape_operator.brokers.sqs import errors as sqs_errors
+from ductape_operator.brokers.sqs import sdk
 from ductape_operator.brokers.sqs.config import SQSConfig
+from ductape_operator.brokers.sqs.entries import Entries
 from ductape_operator.brokers.sqs.errors import classify
 from ductape_operator.providers import _common, base
 
@@ -71,11 +72,13 @@ class SQSProvider(_common.ProviderBase):
         settings = config.narrow(SQSConfig)
         if not settings.region:
             raise errors.InvalidConfigError("AWS_SQS: config.region is required")
-        self._region = settings.region
-        self._endpoint_url = settings.endpoint or None
-        self._access_key_id = _common.secret_value(secrets, settings.access_key_id)
-        self._secret_access_key = _common.secret_value(secrets, settings.secret_access_key)
-        self._credentials += [v for v in (self._secret_access_key,) if v]
+        self._entries = Entries(
+            region=settings.region,
+            endpoint_url=settings.endpoint or None,
+            access_key_id=_common.secret_value(secrets, settings.access_key_id),
+            secret_access_key=_common.secret_value(secrets, settings.secret_access_key),
+        )
+        self._credentials += [v for v in (self._entries.secret_access_key,) if v]
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
 
@@ -83,17 +86,10 @@ class SQSProvider(_common.ProviderBase):
 
     @property
     def endpoint(self) -> str:
-        return self._endpoint_url or f"sqs://{self._region}"
+        return self._entries.endpoint
 
     def binding(self) -> dict[str, str]:
-        entries = {"uri": self.endpoint, "region": self._region}
-        if self._endpoint_url:
-            entries["endpoint"] = self._endpoint_url
-        if self._access_key_id:
-            entries["access-key-id"] = self._access_key_id
-        if self._secret_access_key:
-            entries["secret-access-key"] = self._secret_access_key
-        return entries
+        return self._entries.write()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -106,16 +102,7 @@ class SQSProvider(_common.ProviderBase):
                 read_timeout=self._timeout,
                 retries={"max_attempts": 2, "mode": "standard"},
             )
-            self._client = await stack.enter_async_context(
-                aioboto3.Session().client(
-                    "sqs",
-                    region_name=self._region,
-                    endpoint_url=self._endpoint_url,
-                    aws_access_key_id=self._access_key_id,
-                    aws_secret_access_key=self._secret_access_key,
-                    config=config,
-                )
-            )
+            self._client = await sdk.open_client(self._entries, config, stack)
 
     async def _close(self) -> None:
         stack, self._stack = self._stack, None
