@@ -76,7 +76,7 @@ class AppliedEnv:
     env: models.EnvSpec
     topics: tuple[models.TopicSpec, ...]
     secret_name: str
-    locations: Mapping[str, base.TopicLocation]
+    locations: Mapping[str, base.TopicRoute]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,8 +95,10 @@ class AppliedEnv:
             topics=tuple(models.TopicSpec.model_validate(t) for t in raw.get("topics", [])),
             secret_name=str(raw["secretName"]),
             locations={
-                tag: base.TopicLocation(
-                    name=loc.get("name"), subscriptions=dict(loc.get("subscriptions") or {})
+                tag: base.TopicRoute(
+                    tag=tag,
+                    name=loc.get("name"),
+                    subscriptions=dict(loc.get("subscriptions") or {}),
                 )
                 for tag, loc in (raw.get("locations") or {}).items()
             },
@@ -197,7 +199,7 @@ def binding_entries(
     spec: models.MessageBrokerSpec,
     env: models.EnvSpec,
     provider: base.Provider,
-    locations: Mapping[str, base.TopicLocation],
+    locations: Mapping[str, base.TopicRoute],
 ) -> dict[str, str]:
     """The connection Secret's entries (README.md, "The connection Secret")."""
     entries = dict(provider.binding())
@@ -353,7 +355,7 @@ class TopicWork:
     #: New, changed, or on another broker than before: create or adopt.
     ensure: tuple[models.TopicSpec, ...]
     #: Where the unchanged ones were provisioned.
-    known: Mapping[str, base.TopicLocation]
+    known: Mapping[str, base.TopicRoute]
     #: The topics as last provisioned on this broker, by tag.
     previous: Mapping[str, models.TopicSpec] = dataclasses.field(default_factory=dict)
 
@@ -461,7 +463,7 @@ def env_removed(policy: models.DeletionPolicy, old: AppliedEnv) -> Event:
 
 
 def ready_env(
-    result: EnvResult, spec: models.MessageBrokerSpec, locations: Mapping[str, base.TopicLocation]
+    result: EnvResult, spec: models.MessageBrokerSpec, locations: Mapping[str, base.TopicRoute]
 ) -> None:
     """Everything of the env exists: mark `result` so."""
     result.topics = [

@@ -295,7 +295,7 @@ async def delete(type_: T, env: Mapping[str, str], plan: base.TopicPlan) -> None
 # --- the application's side: connect with the binding entries only -------------
 
 
-async def publish(entries: Mapping[str, str], location: base.TopicLocation, payload: bytes) -> None:
+async def publish(entries: Mapping[str, str], location: base.TopicRoute, payload: bytes) -> None:
     """Publish one message to a topic, connecting with the Secret entries only."""
     kind = entries["type"]
     if kind == "kafka":
@@ -357,7 +357,7 @@ def _sqs_from(entries: Mapping[str, str]) -> Any:
 
 async def receive(
     entries: Mapping[str, str],
-    location: base.TopicLocation,
+    location: base.TopicRoute,
     subscription: str,
     *,
     timeout: float = 20.0,

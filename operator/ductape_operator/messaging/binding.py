@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ductape_operator import brokers, errors, tls
+from ductape_operator.topics import TopicRoute
 
 if TYPE_CHECKING:
-    from ductape_operator import models
+    import pydantic
+
+__all__ = ["Binding", "BindingError", "TopicRoute", "env_variable_names", "kind_of"]
 
 #: The `type` entry of each broker, as the operator writes it (one per registered broker).
 TYPES = tuple(kind.binding_type for kind in brokers.kinds())
@@ -59,23 +62,6 @@ def env_variable_names(entry: str, prefix: str = ENV_PREFIX) -> tuple[str, str]:
     """
     portable = entry.upper().replace("-", "_").replace(".", "_")
     return f"{prefix}{entry}", f"{prefix}{portable}"
-
-
-@dataclasses.dataclass(frozen=True)
-class TopicRoute:
-    """Where one topic tag lives on this broker: one `topics.json` entry.
-
-    `name` is None only where the broker allows it (`BrokerKind.topic_name_optional`)
-    for a topic with subscriptions: then a message is published to every
-    subscription's queue.
-    """
-
-    tag: str
-    name: str | None
-    subscriptions: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    #: Where messages that keep failing go, and after how many deliveries
-    #: (docs/messaging.md, "Dead letters and retention"); None: nowhere.
-    dead_letter: models.DeadLetterSpec | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,44 +242,32 @@ def _parse_topics(source: str, kind: brokers.BrokerKind, raw: str) -> dict[str, 
         raise BindingError(f"{where} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BindingError(f"{where} must be a JSON object of topic tags")
+    import pydantic  # on first use: the client imports without it
+
     topics: dict[str, TopicRoute] = {}
     for tag, value in data.items():
         if not isinstance(value, dict):
             raise BindingError(f"{where}: topic {tag!r} must be an object")
-        name = value.get("name")
-        subs = value.get("subscriptions") or {}
-        if not isinstance(subs, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v for k, v in subs.items()
-        ):
-            raise BindingError(
-                f"{where}: topic {tag!r}: 'subscriptions' must map names to physical names"
-            )
-        if name is None:
-            if not kind.topic_name_optional or not subs:
-                raise BindingError(f"{where}: topic {tag!r}: 'name' is missing")
-        elif not isinstance(name, str) or not name:
-            raise BindingError(f"{where}: topic {tag!r}: 'name' must be a non-empty string")
-        dead_letter = None
-        if value.get("deadLetter") is not None:
-            dead_letter = _parse_dead_letter(f"{where}: topic {tag!r}", value["deadLetter"])
-        topics[tag] = TopicRoute(
-            tag=tag, name=name, subscriptions=dict(subs), dead_letter=dead_letter
-        )
+        try:
+            route = TopicRoute.from_json(tag, value)
+        except pydantic.ValidationError as exc:
+            raise BindingError(f"{where}: topic {tag!r}: {_problem(exc)}") from None
+        if route.name is None and (not kind.topic_name_optional or not route.subscriptions):
+            raise BindingError(f"{where}: topic {tag!r}: 'name' is missing")
+        topics[tag] = route
     return topics
 
 
-def _parse_dead_letter(where: str, raw: object) -> models.DeadLetterSpec:
-    """A topic's `deadLetter`, validated by the API's own model.
-
-    Imported here, not at the top: an application whose topics declare no dead
-    letters loads the client without pydantic.
-    """
-    import pydantic
-
-    from ductape_operator import models
-
-    try:
-        return models.DeadLetterSpec.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        problem = models.describe_validation_error(exc).removeprefix("spec").lstrip(".: ")
-        raise BindingError(f"{where}: 'deadLetter' is malformed ({problem})") from None
+def _problem(exc: pydantic.ValidationError) -> str:
+    """What is wrong with one `topics.json` entry, naming its first bad field."""
+    error = exc.errors()[0]
+    field, *inner = error["loc"]
+    if field == "name":
+        if error["type"] == "missing":
+            return "'name' is missing"
+        return "'name' must be a non-empty string"
+    if field == "subscriptions":
+        return "'subscriptions' must map names to physical names"
+    where = ".".join(str(part) for part in inner)
+    message = error["msg"].removeprefix("Value error, ")
+    return f"'{field}' is malformed ({where + ': ' if where else ''}{message})"

@@ -221,7 +221,7 @@ class KafkaProvider(_common.ProviderBase):
 
     # --- the interface ------------------------------------------------------
 
-    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicRoute:
         await self._ensure_started()
         name = topic.name
         wanted = topic.partitions or 1
@@ -258,7 +258,7 @@ class KafkaProvider(_common.ProviderBase):
             else:
                 for group in groups.values():
                     await self._commit_start_offsets(group, name, partitions)
-        return base.TopicLocation(name=name, subscriptions=groups)
+        return base.TopicRoute(tag=topic.tag, name=name, subscriptions=groups)
 
     async def ensure_settings(self, topic: base.TopicPlan) -> bool:
         """`retention.ms` of the topic, set or removed (the broker's default then stands).

@@ -139,7 +139,7 @@ class PubSubProvider(_common.ProviderBase):
 
     # --- the interface ------------------------------------------------------
 
-    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicRoute:
         await self._ensure_started()
         publisher, _subscriber = self._clients()
         topic_path = self._topic_path(topic.name)
@@ -149,7 +149,7 @@ class PubSubProvider(_common.ProviderBase):
                 await publisher.create_topic(request={"name": topic_path}, timeout=self._timeout)
             for sid in subs.values():
                 await self._ensure_subscription(topic_path, sid)
-        return base.TopicLocation(name=topic.name, subscriptions=subs)
+        return base.TopicRoute(tag=topic.tag, name=topic.name, subscriptions=subs)
 
     async def _ensure_subscription(self, topic_path: str, sid: str) -> None:
         _publisher, subscriber = self._clients()

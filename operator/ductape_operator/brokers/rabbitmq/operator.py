@@ -160,7 +160,7 @@ class RabbitMQProvider(_common.ProviderBase):
 
     # --- the interface ------------------------------------------------------
 
-    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicRoute:
         await self._ensure_started()
         exchange = topic.name
         queues = {sub: queue_name(exchange, sub) for sub in topic.subscriptions}
@@ -186,7 +186,7 @@ class RabbitMQProvider(_common.ProviderBase):
                     )
                 for queue in queues.values():
                     await self._ensure_queue(queue, exchange, arguments)
-        return base.TopicLocation(name=exchange, subscriptions=queues)
+        return base.TopicRoute(tag=topic.tag, name=exchange, subscriptions=queues)
 
     async def _ensure_queue(self, queue: str, exchange: str, arguments: FieldTable) -> None:
         try:

@@ -120,7 +120,7 @@ class RedisProvider(_common.ProviderBase):
 
     # --- the interface ------------------------------------------------------
 
-    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicRoute:
         await self._ensure_started()
         key = topic.name
         async with self.guard(f"ensuring stream {key}", self._map):
@@ -137,7 +137,9 @@ class RedisProvider(_common.ProviderBase):
                 await client.xgroup_destroy(key, scratch)
             for sub in topic.subscriptions:
                 await self._create_group(key, sub)
-        return base.TopicLocation(name=key, subscriptions={sub: sub for sub in topic.subscriptions})
+        return base.TopicRoute(
+            tag=topic.tag, name=key, subscriptions={sub: sub for sub in topic.subscriptions}
+        )
 
     async def ensure_settings(self, topic: base.TopicPlan) -> bool:
         """Retention by time: `XTRIM <key> MINID` of the entries older than `retentionSeconds`.

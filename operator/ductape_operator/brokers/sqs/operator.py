@@ -131,7 +131,7 @@ class SQSProvider(_common.ProviderBase):
 
     # --- the interface ------------------------------------------------------
 
-    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicRoute:
         names = self._check_names(topic)
         await self._ensure_started()
         urls: dict[str | None, str] = {}
@@ -147,9 +147,11 @@ class SQSProvider(_common.ProviderBase):
                     reply = await client.get_queue_url(QueueName=name)
                 urls[key] = str(reply["QueueUrl"])
         if None in urls:
-            return base.TopicLocation(name=urls[None])
-        return base.TopicLocation(
-            name=None, subscriptions={str(k): v for k, v in urls.items() if k is not None}
+            return base.TopicRoute(tag=topic.tag, name=urls[None])
+        return base.TopicRoute(
+            tag=topic.tag,
+            name=None,
+            subscriptions={str(k): v for k, v in urls.items() if k is not None},
         )
 
     async def ensure_settings(self, topic: base.TopicPlan) -> bool:
