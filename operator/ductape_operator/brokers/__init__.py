@@ -5,7 +5,7 @@ fields, its Secret entries, its error mapping, its SDK client, its operator side
 (`operator.py`) and its client side (`client.py`); the package exports a
 `BrokerKind` as `KIND`. The shared machinery (reconcile, the binding reader, the
 provider pool) asks this registry, and names no broker. Adding a broker is adding
-its package and one name to `_PACKAGES` (README.md, "Providers").
+its package and one name to `_PACKAGES` (README.md, "Layout").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ names the broker (its CRD `type` and the Secret's `type` entry), its config
 fields, the Secret entries a client needs, what makes two envs the same broker,
 and where its operator side and client side live. Those two are named by dotted
 path and imported only when asked for, so reading a kind imports no broker SDK,
-and the messaging client never imports an operator side (README.md, "Providers").
+and the messaging client never imports an operator side (README.md, "Layout").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Apache Kafka: aiokafka on both sides (README.md, "Providers")."""
+"""Apache Kafka: aiokafka on both sides (docs/reference.md, "Provider mapping")."""
 
 from ductape_operator.brokers._kind import BrokerKind
 

@@ -1,4 +1,4 @@
-"""Kafka's config fields: the `config` of an env of type KAFKA (README.md, "Providers")."""
+"""Kafka's config fields (docs/reference.md, "Provider mapping")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Google Cloud Pub/Sub: the google-cloud-pubsub GAPIC clients (README.md, "Providers")."""
+"""Google Cloud Pub/Sub: google-cloud-pubsub (docs/reference.md, "Provider mapping")."""
 
 from ductape_operator.brokers._kind import BrokerKind
 

@@ -1,4 +1,4 @@
-"""Pub/Sub's config fields: an env of type GOOGLE_PUBSUB (README.md, "Providers")."""
+"""Pub/Sub's config fields (docs/reference.md, "Provider mapping")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Building the google-cloud-pubsub clients, the same way for the operator side and the
 client side: an emulator over an insecure channel, Google Cloud with a service-account
-key or the ambient credentials (README.md, "Providers")."""
+key or the ambient credentials (docs/reference.md, "Provider mapping")."""
 
 from __future__ import annotations
 

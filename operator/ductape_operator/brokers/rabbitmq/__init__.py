@@ -1,4 +1,4 @@
-"""RabbitMQ: aio-pika on both sides (README.md, "Providers")."""
+"""RabbitMQ: aio-pika on both sides (docs/reference.md, "Provider mapping")."""
 
 from ductape_operator.brokers._kind import BrokerKind
 

@@ -1,4 +1,4 @@
-"""RabbitMQ's config fields: the `config` of an env of type RABBITMQ (README.md, "Providers")."""
+"""RabbitMQ's config fields (docs/reference.md, "Provider mapping")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Redis streams: redis-py on both sides (README.md, "Providers")."""
+"""Redis streams: redis-py on both sides (docs/reference.md, "Provider mapping")."""
 
 from ductape_operator.brokers._kind import BrokerKind
 

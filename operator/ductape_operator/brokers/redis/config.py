@@ -1,4 +1,4 @@
-"""Redis's config fields: the `config` of an env of type REDIS (README.md, "Providers")."""
+"""Redis's config fields (docs/reference.md, "Provider mapping")."""
 
 from __future__ import annotations
 

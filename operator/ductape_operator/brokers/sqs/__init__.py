@@ -1,4 +1,4 @@
-"""AWS SQS: aioboto3 on both sides (README.md, "Providers")."""
+"""AWS SQS: aioboto3 on both sides (docs/reference.md, "Provider mapping")."""
 
 from ductape_operator.brokers._kind import BrokerKind
 

@@ -1,4 +1,4 @@
-"""SQS's config fields: the `config` of an env of type AWS_SQS (README.md, "Providers")."""
+"""SQS's config fields (docs/reference.md, "Provider mapping")."""
 
 from __future__ import annotations
 
