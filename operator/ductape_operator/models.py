@@ -85,14 +85,8 @@ MAX_DELIVERY_ATTEMPTS = 100
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, min_length=1, max_length=SLUG_MAX_LENGTH)]
 
 
-class MessageBrokerTypes(enum.StrEnum):
+class _BrokerType(enum.StrEnum):
     """The provider an environment runs on."""
-
-    KAFKA = "KAFKA"
-    REDIS = "REDIS"
-    RABBITMQ = "RABBITMQ"
-    GOOGLE_PUBSUB = "GOOGLE_PUBSUB"
-    AWS_SQS = "AWS_SQS"
 
     @property
     def kind(self) -> brokers.BrokerKind:
@@ -103,6 +97,20 @@ class MessageBrokerTypes(enum.StrEnum):
     def binding_type(self) -> str:
         """The `type` entry of the Service Binding Secret."""
         return self.kind.binding_type
+
+
+if TYPE_CHECKING:
+    MessageBrokerTypes = _BrokerType
+else:
+    #: One member per registered broker (`brokers._PACKAGES`), named and valued by its
+    #: CRD `type`: KAFKA, REDIS, ...
+    MessageBrokerTypes = _BrokerType(
+        "MessageBrokerTypes",
+        [(kind.type, kind.type) for kind in brokers.kinds()],
+        module=__name__,
+        qualname="MessageBrokerTypes",
+    )
+    MessageBrokerTypes.__doc__ = _BrokerType.__doc__
 
 
 class DeletionPolicy(enum.StrEnum):

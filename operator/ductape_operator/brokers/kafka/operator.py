@@ -101,7 +101,7 @@ def group_id(topic: str, subscription: str) -> str:
 class KafkaProvider(_common.ProviderBase):
     """One Kafka cluster (bootstrap servers) with one set of credentials."""
 
-    TYPE = models.MessageBrokerTypes.KAFKA
+    TYPE = models.MessageBrokerTypes("KAFKA")
 
     def __init__(
         self,

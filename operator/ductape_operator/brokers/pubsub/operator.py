@@ -53,7 +53,7 @@ def subscription_id(topic: str, subscription: str) -> str:
 class PubSubProvider(_common.ProviderBase):
     """One Google Cloud project (or emulator) with one set of credentials."""
 
-    TYPE = models.MessageBrokerTypes.GOOGLE_PUBSUB
+    TYPE = models.MessageBrokerTypes("GOOGLE_PUBSUB")
 
     def __init__(
         self,

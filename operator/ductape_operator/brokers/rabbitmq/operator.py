@@ -50,7 +50,7 @@ def queue_arguments(topic: base.TopicPlan) -> FieldTable:
 class RabbitMQProvider(_common.ProviderBase):
     """One RabbitMQ virtual host with one set of credentials."""
 
-    TYPE = models.MessageBrokerTypes.RABBITMQ
+    TYPE = models.MessageBrokerTypes("RABBITMQ")
 
     def __init__(
         self,

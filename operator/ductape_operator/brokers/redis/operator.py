@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class RedisProvider(_common.ProviderBase):
     """One Redis server and database with one set of credentials."""
 
-    TYPE = models.MessageBrokerTypes.REDIS
+    TYPE = models.MessageBrokerTypes("REDIS")
 
     def __init__(
         self,

@@ -59,7 +59,7 @@ def queue_names(topic: base.TopicPlan) -> dict[str | None, str]:
 class SQSProvider(_common.ProviderBase):
     """One AWS region (or SQS-compatible endpoint) with one set of credentials."""
 
-    TYPE = models.MessageBrokerTypes.AWS_SQS
+    TYPE = models.MessageBrokerTypes("AWS_SQS")
 
     def __init__(
         self,
