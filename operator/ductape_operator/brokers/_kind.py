@@ -51,6 +51,8 @@ class BrokerKind:
     #: `module:attribute` of the client side's reader of those marks, a function of a
     #: message's headers returning `messaging._transport.DeadLetterMarks` or None.
     dead_letter_marks: str | None = None
+    #: The SDK's loggers, kept to warnings by the operator (they log URLs at INFO).
+    sdk_loggers: tuple[str, ...] = ()
     #: `module:attribute` of the operator side, a `providers.base.Provider` class,
     #: relative to `package`.
     provider: str = "operator:Provider"

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 DEAD_LETTER_TOPIC_HEADER = "dead-letter-topic"
 DEAD_LETTER_SUBSCRIPTION_HEADER = "dead-letter-subscription"
 DEAD_LETTER_COUNT_HEADER = "dead-letter-delivery-count"
-#: What Pub/Sub adds to a message its dead-letter policy moved (source subscription id,
-#: deliveries); turned into the headers above, so every provider's dead letters read alike.
+#: A broker that dead-letters by itself marks messages its own way; its client side reads
+#: the marks (`BrokerKind.dead_letter_marks`) into the headers above, so every provider's
+#: dead letters read alike.
 #: Message ids whose deliveries a subscription counts itself (where the broker does not).
 _MAX_COUNTED = 100_000
 

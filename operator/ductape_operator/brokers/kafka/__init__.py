@@ -25,5 +25,6 @@ KIND = BrokerKind(
         "tls.crt",
         "tls.key",
     ),
+    sdk_loggers=("aiokafka",),
     provider="operator:KafkaProvider",
 )

@@ -25,5 +25,6 @@ KIND = BrokerKind(
         "tls.crt",
         "tls.key",
     ),
+    sdk_loggers=("aio_pika", "aiormq"),
     provider="operator:RabbitMQProvider",
 )

@@ -13,5 +13,6 @@ KIND = BrokerKind(
     required_entries=(("region",),),
     entries=("region", "endpoint", "access-key-id", "secret-access-key"),
     topic_name_optional=True,
+    sdk_loggers=("botocore", "aiobotocore"),
     provider="operator:SQSProvider",
 )
