@@ -22,37 +22,19 @@ from pydantic.alias_generators import to_camel, to_snake
 from pydantic.fields import FieldInfo
 
 from ductape_operator import brokers, schema
-from ductape_operator.schema import (
-    HOST_MAX_LENGTH,
-    HOST_PATTERN,
-    HOST_PORT_PATTERN,
-    OBJECT_NAME_MAX_LENGTH,
-    OBJECT_NAME_PATTERN,
-    URL_PATTERN,
-    Flag,
-    HostPort,
-    ObjectName,
-    Port,
-    SecretKeySelector,
-    SecretRef,
-)
+from ductape_operator.schema import HOST_MAX_LENGTH as HOST_MAX_LENGTH
+from ductape_operator.schema import HOST_PATTERN as HOST_PATTERN
+from ductape_operator.schema import HOST_PORT_PATTERN as HOST_PORT_PATTERN
+from ductape_operator.schema import OBJECT_NAME_MAX_LENGTH as OBJECT_NAME_MAX_LENGTH
+from ductape_operator.schema import OBJECT_NAME_PATTERN as OBJECT_NAME_PATTERN
+from ductape_operator.schema import URL_PATTERN as URL_PATTERN
 from ductape_operator.schema import ApiModel as _Model
-
-__all__ = [
-    "HOST_MAX_LENGTH",
-    "HOST_PATTERN",
-    "HOST_PORT_PATTERN",
-    "OBJECT_NAME_MAX_LENGTH",
-    "OBJECT_NAME_PATTERN",
-    "URL_PATTERN",
-    "BrokerConfig",
-    "Flag",
-    "HostPort",
-    "ObjectName",
-    "Port",
-    "SecretKeySelector",
-    "SecretRef",
-]
+from ductape_operator.schema import Flag as Flag
+from ductape_operator.schema import HostPort as HostPort
+from ductape_operator.schema import ObjectName as ObjectName
+from ductape_operator.schema import Port as Port
+from ductape_operator.schema import SecretKeySelector as SecretKeySelector
+from ductape_operator.schema import SecretRef as SecretRef
 
 GROUP = "ductape.app"
 VERSION = "v1alpha1"
