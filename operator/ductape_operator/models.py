@@ -126,7 +126,8 @@ def _build_broker_config() -> type[schema.ConfigModel]:
 
     Fields come in registry order, each broker's own first, then the trust fields
     (`schema.TrustFields`) after the last broker that has them. A field several
-    brokers share must be the same field in each; its description names them all
+    brokers share must have the same type and constraints in each; its description
+    names them all, grouped by what each says of it
     (`REDIS (default 6379), RABBITMQ (default 5672): server port.`).
     """
     models_ = [(kind, kind.config_module()) for kind in brokers.kinds()]
@@ -148,20 +149,20 @@ def _build_broker_config() -> type[schema.ConfigModel]:
         (first_kind, first, _), *others = users[name]
         for kind, info, _ in others:
             # repr: not every constraint object of pydantic compares by value
-            if repr((info.annotation, info.metadata, info.description)) != repr(
-                (first.annotation, first.metadata, first.description)
-            ):
+            if repr((info.annotation, info.metadata)) != repr((first.annotation, first.metadata)):
                 raise TypeError(
                     f"config.{info.alias}: {kind.type} and {first_kind.type} define it differently"
                 )
-        owners = ", ".join(
-            kind.type + (f" ({note})" if note else "") for kind, _, note in users[name]
-        )
-        text = (first.description or "").replace(
-            "{tls_flag}", _tls_switch("{flag}", "{flag} on {types}")
-        )
+        by_text: dict[str, list[str]] = {}
+        for kind, info, note in users[name]:
+            text = (info.description or "").replace(
+                "{tls_flag}", _tls_switch("{flag}", "{flag} on {types}")
+            )
+            by_text.setdefault(text, []).append(kind.type + (f" ({note})" if note else ""))
         merged = copy.copy(first)
-        merged.description = f"{owners}: {text}"
+        merged.description = " ".join(
+            f"{', '.join(owners)}: {text}" for text, owners in by_text.items()
+        )
         fields[name] = (first.annotation, merged)
     return pydantic.create_model(
         "BrokerConfig",
