@@ -12,7 +12,7 @@ import aiohttp
 import kopf
 import urllib3
 
-from ductape_operator import handlers, kube, outages, redaction, settings
+from ductape_operator import brokers, handlers, kube, outages, redaction, settings
 
 
 class KopfChatter(logging.Filter):
@@ -177,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         handler.addFilter(outage_filter)
     logging.getLogger("kopf.objects").addFilter(outage_filter)
     # Third-party clients log connection URLs at INFO; keep them to warnings.
-    for noisy in ("aiokafka", "aio_pika", "aiormq", "botocore", "aiobotocore", "kubernetes"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    noisy = [logger for kind in brokers.kinds() for logger in kind.sdk_loggers]
+    for name in [*noisy, "kubernetes"]:
+        logging.getLogger(name).setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, app)
     insights = handlers.new_insights()

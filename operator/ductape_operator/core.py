@@ -76,7 +76,7 @@ class AppliedEnv:
     env: models.EnvSpec
     topics: tuple[models.TopicSpec, ...]
     secret_name: str
-    locations: Mapping[str, base.TopicLocation]
+    locations: Mapping[str, base.TopicRoute]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,8 +95,10 @@ class AppliedEnv:
             topics=tuple(models.TopicSpec.model_validate(t) for t in raw.get("topics", [])),
             secret_name=str(raw["secretName"]),
             locations={
-                tag: base.TopicLocation(
-                    name=loc.get("name"), subscriptions=dict(loc.get("subscriptions") or {})
+                tag: base.TopicRoute(
+                    tag=tag,
+                    name=loc.get("name"),
+                    subscriptions=dict(loc.get("subscriptions") or {}),
                 )
                 for tag, loc in (raw.get("locations") or {}).items()
             },
@@ -188,20 +190,22 @@ def referenced_secrets(raw_spec: Mapping[str, Any]) -> set[str]:
     names: set[str] = set()
     for env in raw_spec.get("envs") or []:
         config = env.get("config") if isinstance(env, Mapping) else None
-        if not isinstance(config, Mapping):
-            continue
-        sasl = config.get("sasl")
-        candidates = [
-            config.get(f) for f in ("password", "credentials", "accessKeyId", "secretAccessKey")
-        ]
-        if isinstance(sasl, Mapping):
-            candidates.append(sasl.get("password"))
-        for ref in candidates:
-            if isinstance(ref, Mapping) and isinstance(ref.get("secretKeyRef"), Mapping):
-                name = ref["secretKeyRef"].get("name")
-                if isinstance(name, str):
-                    names.add(name)
+        if isinstance(config, Mapping):
+            _collect_secret_names(config, names)
     return names
+
+
+def _collect_secret_names(node: Mapping[str, Any], names: set[str]) -> None:
+    """Every `secretKeyRef.name` in a raw config, at any depth (whatever its broker)."""
+    for value in node.values():
+        if not isinstance(value, Mapping):
+            continue
+        ref = value.get("secretKeyRef")
+        if isinstance(ref, Mapping):
+            if isinstance(ref.get("name"), str):
+                names.add(ref["name"])
+        else:
+            _collect_secret_names(value, names)
 
 
 def shows_paused(obj: BrokerObject) -> bool:
@@ -216,20 +220,7 @@ def broker_identity(env: models.EnvSpec) -> str:
     Two envs with the same identity are the same broker: changing only a
     password or a client id is not a move, and leaves nothing behind.
     """
-    cfg = env.config
-    parts = [
-        env.type.value,
-        ",".join(sorted(cfg.brokers or [])),
-        cfg.host or "",
-        str(cfg.port or ""),
-        str(cfg.db or 0),
-        cfg.vhost or "",
-        cfg.project_id or "",
-        cfg.emulator_host or "",
-        cfg.region or "",
-        cfg.endpoint or "",
-    ]
-    return "|".join(parts)
+    return env.broker_identity()
 
 
 def secret_name_for(broker_name: str, env: models.EnvSpec) -> str:
@@ -240,7 +231,7 @@ def binding_entries(
     spec: models.MessageBrokerSpec,
     env: models.EnvSpec,
     provider: base.Provider,
-    locations: Mapping[str, base.TopicLocation],
+    locations: Mapping[str, base.TopicRoute],
 ) -> dict[str, str]:
     """The connection Secret's entries (README.md, "The connection Secret")."""
     entries = dict(provider.binding())
@@ -396,7 +387,7 @@ class TopicWork:
     #: New, changed, or on another broker than before: create or adopt.
     ensure: tuple[models.TopicSpec, ...]
     #: Where the unchanged ones were provisioned.
-    known: Mapping[str, base.TopicLocation]
+    known: Mapping[str, base.TopicRoute]
     #: The topics as last provisioned on this broker, by tag.
     previous: Mapping[str, models.TopicSpec] = dataclasses.field(default_factory=dict)
 
@@ -504,7 +495,7 @@ def env_removed(policy: models.DeletionPolicy, old: AppliedEnv) -> Event:
 
 
 def ready_env(
-    result: EnvResult, spec: models.MessageBrokerSpec, locations: Mapping[str, base.TopicLocation]
+    result: EnvResult, spec: models.MessageBrokerSpec, locations: Mapping[str, base.TopicRoute]
 ) -> None:
     """Everything of the env exists: mark `result` so."""
     result.topics = [

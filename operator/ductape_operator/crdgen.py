@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pydantic
 import yaml
 
-from ductape_operator import models
+from ductape_operator import brokers, models
 
 CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
 CRD_PATH = pathlib.Path(__file__).resolve().parents[2] / "crds" / f"{CRD_NAME}.yaml"
@@ -113,6 +113,12 @@ def _schema_of(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     return _structural(raw, raw.get("$defs", {}))
 
 
+def _either(values: Iterable[str]) -> str:
+    """`a, b or c`."""
+    *rest, last = values
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
 def _quote(values: Sequence[str]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
@@ -166,9 +172,7 @@ def tls_rules() -> list[dict[str, str]]:
     """CEL rules on the trust fields: a client pair goes together, and all need TLS on."""
     cfg = "self.config"
     uses = " || ".join(f"has({cfg}.{field})" for field in models.TLS_FIELDS)
-    tls_on = (
-        f"(self.type == 'KAFKA' ? (has({cfg}.ssl) && {cfg}.ssl) : (has({cfg}.tls) && {cfg}.tls))"
-    )
+    tls_on = _tls_on(cfg)
     return [
         {
             "rule": f"!has(self.config) || has({cfg}.clientCert) == has({cfg}.clientKey)",
@@ -183,6 +187,24 @@ def tls_rules() -> list[dict[str, str]]:
             "reason": "FieldValueInvalid",
         },
     ]
+
+
+def _tls_on(cfg: str) -> str:
+    """CEL: the env's TLS switch is on. Each type names its own switch (`BrokerKind.tls_flag`);
+    the one most types share is the fallback, the others are picked by type."""
+    owners: dict[str, list[str]] = {}
+    for kind in brokers.kinds():
+        if kind.tls_flag is not None:
+            owners.setdefault(kind.tls_flag, []).append(kind.type)
+    flags = sorted(owners, key=lambda flag: len(owners[flag]))
+    expression = f"(has({cfg}.{flags[-1]}) && {cfg}.{flags[-1]})"
+    for flag in reversed(flags[:-1]):
+        types = owners[flag]
+        picked = (
+            f"self.type == '{types[0]}'" if len(types) == 1 else f"self.type in [{_quote(types)}]"
+        )
+        expression = f"({picked} ? (has({cfg}.{flag}) && {cfg}.{flag}) : {expression})"
+    return expression
 
 
 def _config_fields() -> list[str]:
@@ -246,7 +268,7 @@ def crd() -> dict[str, Any]:
         "type": "object",
         "description": (
             "A message broker declared once, with a configuration per environment on"
-            " Kafka, Redis, RabbitMQ, Google Pub/Sub or AWS SQS. The operator creates the"
+            f" {_either(kind.title for kind in brokers.kinds())}. The operator creates the"
             " declared topics and subscriptions and writes a connection Secret per environment."
         ),
         "required": ["spec"],

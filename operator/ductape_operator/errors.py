@@ -12,14 +12,18 @@
         │                            refused (retry: the CA or certificate may be fixed)
         └── ProvisioningError        the broker refused an operation (retriable or not)
 
-Providers map their SDK's exceptions to these in one place each and chain the
-original with `raise ... from exc`. Handlers turn them into kopf's
-`TemporaryError`/`PermanentError` and into status conditions. A message never
+Each broker sorts its SDK's exceptions into a `Failure` in one place
+(`brokers/<name>/errors.py`), used by its operator side and its client side alike;
+each side turns a `Failure` into one of these (`providers._common.from_failure`,
+`messaging._transport.error_for`) and chains the original with `raise ... from exc`.
+Handlers turn them into kopf's `TemporaryError`/`PermanentError` and into status
+conditions. A message never
 contains a credential.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import TypeVar
 
 from ductape_operator.reasons import Reason
@@ -82,6 +86,23 @@ class BrokerTLSError(BrokerError):
 
 class ProvisioningError(BrokerError):
     reason = Reason.PROVISIONING_FAILED
+
+
+class Failure(enum.Enum):
+    """What an SDK exception means, whichever broker raised it."""
+
+    #: The broker refused the credentials, or they lack a permission.
+    AUTH = "auth"
+    #: No connection, a lost one, a timeout: the broker may be back soon.
+    UNREACHABLE = "unreachable"
+    #: The topic, queue or subscription is not there (yet).
+    NOT_FOUND = "not found"
+    #: The broker is busy or rate-limits us: the same request will succeed later.
+    THROTTLED = "throttled"
+    #: The request or the config is at fault: the same request will fail again.
+    INVALID = "invalid"
+    #: Any other error of the broker.
+    FAILED = "failed"
 
 
 def find_cause(exc: BaseException, kind: type[_E]) -> _E | None:

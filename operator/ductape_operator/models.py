@@ -10,20 +10,31 @@ Python attributes are snake_case; the wire names are camelCase aliases.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
-from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
-from pydantic.alias_generators import to_camel
+import pydantic
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel, to_snake
+from pydantic.fields import FieldInfo
+
+from ductape_operator import brokers, schema
+from ductape_operator.schema import HOST_MAX_LENGTH as HOST_MAX_LENGTH
+from ductape_operator.schema import HOST_PATTERN as HOST_PATTERN
+from ductape_operator.schema import HOST_PORT_PATTERN as HOST_PORT_PATTERN
+from ductape_operator.schema import OBJECT_NAME_MAX_LENGTH as OBJECT_NAME_MAX_LENGTH
+from ductape_operator.schema import OBJECT_NAME_PATTERN as OBJECT_NAME_PATTERN
+from ductape_operator.schema import URL_PATTERN as URL_PATTERN
+from ductape_operator.schema import ApiModel as _Model
+from ductape_operator.schema import Flag as Flag
+from ductape_operator.schema import HostPort as HostPort
+from ductape_operator.schema import ObjectName as ObjectName
+from ductape_operator.schema import Port as Port
+from ductape_operator.schema import SecretKeySelector as SecretKeySelector
+from ductape_operator.schema import SecretRef as SecretRef
 
 GROUP = "ductape.app"
 VERSION = "v1alpha1"
@@ -34,26 +45,11 @@ SINGULAR = "messagebroker"
 SHORT_NAMES = ("mb",)
 CATEGORIES = ("ductape",)
 
-# Every pattern here is written so that Python (pydantic's Rust regex engine) and
-# the API server (Go RE2) read it the same way: ASCII classes only, no `\s` or
-# `\d` (Unicode-aware in one engine, ASCII in the other), no lookaround.
+# Every pattern here is written for both regex engines alike (see `schema`).
 
 #: Slugs, tags and subscription names: a DNS label.
 SLUG_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 SLUG_MAX_LENGTH = 63
-#: Names of Kubernetes objects (Secrets): a DNS subdomain.
-OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-OBJECT_NAME_MAX_LENGTH = 253
-_HOST = r"[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?"
-#: 1..65535, spelled out so that the schema can check the range of a port inside a string.
-_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
-#: A host name or IPv4 address.
-HOST_PATTERN = rf"^{_HOST}$"
-HOST_MAX_LENGTH = 253
-#: host:port, port 1..65535.
-HOST_PORT_PATTERN = rf"^{_HOST}:{_PORT}$"
-#: An http(s) URL: scheme, host, optional port and path; printable ASCII only.
-URL_PATTERN = rf"^https?://{_HOST}(:{_PORT})?(/[!-~]*)?$"
 #: Physical topic names must be valid on every provider at once (Kafka topic,
 #: Redis key, AMQP exchange, Pub/Sub topic id, SQS queue name once dots become dashes).
 PHYSICAL_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]*$"
@@ -69,60 +65,34 @@ MIN_DELIVERY_ATTEMPTS = 5
 MAX_DELIVERY_ATTEMPTS = 100
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, min_length=1, max_length=SLUG_MAX_LENGTH)]
-ObjectName = Annotated[
-    str,
-    Field(pattern=OBJECT_NAME_PATTERN, min_length=1, max_length=OBJECT_NAME_MAX_LENGTH),
-]
-# Numbers and flags are strict, as in the API server: "5672" is not a port, 1 is not true.
-Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
-Flag = Annotated[bool, Field(strict=True)]
 
 
-class _Model(BaseModel):
-    """Base for API objects: camelCase on the wire, unknown fields rejected.
-
-    A `null` value counts as absent, as it does for the API server, which prunes
-    nulls of non-nullable fields before validating.
-    """
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        use_enum_values=False,
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_nulls(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
-
-
-class MessageBrokerTypes(enum.StrEnum):
+class _BrokerType(enum.StrEnum):
     """The provider an environment runs on."""
 
-    KAFKA = "KAFKA"
-    REDIS = "REDIS"
-    RABBITMQ = "RABBITMQ"
-    GOOGLE_PUBSUB = "GOOGLE_PUBSUB"
-    AWS_SQS = "AWS_SQS"
+    @property
+    def kind(self) -> brokers.BrokerKind:
+        """The registered broker of this type."""
+        return brokers.kind(self.value)
 
     @property
     def binding_type(self) -> str:
         """The `type` entry of the Service Binding Secret."""
-        return _BINDING_TYPES[self]
+        return self.kind.binding_type
 
 
-_BINDING_TYPES = {
-    MessageBrokerTypes.KAFKA: "kafka",
-    MessageBrokerTypes.REDIS: "redis",
-    MessageBrokerTypes.RABBITMQ: "rabbitmq",
-    MessageBrokerTypes.GOOGLE_PUBSUB: "google-pubsub",
-    MessageBrokerTypes.AWS_SQS: "aws-sqs",
-}
+if TYPE_CHECKING:
+    MessageBrokerTypes = _BrokerType
+else:
+    #: One member per registered broker (`brokers._PACKAGES`), named and valued by its
+    #: CRD `type`: KAFKA, REDIS, ...
+    MessageBrokerTypes = _BrokerType(
+        "MessageBrokerTypes",
+        [(kind.type, kind.type) for kind in brokers.kinds()],
+        module=__name__,
+        qualname="MessageBrokerTypes",
+    )
+    MessageBrokerTypes.__doc__ = _BrokerType.__doc__
 
 
 class DeletionPolicy(enum.StrEnum):
@@ -132,255 +102,114 @@ class DeletionPolicy(enum.StrEnum):
     DELETE = "Delete"
 
 
-class SaslMechanism(enum.StrEnum):
-    """SASL mechanism for Kafka."""
-
-    PLAIN = "plain"
-    SCRAM_SHA_256 = "scram-sha-256"
-    SCRAM_SHA_512 = "scram-sha-512"
+_TRUST_FIELDS = schema.TrustFields.model_fields
 
 
-class SecretKeySelector(_Model):
-    """A key of a Secret in the MessageBroker's own namespace."""
-
-    name: Annotated[
-        ObjectName, Field(description="Name of a Secret in the MessageBroker's namespace.")
+def _tls_switch(common: str, other: str) -> str:
+    """How the types that speak TLS switch it on: the switch most of them share, then
+    the others by type, e.g. `tls (ssl on KAFKA)` for `{flag}` and `{flag} on {types}`."""
+    owners: dict[str, list[str]] = {}
+    for kind in brokers.kinds():
+        if kind.tls_flag is not None:
+            owners.setdefault(kind.tls_flag, []).append(kind.type)
+    shared = max(owners, key=lambda flag: len(owners[flag]))
+    others = [
+        other.format(flag=flag, types=" or ".join(types))
+        for flag, types in owners.items()
+        if flag != shared
     ]
-    key: Annotated[
-        str,
-        Field(
-            min_length=1,
-            max_length=253,
-            pattern=r"^[-._a-zA-Z0-9]+$",
-            description="Key within that Secret.",
-        ),
-    ]
+    return common.format(flag=shared) + (f" ({', '.join(others)})" if others else "")
 
 
-class SecretRef(_Model):
-    """A secret value: never a plain string, always a reference to a Secret key.
+def _build_broker_config() -> type[schema.ConfigModel]:
+    """The union of every registered broker's config model: what `config` may hold.
 
-    There is deliberately no namespace field: a tenant can never make the
-    operator read another namespace's Secret.
+    Fields come in registry order, each broker's own first, then the trust fields
+    (`schema.TrustFields`) after the last broker that has them. A field several
+    brokers share must have the same type and constraints in each; its description
+    names them all, grouped by what each says of it
+    (`REDIS (default 6379), RABBITMQ (default 5672): server port.`).
+    """
+    models_ = [(kind, kind.config_module()) for kind in brokers.kinds()]
+    last_trusting = max(
+        i for i, (_, module) in enumerate(models_) if issubclass(module.MODEL, schema.TrustFields)
+    )
+    users: dict[str, list[tuple[brokers.BrokerKind, FieldInfo, str | None]]] = {}
+    order: list[str] = []
+    for index, (kind, module) in enumerate(models_):
+        notes: Mapping[str, str] = getattr(module, "NOTES", {})
+        for name, info in module.MODEL.model_fields.items():
+            users.setdefault(name, []).append((kind, info, notes.get(info.alias or name)))
+            if name not in _TRUST_FIELDS and name not in order:
+                order.append(name)
+        if index == last_trusting:
+            order.extend(_TRUST_FIELDS)
+    fields: dict[str, Any] = {}
+    for name in order:
+        (first_kind, first, _), *others = users[name]
+        for kind, info, _ in others:
+            # repr: not every constraint object of pydantic compares by value
+            if repr((info.annotation, info.metadata)) != repr((first.annotation, first.metadata)):
+                raise TypeError(
+                    f"config.{info.alias}: {kind.type} and {first_kind.type} define it differently"
+                )
+        by_text: dict[str, list[str]] = {}
+        for kind, info, note in users[name]:
+            text = (info.description or "").replace(
+                "{tls_flag}", _tls_switch("{flag}", "{flag} on {types}")
+            )
+            by_text.setdefault(text, []).append(kind.type + (f" ({note})" if note else ""))
+        merged = copy.copy(first)
+        merged.description = " ".join(
+            f"{', '.join(owners)}: {text}" for text, owners in by_text.items()
+        )
+        fields[name] = (first.annotation, merged)
+    return pydantic.create_model(
+        "BrokerConfig",
+        __base__=schema.ConfigModel,
+        __module__=__name__,
+        __doc__=_BROKER_CONFIG_DOC,
+        **fields,
+    )
+
+
+_BROKER_CONFIG_DOC = """Connection settings of one environment.
+
+    One object carries the union of every broker's fields (each broker's own model is
+    in `brokers/<name>/config.py`); which of them belong to which `type` is a rule
+    (`FIELDS_BY_TYPE`) that the CRD states as CEL and the operator checks again here.
     """
 
-    secret_key_ref: Annotated[
-        SecretKeySelector, Field(description="The Secret key holding the value.")
-    ]
+if TYPE_CHECKING:
 
+    class BrokerConfig(schema.ConfigModel):
+        """The union of the brokers' config models, built at import (`_build_broker_config`)."""
 
-class KafkaSasl(_Model):
-    """SASL authentication for Kafka."""
+        def __getattr__(self, name: str) -> Any: ...
 
-    mechanism: Annotated[SaslMechanism, Field(description="SASL mechanism.")]
-    username: Annotated[str, Field(min_length=1, max_length=253, description="SASL username.")]
-    password: Annotated[SecretRef, Field(description="SASL password, from a Secret.")]
-
-
-def _check_host_port(value: str) -> str:
-    # The pattern already says this; the check stays as a guard should the pattern loosen.
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not host:port")
-    return value
-
-
-HostPort = Annotated[
-    str,
-    Field(min_length=3, max_length=HOST_MAX_LENGTH + 6, pattern=HOST_PORT_PATTERN),
-    AfterValidator(_check_host_port),
-]
-
-
-class BrokerConfig(_Model):
-    """Connection settings of one environment.
-
-    One object carries the union of every provider's fields; which of them
-    belong to which `type` is a rule (`FIELDS_BY_TYPE`) that the CRD states as
-    CEL and the operator checks again here.
-    """
-
-    # Kafka
-    brokers: Annotated[
-        list[HostPort] | None,
-        Field(
-            min_length=1,
-            max_length=64,
-            description="KAFKA: bootstrap servers, each host:port (required).",
-        ),
-    ] = None
-    client_id: Annotated[
-        str | None, Field(max_length=253, description="KAFKA: client id the operator uses.")
-    ] = None
-    group_id: Annotated[
-        str | None,
-        Field(max_length=253, description="KAFKA: default consumer group id for applications."),
-    ] = None
-    ssl: Annotated[Flag | None, Field(description="KAFKA: connect with TLS.")] = None
-    sasl: Annotated[KafkaSasl | None, Field(description="KAFKA: SASL authentication.")] = None
-    replication_factor: Annotated[
-        int | None,
-        Field(
-            ge=1,
-            le=32,
-            strict=True,
-            description="KAFKA: replication factor of created topics (default: the broker's).",
-        ),
-    ] = None
-    # Redis and RabbitMQ
-    host: Annotated[
-        str | None,
-        Field(
-            min_length=1,
-            max_length=HOST_MAX_LENGTH,
-            pattern=HOST_PATTERN,
-            description="REDIS, RABBITMQ: server host name or IPv4 address (required).",
-        ),
-    ] = None
-    port: Annotated[
-        Port | None,
-        Field(description="REDIS (default 6379), RABBITMQ (default 5672): server port."),
-    ] = None
-    username: Annotated[
-        str | None, Field(max_length=253, description="REDIS, RABBITMQ: user name.")
-    ] = None
-    password: Annotated[
-        SecretRef | None, Field(description="REDIS, RABBITMQ: password, from a Secret.")
-    ] = None
-    db: Annotated[
-        int | None,
-        Field(ge=0, le=1023, strict=True, description="REDIS: database number (default 0)."),
-    ] = None
-    tls: Annotated[Flag | None, Field(description="REDIS, RABBITMQ: connect with TLS.")] = None
-    vhost: Annotated[
-        str | None,
-        Field(min_length=1, max_length=253, description='RABBITMQ: virtual host (default "/").'),
-    ] = None
-    # Trust and mutual TLS (Kafka, Redis, RabbitMQ), with `tls` (`ssl` on Kafka) on
-    ca: Annotated[
-        SecretRef | None,
-        Field(
-            description=(
-                "KAFKA, REDIS, RABBITMQ: PEM bundle of the CA certificates to trust, from a"
-                " Secret (default: the system trust store). Needs tls (ssl on KAFKA)."
-            )
-        ),
-    ] = None
-    client_cert: Annotated[
-        SecretRef | None,
-        Field(
-            description=(
-                "KAFKA, REDIS, RABBITMQ: PEM client certificate for mutual TLS, from a Secret;"
-                " set with clientKey."
-            )
-        ),
-    ] = None
-    client_key: Annotated[
-        SecretRef | None,
-        Field(
-            description=(
-                "KAFKA, REDIS, RABBITMQ: PEM private key of clientCert, from a Secret;"
-                " set with clientCert."
-            )
-        ),
-    ] = None
-    # Google Pub/Sub
-    project_id: Annotated[
-        str | None,
-        Field(
-            min_length=1,
-            max_length=100,
-            pattern=r"^[a-z][-a-z0-9]*[a-z0-9]$",
-            description="GOOGLE_PUBSUB: Google Cloud project id (required).",
-        ),
-    ] = None
-    credentials: Annotated[
-        SecretRef | None,
-        Field(description="GOOGLE_PUBSUB: service-account JSON key, from a Secret."),
-    ] = None
-    emulator_host: Annotated[
-        HostPort | None,
-        Field(description="GOOGLE_PUBSUB: host:port of a Pub/Sub emulator."),
-    ] = None
-    # AWS SQS
-    region: Annotated[
-        str | None,
-        Field(
-            min_length=1,
-            max_length=64,
-            pattern=r"^[a-z0-9-]+$",
-            description="AWS_SQS: AWS region, e.g. eu-west-1 (required).",
-        ),
-    ] = None
-    endpoint: Annotated[
-        str | None,
-        Field(
-            max_length=2048,
-            pattern=URL_PATTERN,
-            description="AWS_SQS: endpoint URL, for SQS-compatible servers.",
-        ),
-    ] = None
-    access_key_id: Annotated[
-        SecretRef | None, Field(description="AWS_SQS: access key id, from a Secret.")
-    ] = None
-    secret_access_key: Annotated[
-        SecretRef | None, Field(description="AWS_SQS: secret access key, from a Secret.")
-    ] = None
-
-    def set_fields(self) -> set[str]:
-        """Wire names of the fields this config sets."""
-        return {
-            type(self).model_fields[name].alias or name
-            for name in self.model_fields_set
-            if getattr(self, name) is not None
-        }
-
-    def secret_refs(self) -> list[SecretKeySelector]:
-        """Every Secret key this config references."""
-        refs = [
-            self.password,
-            self.credentials,
-            self.access_key_id,
-            self.secret_access_key,
-            self.ca,
-            self.client_cert,
-            self.client_key,
-        ]
-        if self.sasl is not None:
-            refs.append(self.sasl.password)
-        return [ref.secret_key_ref for ref in refs if ref is not None]
+else:
+    BrokerConfig = _build_broker_config()
 
 
 #: The trust and client-certificate fields (wire names), which need TLS switched on.
 TLS_FIELDS = ("ca", "clientCert", "clientKey")
 #: The messages of the TLS rules, the CRD's CEL and `EnvSpec` alike.
 CLIENT_PAIR_MESSAGE = "config.clientCert and config.clientKey must be set together"
-NEEDS_TLS_MESSAGE = "config.ca, clientCert and clientKey need TLS: tls: true (ssl: true on KAFKA)"
+NEEDS_TLS_MESSAGE = "config.ca, clientCert and clientKey need TLS: " + _tls_switch(
+    "{flag}: true", "{flag}: true on {types}"
+)
 
 #: Which config fields (wire names) each type requires and allows. The CRD's
 #: CEL rules are generated from this table, and `EnvSpec` checks it again.
 FIELDS_BY_TYPE: dict[MessageBrokerTypes, tuple[frozenset[str], frozenset[str]]] = {
-    MessageBrokerTypes.KAFKA: (
-        frozenset({"brokers"}),
-        frozenset({"clientId", "groupId", "ssl", "sasl", "replicationFactor", *TLS_FIELDS}),
-    ),
-    MessageBrokerTypes.REDIS: (
-        frozenset({"host"}),
-        frozenset({"port", "username", "password", "db", "tls", *TLS_FIELDS}),
-    ),
-    MessageBrokerTypes.RABBITMQ: (
-        frozenset({"host"}),
-        frozenset({"port", "username", "password", "vhost", "tls", *TLS_FIELDS}),
-    ),
-    MessageBrokerTypes.GOOGLE_PUBSUB: (
-        frozenset({"projectId"}),
-        frozenset({"credentials", "emulatorHost"}),
-    ),
-    MessageBrokerTypes.AWS_SQS: (
-        frozenset({"region"}),
-        frozenset({"endpoint", "accessKeyId", "secretAccessKey"}),
-    ),
+    MessageBrokerTypes(kind.type): (kind.required, kind.optional) for kind in brokers.kinds()
 }
+
+
+def _either(values: Iterable[str]) -> str:
+    """`a, b or c`."""
+    *rest, last = values
+    return f"{', '.join(rest)} or {last}" if rest else last
 
 
 def _unique(values: list[str], what: str) -> None:
@@ -402,8 +231,8 @@ class EnvSpec(_Model):
         MessageBrokerTypes,
         Field(
             description=(
-                "The provider of this environment: KAFKA, REDIS, RABBITMQ, GOOGLE_PUBSUB"
-                " or AWS_SQS. Changing it moves the environment to another broker."
+                f"The provider of this environment: {_either(k.type for k in brokers.kinds())}."
+                " Changing it moves the environment to another broker."
             )
         ),
     ]
@@ -415,6 +244,15 @@ class EnvSpec(_Model):
         ObjectName | None,
         Field(description="Name of the connection Secret (default <metadata.name>-<slug>)."),
     ] = None
+
+    def broker_identity(self) -> str:
+        """Which broker this env points at, credentials aside (`BrokerKind.identity`).
+
+        Two envs with the same identity are the same broker: changing only a
+        password or a client id is not a move, and leaves nothing behind.
+        """
+        values = self.config.model_dump(by_alias=True, exclude_none=True)
+        return self.type.kind.identity(values)
 
     @model_validator(mode="after")
     def _config_matches_type(self) -> EnvSpec:
@@ -449,7 +287,8 @@ def tls_problems(type_: MessageBrokerTypes, config: BrokerConfig) -> list[str]:
     if (config.client_cert is None) != (config.client_key is None):
         problems.append(CLIENT_PAIR_MESSAGE)
     uses = config.ca is not None or config.client_cert is not None or config.client_key is not None
-    tls_on = config.ssl if type_ is MessageBrokerTypes.KAFKA else config.tls
+    flag = type_.kind.tls_flag
+    tls_on = flag is not None and getattr(config, to_snake(flag)) is True
     if uses and not tls_on:
         problems.append(NEEDS_TLS_MESSAGE)
     return problems

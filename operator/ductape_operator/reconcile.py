@@ -409,13 +409,13 @@ class Reconciler:
         work: core.TopicWork,
         inventory: health.Inventory | None,
         result: EnvResult,
-    ) -> dict[str, base.TopicLocation]:
+    ) -> dict[str, base.TopicRoute]:
         """Unchanged topics are looked up (in the round's inventory when there is one);
         new, changed and missing ones are ensured, concurrently; then retention and dead
         letters are applied where they are declared. Where the topics all are."""
 
         plans = {t.tag: base.TopicPlan.from_spec(t, spec.topics) for t in spec.topics}
-        locations: dict[str, base.TopicLocation] = {}
+        locations: dict[str, base.TopicRoute] = {}
         existing: list[models.TopicSpec] = []
         drifted: list[models.TopicSpec] = []
         for topic in work.check:
@@ -457,7 +457,7 @@ class Reconciler:
         spec: models.MessageBrokerSpec,
         env: models.EnvSpec,
         provider: base.Provider,
-        locations: Mapping[str, base.TopicLocation],
+        locations: Mapping[str, base.TopicRoute],
         prev: AppliedEnv | None,
         result: EnvResult,
     ) -> None:

@@ -161,7 +161,9 @@ async def test_rabbitmq_retention_waits_for_a_queue_holding_messages(
     kube.wait_condition(namespace, name, "True", "AllEnvsReady")
     queue = f"{name}.orders.billing"
     assert await raw.rabbit_queue_has_arguments(os.environ, queue, {"x-message-ttl": 600000})
-    location = base.TopicLocation(name=f"{name}.orders", subscriptions={"billing": queue})
+    location = base.TopicRoute(
+        tag="orders", name=f"{name}.orders", subscriptions={"billing": queue}
+    )
     await raw.publish({"type": "rabbitmq", "uri": os.environ["AMQP_URL"]}, location, b"held")
 
     changed = copy.deepcopy(manifest)

@@ -84,7 +84,7 @@ class Provisioned:
         #: Unique: other engineers share the brokers.
         self.name = f"msg.{uuid.uuid4().hex[:10]}"
         self.subscriptions = subscriptions
-        self.location: base.TopicLocation | None = None
+        self.location: base.TopicRoute | None = None
         self._binding: dict[str, str] = {}
 
     @property

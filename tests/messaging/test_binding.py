@@ -9,9 +9,9 @@ import pathlib
 import pytest
 
 from ductape_operator import errors
+from ductape_operator.brokers.sqs import client as sqs_
 from ductape_operator.messaging import Binding, BindingError, Broker, env_variable_names
 from ductape_operator.messaging import message as message_
-from ductape_operator.messaging import sqs as sqs_
 
 TOPICS = {"order-created": {"name": "orders.created", "subscriptions": {"billing": "orders.b"}}}
 ENTRIES = {

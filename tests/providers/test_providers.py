@@ -32,7 +32,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0
         await asyncio.sleep(0.2)
 
 
-def expected_location(type_: T, plan: base.TopicPlan, location: base.TopicLocation) -> None:
+def expected_location(type_: T, plan: base.TopicPlan, location: base.TopicRoute) -> None:
     """The location's names follow README.md, "The connection Secret"."""
     assert set(location.subscriptions) == set(plan.subscriptions)
     for sub, physical in location.subscriptions.items():
@@ -52,7 +52,7 @@ def expected_location(type_: T, plan: base.TopicPlan, location: base.TopicLocati
 
 
 async def assert_provisioned(
-    type_: T, env: dict[str, str], plan: base.TopicPlan, location: base.TopicLocation
+    type_: T, env: dict[str, str], plan: base.TopicPlan, location: base.TopicRoute
 ) -> None:
     seen = await raw.observe(type_, env, plan)
     assert seen.topic, f"{plan.name} missing on the broker"

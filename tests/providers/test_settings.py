@@ -13,7 +13,9 @@ import time
 import pytest
 
 from ductape_operator import errors, models
-from ductape_operator.providers import base, rabbitmq, sqs
+from ductape_operator.brokers.rabbitmq import operator as rabbitmq
+from ductape_operator.brokers.sqs import operator as sqs
+from ductape_operator.providers import base
 from tests.providers import raw
 from tests.providers.conftest import TYPES, unique_topic
 
@@ -97,7 +99,7 @@ async def test_settings_set_changed_and_removed(
         assert await provider.ensure_settings(removed) is True
         assert await raw.rabbit_queue_has_arguments(stack, queue, {})
         # Still bound to the exchange: a published message arrives there.
-        location = base.TopicLocation(name=live.name, subscriptions={"billing": queue})
+        location = base.TopicRoute(tag="live", name=live.name, subscriptions={"billing": queue})
         await raw.publish({"type": "rabbitmq", "uri": stack["AMQP_URL"]}, location, b"kept")
         # A queue holding a message is never deleted: the change waits, naming topic and field.
         with pytest.raises(errors.ProvisioningError) as info:

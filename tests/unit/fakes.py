@@ -127,10 +127,11 @@ class FakeProvider:
     ) -> None:
         await self.aclose()
 
-    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicRoute:
         self._call(f"ensure {topic.name}")
         self.broker.topics.setdefault(topic.name, set()).update(topic.subscriptions)
-        return base.TopicLocation(
+        return base.TopicRoute(
+            tag=topic.tag,
             name=topic.name,
             subscriptions={
                 s: base.default_subscription_name(topic.name, s) for s in topic.subscriptions

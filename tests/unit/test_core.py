@@ -224,7 +224,7 @@ def test_topic_work_checks_the_unchanged_and_ensures_the_rest() -> None:
         env=prev.env,
         topics=prev.topics,
         secret_name="bus-dev",
-        locations={"orders": core.base.TopicLocation(name="orders")},
+        locations={"orders": core.base.TopicRoute(tag="orders", name="orders")},
     )
     spec = models.parse_spec(
         fakes.body(

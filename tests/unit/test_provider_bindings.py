@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 
 from ductape_operator import errors, models
-from ductape_operator.providers import base, build_provider, kafka, rabbitmq, sqs
+from ductape_operator.brokers.kafka import operator as kafka
+from ductape_operator.brokers.rabbitmq import operator as rabbitmq
+from ductape_operator.brokers.sqs import operator as sqs
+from ductape_operator.providers import base, build_provider
 
 T = models.MessageBrokerTypes
 

@@ -39,8 +39,10 @@ def test_applied_record_round_trips() -> None:
             topics=(topic,),
             secret_name="bus-prd",
             locations={
-                "orders": base.TopicLocation(
-                    "orders.created", {"billing": "orders.created.billing"}
+                "orders": base.TopicRoute(
+                    tag="orders",
+                    name="orders.created",
+                    subscriptions={"billing": "orders.created.billing"},
                 )
             },
         )
@@ -134,7 +136,11 @@ def test_binding_entries_add_the_common_keys() -> None:
         spec,
         spec.envs[0],
         FakeBinding(),  # type: ignore[arg-type]
-        {"orders": base.TopicLocation("orders", {"billing": "billing"})},
+        {
+            "orders": base.TopicRoute(
+                tag="orders", name="orders", subscriptions={"billing": "billing"}
+            )
+        },
     )
     assert entries["type"] == "redis"
     assert entries["provider"] == "ductape"
@@ -238,8 +244,12 @@ class _Provider:
 def test_topics_json_carries_the_dead_letter() -> None:
     spec = _dead_letter_spec()
     locations = {
-        "orders": base.TopicLocation("orders.created", {"billing": "billing"}),
-        "orders-dead": base.TopicLocation("orders.dead", {"ops": "ops"}),
+        "orders": base.TopicRoute(
+            tag="orders", name="orders.created", subscriptions={"billing": "billing"}
+        ),
+        "orders-dead": base.TopicRoute(
+            tag="orders-dead", name="orders.dead", subscriptions={"ops": "ops"}
+        ),
     }
     entries = core.binding_entries(spec, spec.envs[0], _Provider(), locations)  # type: ignore[arg-type]
     topics = json.loads(entries["topics.json"])

@@ -43,6 +43,17 @@ class Options:
     ready_timeout: float = 30.0
 
 
+@dataclasses.dataclass(frozen=True)
+class DeadLetterMarks:
+    """What a broker that dead-letters by itself wrote on a message it moved: the
+    physical name of the subscription it left, its delivery count, and the headers
+    that carried them (dropped once read into the common ones)."""
+
+    source: str
+    count: str
+    headers: tuple[str, ...]
+
+
 class Consumer(Protocol):
     """One consumer in one subscription."""
 
@@ -108,6 +119,25 @@ class Link:
             took = time.monotonic() - self._lost_at
             self._lost_at = None
             log.info("%s: connection back after %.1fs", self.name, took)
+
+
+def error_for(
+    failure: errors.Failure | None, text: str, *, missing: str = "the topic"
+) -> errors.DuctapeError | None:
+    """The client side's error for a failure a broker's `classify` found (None: not an
+    exception of the SDK, re-raised as is). `missing` names what NOT_FOUND means.
+
+    A throttled request is retried like a lost connection (`retrying`).
+    """
+    if failure is None:
+        return None
+    if failure is errors.Failure.AUTH:
+        return errors.BrokerAuthError(text)
+    if failure in (errors.Failure.UNREACHABLE, errors.Failure.THROTTLED):
+        return errors.BrokerUnreachableError(text)
+    if failure is errors.Failure.NOT_FOUND:
+        return errors.ProvisioningError(f"{text} (is {missing} provisioned?)", retriable=True)
+    return errors.BrokerError(text, retriable=failure is not errors.Failure.INVALID)
 
 
 async def retrying(

@@ -26,58 +26,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ductape_operator import errors, tls
+from ductape_operator import brokers, errors, tls
+from ductape_operator.topics import TopicRoute
 
 if TYPE_CHECKING:
-    from ductape_operator import models
+    import pydantic
 
-#: The `type` entry of each provider, as the operator writes it.
-KAFKA = "kafka"
-REDIS = "redis"
-RABBITMQ = "rabbitmq"
-GOOGLE_PUBSUB = "google-pubsub"
-AWS_SQS = "aws-sqs"
-TYPES = (KAFKA, REDIS, RABBITMQ, GOOGLE_PUBSUB, AWS_SQS)
+__all__ = ["Binding", "BindingError", "TopicRoute", "env_variable_names", "kind_of"]
 
-#: Entries each type cannot work without (besides `type` and `topics.json`).
-#: Redis and RabbitMQ accept `uri` in place of `host`.
-_REQUIRED: Mapping[str, tuple[str, ...]] = {
-    KAFKA: ("bootstrap-servers",),
-    REDIS: ("host",),
-    RABBITMQ: ("host",),
-    GOOGLE_PUBSUB: ("project-id",),
-    AWS_SQS: ("region",),
-}
+#: The `type` entry of each broker, as the operator writes it (one per registered broker).
+TYPES = tuple(kind.binding_type for kind in brokers.kinds())
 
+#: The entries every type has; each broker's own are in its `BrokerKind.entries`.
+COMMON_ENTRIES = ("type", "provider", "uri", "broker-tag", "env", "topics.json")
 #: Every entry the operator may write: the names looked up in the environment.
-KNOWN_ENTRIES = (
-    "type",
-    "provider",
-    "uri",
-    "broker-tag",
-    "env",
-    "topics.json",
-    "bootstrap-servers",
-    "security-protocol",
-    "sasl-mechanism",
-    "username",
-    "password",
-    "host",
-    "port",
-    "database",
-    "virtual-host",
-    "tls",
-    "ssl",
-    "ca.crt",
-    "tls.crt",
-    "tls.key",
-    "project-id",
-    "emulator-host",
-    "credentials.json",
-    "region",
-    "endpoint",
-    "access-key-id",
-    "secret-access-key",
+KNOWN_ENTRIES = tuple(
+    dict.fromkeys(COMMON_ENTRIES + tuple(e for kind in brokers.kinds() for e in kind.entries))
 )
 
 #: The default prefix of environment variables (`envFrom` with `prefix: DUCTAPE_`).
@@ -101,28 +65,12 @@ def env_variable_names(entry: str, prefix: str = ENV_PREFIX) -> tuple[str, str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class TopicRoute:
-    """Where one topic tag lives on this broker: one `topics.json` entry.
-
-    `name` is None only on SQS for a topic with subscriptions: then a message is
-    published to every subscription's queue.
-    """
-
-    tag: str
-    name: str | None
-    subscriptions: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    #: Where messages that keep failing go, and after how many deliveries
-    #: (docs/messaging.md, "Dead letters and retention"); None: nowhere.
-    dead_letter: models.DeadLetterSpec | None = None
-
-
-@dataclasses.dataclass(frozen=True)
 class Binding:
     """A parsed connection Secret."""
 
     #: Where it was read from, for messages: a folder, `environment (DUCTAPE_*)`, `mapping`.
     source: str
-    #: The provider: one of `TYPES`.
+    #: The broker: one of `TYPES`.
     type: str
     #: Every entry as written, credentials included; never log this.
     entries: Mapping[str, str] = dataclasses.field(repr=False)
@@ -246,19 +194,20 @@ class Binding:
         kind = entries.get("type")
         if not kind:
             raise BindingError(f"binding {source}: entry 'type' is missing")
-        if kind not in TYPES:
+        broker = brokers.by_binding_type(kind)
+        if broker is None:
             raise BindingError(
                 f"binding {source}: entry 'type' is {kind!r}, expected one of {', '.join(TYPES)}"
             )
-        for entry in _REQUIRED[kind]:
-            if entry == "host" and entries.get("uri"):
-                continue
-            if not entries.get(entry):
-                raise BindingError(f"binding {source}: entry {entry!r} is missing ({kind})")
+        for alternatives in broker.required_entries:
+            if not any(entries.get(entry) for entry in alternatives):
+                raise BindingError(
+                    f"binding {source}: entry {alternatives[0]!r} is missing ({kind})"
+                )
         raw = entries.get("topics.json")
         if not raw:
             raise BindingError(f"binding {source}: entry 'topics.json' is missing")
-        topics = _parse_topics(source, kind, raw)
+        topics = _parse_topics(source, broker, raw)
         return cls(source=source, type=kind, entries=dict(entries), topics=topics)
 
 
@@ -277,7 +226,15 @@ def _pick_folder(root: Path, name: str | None) -> Path | None:
     return folders[0] if folders else None
 
 
-def _parse_topics(source: str, kind: str, raw: str) -> dict[str, TopicRoute]:
+def kind_of(binding: Binding) -> brokers.BrokerKind:
+    """The registered broker a parsed binding is for."""
+    kind = brokers.by_binding_type(binding.type)
+    if kind is None:  # `_parse` let it through, so only a hand-made Binding gets here
+        raise BindingError(f"binding {binding.source}: unknown type {binding.type!r}")
+    return kind
+
+
+def _parse_topics(source: str, kind: brokers.BrokerKind, raw: str) -> dict[str, TopicRoute]:
     where = f"binding {source}: entry 'topics.json'"
     try:
         data = json.loads(raw)
@@ -285,44 +242,32 @@ def _parse_topics(source: str, kind: str, raw: str) -> dict[str, TopicRoute]:
         raise BindingError(f"{where} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BindingError(f"{where} must be a JSON object of topic tags")
+    import pydantic  # on first use: the client imports without it
+
     topics: dict[str, TopicRoute] = {}
     for tag, value in data.items():
         if not isinstance(value, dict):
             raise BindingError(f"{where}: topic {tag!r} must be an object")
-        name = value.get("name")
-        subs = value.get("subscriptions") or {}
-        if not isinstance(subs, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v for k, v in subs.items()
-        ):
-            raise BindingError(
-                f"{where}: topic {tag!r}: 'subscriptions' must map names to physical names"
-            )
-        if name is None:
-            if kind != AWS_SQS or not subs:
-                raise BindingError(f"{where}: topic {tag!r}: 'name' is missing")
-        elif not isinstance(name, str) or not name:
-            raise BindingError(f"{where}: topic {tag!r}: 'name' must be a non-empty string")
-        dead_letter = None
-        if value.get("deadLetter") is not None:
-            dead_letter = _parse_dead_letter(f"{where}: topic {tag!r}", value["deadLetter"])
-        topics[tag] = TopicRoute(
-            tag=tag, name=name, subscriptions=dict(subs), dead_letter=dead_letter
-        )
+        try:
+            route = TopicRoute.from_json(tag, value)
+        except pydantic.ValidationError as exc:
+            raise BindingError(f"{where}: topic {tag!r}: {_problem(exc)}") from None
+        if route.name is None and (not kind.topic_name_optional or not route.subscriptions):
+            raise BindingError(f"{where}: topic {tag!r}: 'name' is missing")
+        topics[tag] = route
     return topics
 
 
-def _parse_dead_letter(where: str, raw: object) -> models.DeadLetterSpec:
-    """A topic's `deadLetter`, validated by the API's own model.
-
-    Imported here, not at the top: an application whose topics declare no dead
-    letters loads the client without pydantic.
-    """
-    import pydantic
-
-    from ductape_operator import models
-
-    try:
-        return models.DeadLetterSpec.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        problem = models.describe_validation_error(exc).removeprefix("spec").lstrip(".: ")
-        raise BindingError(f"{where}: 'deadLetter' is malformed ({problem})") from None
+def _problem(exc: pydantic.ValidationError) -> str:
+    """What is wrong with one `topics.json` entry, naming its first bad field."""
+    error = exc.errors()[0]
+    field, *inner = error["loc"]
+    if field == "name":
+        if error["type"] == "missing":
+            return "'name' is missing"
+        return "'name' must be a non-empty string"
+    if field == "subscriptions":
+        return "'subscriptions' must map names to physical names"
+    where = ".".join(str(part) for part in inner)
+    message = error["msg"].removeprefix("Value error, ")
+    return f"'{field}' is malformed ({where + ': ' if where else ''}{message})"

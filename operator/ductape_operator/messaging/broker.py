@@ -8,7 +8,6 @@ created, so an application needs only its own provider's SDK installed.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import time
@@ -31,26 +30,16 @@ log = logging.getLogger(__name__)
 DEAD_LETTER_TOPIC_HEADER = "dead-letter-topic"
 DEAD_LETTER_SUBSCRIPTION_HEADER = "dead-letter-subscription"
 DEAD_LETTER_COUNT_HEADER = "dead-letter-delivery-count"
-#: What Pub/Sub adds to a message its dead-letter policy moved (source subscription id,
-#: deliveries); turned into the headers above, so every provider's dead letters read alike.
-_PUBSUB_SOURCE = "CloudPubSubDeadLetterSourceSubscription"
-_PUBSUB_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
-_PUBSUB_MARKS = "CloudPubSubDeadLetterSource"
+#: A broker that dead-letters by itself marks messages its own way; its client side reads
+#: the marks (`BrokerKind.dead_letter_marks`) into the headers above, so every provider's
+#: dead letters read alike.
 #: Message ids whose deliveries a subscription counts itself (where the broker does not).
 _MAX_COUNTED = 100_000
 
-_MODULES = {
-    binding_.KAFKA: "kafka",
-    binding_.REDIS: "redis",
-    binding_.RABBITMQ: "rabbitmq",
-    binding_.GOOGLE_PUBSUB: "pubsub",
-    binding_.AWS_SQS: "sqs",
-}
-
 
 def _make_transport(binding: binding_.Binding, options: _transport.Options) -> Any:
-    module = importlib.import_module(f"ductape_operator.messaging.{_MODULES[binding.type]}")
-    return module.make_transport(binding, options)
+    """The client side of the binding's broker, imported now (with its SDK)."""
+    return binding_.kind_of(binding).transport_factory()(binding, options)
 
 
 class Broker:
@@ -233,7 +222,7 @@ class Subscription:
         self._counts: OrderedDict[str, int] = OrderedDict()
         #: Physical subscription name -> (topic tag, subscription), for messages the
         #: broker itself dead-lettered.
-        self._native_marks = broker.binding.type == binding_.GOOGLE_PUBSUB
+        self._read_marks = binding_.kind_of(broker.binding).dead_letter_reader()
         self._sources = {
             physical: (route.tag, name)
             for route in broker.binding.topics.values()
@@ -308,10 +297,11 @@ class Subscription:
                 if wait <= 0:
                     return None
             batch = await self._consumer.fetch(self._options.prefetch, max(wait, 0.0))
-            if self._native_marks:
+            if self._read_marks is not None:
                 for received in batch:
-                    if _PUBSUB_SOURCE in received.headers:
-                        self._mark_moved_by_broker(received)
+                    marks = self._read_marks(received.headers)
+                    if marks is not None:
+                        self._mark_moved_by_broker(received, marks)
             self._buffer.extend(batch)
             if self._dead_letter is not None:
                 await self._dead_letter_exhausted()
@@ -336,16 +326,17 @@ class Subscription:
                 kept.append(message)
         self._buffer = kept
 
-    def _mark_moved_by_broker(self, message: message_.Message) -> None:
+    def _mark_moved_by_broker(
+        self, message: message_.Message, marks: _transport.DeadLetterMarks
+    ) -> None:
         headers = message.headers
-        source = self._sources.get(headers[_PUBSUB_SOURCE])
-        count = headers.get(_PUBSUB_COUNT, "")
+        source = self._sources.get(marks.source)
         if source is None:
             return  # from a subscription this binding does not know: left as it came
-        for name in [h for h in headers if h.startswith(_PUBSUB_MARKS)]:
+        for name in marks.headers:
             del headers[name]
         headers[DEAD_LETTER_TOPIC_HEADER], headers[DEAD_LETTER_SUBSCRIPTION_HEADER] = source
-        headers[DEAD_LETTER_COUNT_HEADER] = count
+        headers[DEAD_LETTER_COUNT_HEADER] = marks.count
 
     def _counted(self, message: message_.Message) -> int:
         seen = self._counts.pop(message.id, 0) + 1

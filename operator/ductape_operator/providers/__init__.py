@@ -1,4 +1,7 @@
-"""The provider layer: one module per broker SDK, and a pool that shares connections.
+"""The provider layer: building a broker's operator side, and a pool that shares them.
+
+Each broker's operator side lives in its package (`brokers/<name>/operator.py`);
+the registry (`ductape_operator.brokers`) finds it by the env's type.
 
     build_provider(type, config, secrets)  a provider for one env, not yet started
     ProviderPool                           started providers shared across resources
@@ -15,38 +18,18 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Hashable
+from typing import cast
 
-from ductape_operator import models
+from ductape_operator import brokers, models
 from ductape_operator.providers import base
-from ductape_operator.providers.kafka import KafkaProvider
-from ductape_operator.providers.pubsub import PubSubProvider
-from ductape_operator.providers.rabbitmq import RabbitMQProvider
-from ductape_operator.providers.redis import RedisProvider
-from ductape_operator.providers.sqs import SQSProvider
 
 __all__ = [
-    "KafkaProvider",
     "ProviderPool",
-    "PubSubProvider",
-    "RabbitMQProvider",
-    "RedisProvider",
-    "SQSProvider",
     "build_provider",
     "identity",
 ]
 
 logger = logging.getLogger(__name__)
-
-_CLASSES: dict[
-    models.MessageBrokerTypes,
-    type[KafkaProvider | RedisProvider | RabbitMQProvider | PubSubProvider | SQSProvider],
-] = {
-    models.MessageBrokerTypes.KAFKA: KafkaProvider,
-    models.MessageBrokerTypes.REDIS: RedisProvider,
-    models.MessageBrokerTypes.RABBITMQ: RabbitMQProvider,
-    models.MessageBrokerTypes.GOOGLE_PUBSUB: PubSubProvider,
-    models.MessageBrokerTypes.AWS_SQS: SQSProvider,
-}
 
 Factory = Callable[
     [models.MessageBrokerTypes, models.BrokerConfig, base.SecretValues], base.Provider
@@ -63,7 +46,8 @@ def build_provider(
     Raises `InvalidConfigError` when a required field is missing and
     `SecretNotFoundError` when a referenced Secret value is not in `secrets`.
     """
-    return _CLASSES[env_type](config, secrets)
+    provider_class = brokers.kind(env_type.value).provider_class()
+    return cast(base.Provider, provider_class(config, secrets))
 
 
 def identity(

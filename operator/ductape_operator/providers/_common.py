@@ -304,6 +304,18 @@ def auth_failed(endpoint: str, what: str, exc: BaseException) -> errors.BrokerAu
     )
 
 
+def from_failure(
+    failure: errors.Failure | None, endpoint: str, what: str, exc: BaseException
+) -> errors.DuctapeError:
+    """The operator side's error for a failure a broker's `classify` found (None: an
+    exception that is not the SDK's, taken as a refusal worth retrying)."""
+    if failure is errors.Failure.AUTH:
+        return auth_failed(endpoint, what, exc)
+    if failure is errors.Failure.UNREACHABLE:
+        return unreachable(endpoint, what, exc)
+    return refused(endpoint, what, exc, retriable=failure is not errors.Failure.INVALID)
+
+
 def refused(
     endpoint: str, what: str, exc: BaseException, *, retriable: bool
 ) -> errors.ProvisioningError:

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from ductape_operator import models
+from ductape_operator.topics import TopicRoute as TopicRoute  # where ensure_topic put it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,21 +91,6 @@ class TopicPlan:
 
 
 @dataclasses.dataclass(frozen=True)
-class TopicLocation:
-    """Where a topic lives on one broker: the `topics.json` entry of the Secret.
-
-    `name` is None only for an SQS topic that has subscriptions (its queues are
-    the subscriptions).
-    """
-
-    name: str | None
-    subscriptions: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-    def as_json(self) -> dict[str, object]:
-        return {"name": self.name, "subscriptions": dict(self.subscriptions)}
-
-
-@dataclasses.dataclass(frozen=True)
 class SubscriptionBacklog:
     """One subscription's backlog as the broker counts it (docs/operations.md, "Metrics").
 
@@ -155,7 +141,7 @@ class Provider(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
-    async def ensure_topic(self, topic: TopicPlan) -> TopicLocation:
+    async def ensure_topic(self, topic: TopicPlan) -> TopicRoute:
         """Create the topic and all its subscriptions, or adopt them; say where they are."""
         ...
 

@@ -35,6 +35,9 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
 from ductape_operator import errors, models
+from ductape_operator.brokers.kafka.config import KafkaConfig, SaslMechanism
+from ductape_operator.brokers.kafka.entries import Entries, security_protocol
+from ductape_operator.brokers.kafka.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -83,30 +86,10 @@ _GROUP_IN_USE = frozenset(
         kafka_errors.RebalanceInProgressError.errno,
     }
 )
-#: The request or the config is at fault: trying again with nothing changed cannot help.
-_PERMANENT = frozenset(
-    {
-        kafka_errors.InvalidTopicError.errno,
-        kafka_errors.InvalidPartitionsError.errno,
-        kafka_errors.InvalidReplicationFactorError.errno,
-        kafka_errors.InvalidReplicationAssignmentError.errno,
-        kafka_errors.InvalidConfigurationError.errno,
-        kafka_errors.PolicyViolationError.errno,
-        kafka_errors.InvalidRequestError.errno,
-    }
-)
-_AUTH = frozenset(
-    {
-        kafka_errors.TopicAuthorizationFailedError.errno,
-        kafka_errors.GroupAuthorizationFailedError.errno,
-        kafka_errors.ClusterAuthorizationFailedError.errno,
-        kafka_errors.SaslAuthenticationFailed.errno,
-    }
-)
 _SASL_MECHANISMS = {
-    models.SaslMechanism.PLAIN: "PLAIN",
-    models.SaslMechanism.SCRAM_SHA_256: "SCRAM-SHA-256",
-    models.SaslMechanism.SCRAM_SHA_512: "SCRAM-SHA-512",
+    SaslMechanism.PLAIN: "PLAIN",
+    SaslMechanism.SCRAM_SHA_256: "SCRAM-SHA-256",
+    SaslMechanism.SCRAM_SHA_512: "SCRAM-SHA-512",
 }
 
 
@@ -118,7 +101,7 @@ def group_id(topic: str, subscription: str) -> str:
 class KafkaProvider(_common.ProviderBase):
     """One Kafka cluster (bootstrap servers) with one set of credentials."""
 
-    TYPE = models.MessageBrokerTypes.KAFKA
+    TYPE = models.MessageBrokerTypes("KAFKA")
 
     def __init__(
         self,
@@ -128,15 +111,16 @@ class KafkaProvider(_common.ProviderBase):
         timeout: float = _common.DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(config, secrets, timeout=timeout)
-        if not config.brokers:
+        self._settings = settings = config.narrow(KafkaConfig)
+        if not settings.brokers:
             raise errors.InvalidConfigError("KAFKA: config.brokers is required")
-        self._brokers = list(config.brokers)
+        self._brokers = list(settings.brokers)
         self._password = (
-            _common.secret_value(secrets, config.sasl.password) if config.sasl else None
+            _common.secret_value(secrets, settings.sasl.password) if settings.sasl else None
         )
         if self._password:
             self._credentials.append(self._password)
-        self._tls_material, self._ssl_context = self._tls_setup(bool(config.ssl))
+        self._tls_material, self._ssl_context = self._tls_setup(bool(settings.ssl))
         self._admin: AIOKafkaAdminClient | None = None
         #: Topics waiting for the next CreateTopics request, and the request in flight.
         self._creating: list[tuple[NewTopic, asyncio.Future[tuple[int, list[Any]]]]] = []
@@ -145,41 +129,39 @@ class KafkaProvider(_common.ProviderBase):
     # --- naming and binding -------------------------------------------------
 
     @property
+    def _entries(self) -> Entries:
+        sasl = self._settings.sasl
+        return Entries(
+            bootstrap_servers=tuple(self._brokers),
+            security_protocol=self.security_protocol,
+            sasl_mechanism=None if sasl is None else _SASL_MECHANISMS[sasl.mechanism],
+            username=None if sasl is None else sasl.username,
+            password=self._password,
+        )
+
+    @property
     def endpoint(self) -> str:
-        return "kafka://" + ",".join(self._brokers)
+        return self._entries.endpoint
 
     @property
     def security_protocol(self) -> str:
-        tls = bool(self._config.ssl)
-        if self._config.sasl is not None:
-            return "SASL_SSL" if tls else "SASL_PLAINTEXT"
-        return "SSL" if tls else "PLAINTEXT"
+        return security_protocol(tls=bool(self._settings.ssl), sasl=self._settings.sasl is not None)
 
     def binding(self) -> dict[str, str]:
-        entries = {
-            "uri": self.endpoint,
-            "bootstrap-servers": ",".join(self._brokers),
-            "security-protocol": self.security_protocol,
-        }
-        sasl = self._config.sasl
-        if sasl is not None:
-            entries["sasl-mechanism"] = _SASL_MECHANISMS[sasl.mechanism]
-            entries["username"] = sasl.username
-            if self._password is not None:
-                entries["password"] = self._password
+        entries = self._entries.write()
         entries.update(self._tls_material.entries())
         return entries
 
     def _client_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
             "bootstrap_servers": self._brokers,
-            "client_id": self._config.client_id or "ductape-operator",
+            "client_id": self._settings.client_id or "ductape-operator",
             "request_timeout_ms": int(self._timeout * 1000),
             "security_protocol": self.security_protocol,
         }
         if self._ssl_context is not None:
             options["ssl_context"] = self._ssl_context
-        sasl = self._config.sasl
+        sasl = self._settings.sasl
         if sasl is not None:
             options["sasl_mechanism"] = _SASL_MECHANISMS[sasl.mechanism]
             options["sasl_plain_username"] = sasl.username
@@ -239,7 +221,7 @@ class KafkaProvider(_common.ProviderBase):
 
     # --- the interface ------------------------------------------------------
 
-    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicRoute:
         await self._ensure_started()
         name = topic.name
         wanted = topic.partitions or 1
@@ -249,7 +231,7 @@ class KafkaProvider(_common.ProviderBase):
             created = False
             if partitions is None:
                 brokers = len(metadata.get("brokers") or []) or 1
-                replicas = self._config.replication_factor or min(
+                replicas = self._settings.replication_factor or min(
                     MAX_DEFAULT_REPLICATION_FACTOR, brokers
                 )
                 code, rest = await self._create_topic(NewTopic(name, wanted, replicas))
@@ -276,7 +258,7 @@ class KafkaProvider(_common.ProviderBase):
             else:
                 for group in groups.values():
                     await self._commit_start_offsets(group, name, partitions)
-        return base.TopicLocation(name=name, subscriptions=groups)
+        return base.TopicRoute(tag=topic.tag, name=name, subscriptions=groups)
 
     async def ensure_settings(self, topic: base.TopicPlan) -> bool:
         """`retention.ms` of the topic, set or removed (the broker's default then stands).
@@ -738,25 +720,9 @@ class KafkaProvider(_common.ProviderBase):
         return self._map(exc, what)
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
-        """The one place Kafka errors become the project's."""
-        endpoint = self.endpoint
-        code = getattr(exc, "errno", None)
-        if isinstance(exc, kafka_errors.AuthenticationFailedError) or code in _AUTH:
-            return _common.auth_failed(endpoint, what, exc)
-        if code in _PERMANENT:
-            return _common.refused(endpoint, what, exc, retriable=False)
-        if isinstance(
-            exc,
-            kafka_errors.KafkaConnectionError
-            | kafka_errors.NoBrokersAvailable
-            | kafka_errors.NodeNotReadyError
-            | kafka_errors.KafkaTimeoutError
-            | kafka_errors.RequestTimedOutError
-            | OSError,
-        ):
-            return _common.unreachable(endpoint, what, exc)
-        retriable = bool(getattr(exc, "retriable", True))
-        return _common.refused(endpoint, what, exc, retriable=retriable)
+        """The operator side's error for an SDK exception (`errors.classify`, shared with
+        the client side)."""
+        return _common.from_failure(classify(exc), self.endpoint, what, exc)
 
 
 def _timestamp_at(data: bytes | None, offset: int) -> int | None:

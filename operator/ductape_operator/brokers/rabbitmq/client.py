@@ -21,7 +21,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aio_pika.abc
@@ -29,6 +28,8 @@ import aio_pika.exceptions as amqp_errors
 import aiormq.exceptions
 
 from ductape_operator import errors
+from ductape_operator.brokers.rabbitmq.entries import Entries
+from ductape_operator.brokers.rabbitmq.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
@@ -41,32 +42,15 @@ CONNECT_TIMEOUT = 10.0
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
-    """The project's error for an aio-pika exception (None: not an AMQP error)."""
-    text = f"rabbitmq: {type(exc).__name__}: {exc}"
-    if isinstance(exc, amqp_errors.ProbableAuthenticationError | amqp_errors.AuthenticationError):
-        return errors.BrokerAuthError(text)
-    if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
-        return errors.BrokerAuthError(text)
-    if isinstance(exc, amqp_errors.ChannelNotFoundEntity):
-        return errors.ProvisioningError(f"{text} (is the topic provisioned?)", retriable=True)
+    """The client side's error for an aio-pika exception (None: not one): `errors.classify`,
+    shared with the operator side."""
     if isinstance(exc, aiormq.exceptions.PublishError):
         # Returned as unroutable (`mandatory`): no queue is bound, sending again won't help.
         return errors.BrokerError(f"rabbitmq: message not delivered: {exc}", retriable=False)
     if isinstance(exc, amqp_errors.DeliveryError):
         # A nack: the broker could not take it just now (a queue going down): send again.
         return errors.BrokerUnreachableError(f"rabbitmq: message refused by the broker: {exc}")
-    if isinstance(
-        exc,
-        amqp_errors.AMQPConnectionError
-        | amqp_errors.ChannelInvalidStateError
-        | ConnectionError
-        | OSError
-        | TimeoutError,
-    ):
-        return errors.BrokerUnreachableError(text)
-    if isinstance(exc, amqp_errors.AMQPError):
-        return errors.BrokerError(text)
-    return None
+    return _transport.error_for(classify(exc), f"rabbitmq: {type(exc).__name__}: {exc}")
 
 
 def _usable(connection: aio_pika.abc.AbstractConnection) -> bool:
@@ -80,17 +64,16 @@ def make_transport(binding: binding_.Binding, options: _transport.Options) -> Ra
 
 
 def _connection_kwargs(binding: binding_.Binding) -> dict[str, Any]:
-    uri = urlsplit(binding.get("uri") or "")
-    tls = uri.scheme == "amqps" or (binding.get("tls") or "").lower() == "true"
-    vhost = binding.get("virtual-host") or (unquote(uri.path[1:]) if len(uri.path) > 1 else "/")
+    entries = Entries.read(binding)
+    login, password = entries.login
     return {
-        "host": binding.get("host") or uri.hostname or "localhost",
-        "port": int(binding.get("port") or uri.port or (5671 if tls else 5672)),
-        "login": binding.get("username") or unquote(uri.username or "") or "guest",
-        "password": binding.get("password") or unquote(uri.password or "") or "guest",
-        "virtualhost": vhost,
-        "ssl": tls,
-        "ssl_context": binding.tls_context() if tls else None,
+        "host": entries.host,
+        "port": entries.port,
+        "login": login,
+        "password": password,
+        "virtualhost": entries.vhost,
+        "ssl": entries.tls,
+        "ssl_context": binding.tls_context() if entries.tls else None,
     }
 
 

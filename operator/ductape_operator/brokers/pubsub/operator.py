@@ -14,27 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Collection
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 from google.api_core import exceptions as google_errors
-from google.auth import credentials as google_credentials
 from google.auth import exceptions as google_auth_errors
-from google.oauth2 import service_account
 from google.pubsub_v1.services.publisher import PublisherAsyncClient
-from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
 from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
-from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 
 from ductape_operator import errors, models
+from ductape_operator.brokers.pubsub import sdk
+from ductape_operator.brokers.pubsub.config import PubSubConfig
+from ductape_operator.brokers.pubsub.entries import Entries
+from ductape_operator.brokers.pubsub.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
 
-SCOPES = ("https://www.googleapis.com/auth/pubsub",)
 #: What Pub/Sub puts in a subscription's `topic` once its topic is deleted.
 DELETED_TOPIC = "_deleted-topic_"
 #: Entries asked for per page of a listing (the service may send fewer).
@@ -55,7 +53,7 @@ def subscription_id(topic: str, subscription: str) -> str:
 class PubSubProvider(_common.ProviderBase):
     """One Google Cloud project (or emulator) with one set of credentials."""
 
-    TYPE = models.MessageBrokerTypes.GOOGLE_PUBSUB
+    TYPE = models.MessageBrokerTypes("GOOGLE_PUBSUB")
 
     def __init__(
         self,
@@ -65,11 +63,17 @@ class PubSubProvider(_common.ProviderBase):
         timeout: float = _common.DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(config, secrets, timeout=timeout)
-        if not config.project_id:
+        settings = config.narrow(PubSubConfig)
+        if not settings.project_id:
             raise errors.InvalidConfigError("GOOGLE_PUBSUB: config.projectId is required")
-        self._project = config.project_id
-        self._emulator = config.emulator_host
-        self._credentials_json = _common.secret_value(secrets, config.credentials)
+        self._entries = Entries(
+            project_id=settings.project_id,
+            emulator_host=settings.emulator_host,
+            credentials_json=_common.secret_value(secrets, settings.credentials),
+        )
+        self._project = self._entries.project_id
+        self._emulator = self._entries.emulator_host
+        self._credentials_json = self._entries.credentials_json
         if self._credentials_json:
             self._credentials.append(self._credentials_json)
         self._channels: list[grpc.aio.Channel] = []
@@ -80,17 +84,10 @@ class PubSubProvider(_common.ProviderBase):
 
     @property
     def endpoint(self) -> str:
-        if self._emulator:
-            return f"http://{self._emulator}/projects/{self._project}"
-        return f"pubsub://projects/{self._project}"
+        return self._entries.endpoint
 
     def binding(self) -> dict[str, str]:
-        entries = {"uri": self.endpoint, "project-id": self._project}
-        if self._emulator:
-            entries["emulator-host"] = self._emulator
-        if self._credentials_json:
-            entries["credentials.json"] = self._credentials_json
-        return entries
+        return self._entries.write()
 
     def _topic_path(self, topic: str) -> str:
         return f"projects/{self._project}/topics/{topic}"
@@ -103,41 +100,23 @@ class PubSubProvider(_common.ProviderBase):
     async def _open(self) -> None:
         async with self.guard("connecting", self._map, limited=False):
             if self._emulator:
-                pub_channel = grpc.aio.insecure_channel(self._emulator)
-                sub_channel = grpc.aio.insecure_channel(self._emulator)
-                self._channels = [pub_channel, sub_channel]
-                anonymous = google_credentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
-                self._publisher = PublisherAsyncClient(
-                    transport=PublisherGrpcAsyncIOTransport(
-                        channel=pub_channel, credentials=anonymous
-                    )
-                )
-                self._subscriber = SubscriberAsyncClient(
-                    transport=SubscriberGrpcAsyncIOTransport(
-                        channel=sub_channel, credentials=anonymous
-                    )
-                )
+                self._publisher, self._subscriber, channel = sdk.emulator_clients(self._emulator)
+                self._channels = [channel]
                 return
             creds = await self._google_credentials()
-            self._publisher = PublisherAsyncClient(credentials=creds)
-            self._subscriber = SubscriberAsyncClient(credentials=creds)
+            self._publisher, self._subscriber = sdk.cloud_clients(creds)
 
     async def _google_credentials(self) -> Any:
         if self._credentials_json:
             try:
-                info = json.loads(self._credentials_json)
-                return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-                    info, scopes=SCOPES
-                )
-            except (ValueError, KeyError, TypeError) as exc:
-                # Never chain: the parser's message may quote the key material.
+                return sdk.key_credentials(self._credentials_json)
+            except sdk.BadKeyError as exc:
                 raise errors.InvalidConfigError(
-                    f"{self.endpoint}: config.credentials is not a service-account JSON key"
-                    f" ({type(exc).__name__})"
+                    f"{self.endpoint}: config.credentials is not a service-account JSON key ({exc})"
                 ) from None
         import google.auth  # the ambient credentials (workload identity, ADC)
 
-        creds, _project = await asyncio.to_thread(google.auth.default, scopes=SCOPES)
+        creds, _project = await asyncio.to_thread(google.auth.default, scopes=sdk.SCOPES)
         return creds
 
     async def _close(self) -> None:
@@ -160,7 +139,7 @@ class PubSubProvider(_common.ProviderBase):
 
     # --- the interface ------------------------------------------------------
 
-    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicRoute:
         await self._ensure_started()
         publisher, _subscriber = self._clients()
         topic_path = self._topic_path(topic.name)
@@ -170,7 +149,7 @@ class PubSubProvider(_common.ProviderBase):
                 await publisher.create_topic(request={"name": topic_path}, timeout=self._timeout)
             for sid in subs.values():
                 await self._ensure_subscription(topic_path, sid)
-        return base.TopicLocation(name=topic.name, subscriptions=subs)
+        return base.TopicRoute(tag=topic.tag, name=topic.name, subscriptions=subs)
 
     async def _ensure_subscription(self, topic_path: str, sid: str) -> None:
         _publisher, subscriber = self._clients()
@@ -358,33 +337,14 @@ class PubSubProvider(_common.ProviderBase):
             )
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
-        """The one place Google API errors become the project's."""
-        endpoint = self.endpoint
-        if isinstance(
-            exc,
-            google_errors.PermissionDenied
-            | google_errors.Unauthenticated
-            | google_auth_errors.RefreshError,
-        ):
-            return _common.auth_failed(endpoint, what, exc)
+        """The operator side's error for an SDK exception (`errors.classify`, shared with
+        the client side); no credentials at all is the config's to fix."""
         if isinstance(exc, google_auth_errors.DefaultCredentialsError):
             return errors.InvalidConfigError(
-                f"{endpoint}: no credentials: set config.credentials or give the operator"
+                f"{self.endpoint}: no credentials: set config.credentials or give the operator"
                 f" workload identity ({_common.describe(exc)})"
             )
-        if isinstance(
-            exc,
-            google_errors.ServiceUnavailable
-            | google_errors.DeadlineExceeded
-            | google_errors.RetryError
-            | google_auth_errors.TransportError
-            | OSError,
-        ):
-            return _common.unreachable(endpoint, what, exc)
-        if isinstance(exc, google_errors.InvalidArgument | google_errors.NotFound):
-            # A bad topic or subscription id, or a project that does not exist.
-            return _common.refused(endpoint, what, exc, retriable=False)
-        return _common.refused(endpoint, what, exc, retriable=True)
+        return _common.from_failure(classify(exc), self.endpoint, what, exc)
 
 
 def _seconds(duration: Any) -> int:

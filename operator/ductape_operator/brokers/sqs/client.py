@@ -25,11 +25,12 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import aioboto3
 import botocore.config
-import botocore.exceptions as aws_errors
 
 from ductape_operator import errors
+from ductape_operator.brokers.sqs import sdk
+from ductape_operator.brokers.sqs.entries import Entries
+from ductape_operator.brokers.sqs.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
@@ -45,52 +46,12 @@ CONCURRENCY = 16
 T = TypeVar("T")
 _SQS_TEXT = re.compile("^[\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
 
-_AUTH_CODES = {
-    "InvalidClientTokenId",
-    "AccessDenied",
-    "AccessDeniedException",
-    "SignatureDoesNotMatch",
-    "UnrecognizedClientException",
-    "ExpiredToken",
-}
-_MISSING_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-_TRANSIENT_CODES = {
-    "ThrottlingException",
-    "RequestThrottled",
-    "ServiceUnavailable",
-    "InternalError",
-    "InternalFailure",
-}
-
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
-    """The project's error for a botocore exception (None: not an AWS error)."""
+    """The client side's error for a botocore exception (None: not one): `errors.classify`,
+    shared with the operator side."""
     text = f"sqs: {type(exc).__name__}: {exc}"
-    if isinstance(exc, aws_errors.ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in _AUTH_CODES:
-            return errors.BrokerAuthError(text)
-        if code in _MISSING_CODES:
-            return errors.ProvisioningError(f"{text} (is the topic provisioned?)", retriable=True)
-        if code in _TRANSIENT_CODES:
-            return errors.BrokerUnreachableError(text)
-        return errors.BrokerError(text, retriable=False)
-    if isinstance(exc, aws_errors.NoCredentialsError | aws_errors.PartialCredentialsError):
-        return errors.BrokerAuthError(text)
-    if isinstance(
-        exc,
-        aws_errors.EndpointConnectionError
-        | aws_errors.ConnectionClosedError
-        | aws_errors.ConnectTimeoutError
-        | aws_errors.ReadTimeoutError
-        | aws_errors.HTTPClientError
-        | ConnectionError
-        | OSError,
-    ):
-        return errors.BrokerUnreachableError(text)
-    if isinstance(exc, aws_errors.BotoCoreError):
-        return errors.BrokerError(text)
-    return None
+    return _transport.error_for(classify(exc), text)
 
 
 def make_transport(binding: binding_.Binding, options: _transport.Options) -> SqsTransport:
@@ -130,16 +91,11 @@ class SqsTransport:
     """
 
     def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
-        self._session = aioboto3.Session(
-            region_name=binding.require("region"),
-            aws_access_key_id=binding.get("access-key-id"),
-            aws_secret_access_key=binding.get("secret-access-key"),
-        )
-        self._endpoint = binding.get("endpoint")
+        self._entries = Entries.read(binding)
         self._options = options
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
-        self.link = _transport.Link(f"sqs {self._endpoint or binding.require('region')}")
+        self.link = _transport.Link(f"sqs {self._entries.endpoint_url or self._entries.region}")
 
     def retrying(
         self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
@@ -166,9 +122,7 @@ class SqsTransport:
             retries={"total_max_attempts": 1},
             max_pool_connections=CONCURRENCY * 2,
         )
-        self._client = await stack.enter_async_context(
-            self._session.client("sqs", endpoint_url=self._endpoint, config=config)
-        )
+        self._client = await sdk.open_client(self._entries, config, stack)
         self._stack = stack
 
     async def aclose(self) -> None:

@@ -12,25 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import urllib.parse
 from collections.abc import AsyncIterator, Collection
 
 import aio_pika
 from aio_pika import abc as aio_pika_abc
 from aio_pika import exceptions as amqp_errors
-from aiormq import exceptions as aiormq_errors
 from pamqp.common import FieldTable
 
 from ductape_operator import errors, models
+from ductape_operator.brokers.rabbitmq.config import RabbitMQConfig
+from ductape_operator.brokers.rabbitmq.entries import DEFAULT_VHOST, Entries, default_port
+from ductape_operator.brokers.rabbitmq.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PORT = 5672
-DEFAULT_TLS_PORT = 5671
-DEFAULT_VHOST = "/"
-#: What AMQP clients log in with when no user is configured (RabbitMQ's default user).
-DEFAULT_USER = "guest"
 #: A subscription's queue gets every message of its topic.
 ROUTING_KEY = "#"
 
@@ -54,7 +50,7 @@ def queue_arguments(topic: base.TopicPlan) -> FieldTable:
 class RabbitMQProvider(_common.ProviderBase):
     """One RabbitMQ virtual host with one set of credentials."""
 
-    TYPE = models.MessageBrokerTypes.RABBITMQ
+    TYPE = models.MessageBrokerTypes("RABBITMQ")
 
     def __init__(
         self,
@@ -64,14 +60,15 @@ class RabbitMQProvider(_common.ProviderBase):
         timeout: float = _common.DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(config, secrets, timeout=timeout)
-        if not config.host:
+        settings = config.narrow(RabbitMQConfig)
+        if not settings.host:
             raise errors.InvalidConfigError("RABBITMQ: config.host is required")
-        self._host = config.host
-        self._tls = bool(config.tls)
-        self._port = config.port or (DEFAULT_TLS_PORT if self._tls else DEFAULT_PORT)
-        self._vhost = config.vhost or DEFAULT_VHOST
-        self._username = config.username or None
-        self._password = _common.secret_value(secrets, config.password)
+        self._host = settings.host
+        self._tls = bool(settings.tls)
+        self._port = settings.port or default_port(self._tls)
+        self._vhost = settings.vhost or DEFAULT_VHOST
+        self._username = settings.username or None
+        self._password = _common.secret_value(secrets, settings.password)
         if self._password:
             self._credentials.append(self._password)
         self._tls_material, self._ssl_context = self._tls_setup(self._tls)
@@ -81,34 +78,22 @@ class RabbitMQProvider(_common.ProviderBase):
     # --- naming and binding -------------------------------------------------
 
     @property
-    def _scheme(self) -> str:
-        return "amqps" if self._tls else "amqp"
-
-    @property
-    def _vhost_path(self) -> str:
-        return urllib.parse.quote(self._vhost, safe="")
+    def _entries(self) -> Entries:
+        return Entries(
+            host=self._host,
+            port=self._port,
+            vhost=self._vhost,
+            username=self._username,
+            password=self._password,
+            tls=self._tls,
+        )
 
     @property
     def endpoint(self) -> str:
-        return f"{self._scheme}://{self._host}:{self._port}/{self._vhost_path}"
+        return self._entries.endpoint
 
     def binding(self) -> dict[str, str]:
-        userinfo = ""
-        if self._username or self._password:
-            userinfo = urllib.parse.quote(self._username or DEFAULT_USER, safe="")
-            if self._password:
-                userinfo += ":" + urllib.parse.quote(self._password, safe="")
-            userinfo += "@"
-        entries = {
-            "uri": f"{self._scheme}://{userinfo}{self._host}:{self._port}/{self._vhost_path}",
-            "host": self._host,
-            "port": str(self._port),
-            "virtual-host": self._vhost,
-        }
-        if self._username:
-            entries["username"] = self._username
-        if self._password:
-            entries["password"] = self._password
+        entries = self._entries.write()
         entries.update(self._tls_material.entries())
         return entries
 
@@ -131,11 +116,12 @@ class RabbitMQProvider(_common.ProviderBase):
                 self._connection = None
                 with contextlib.suppress(Exception):
                     await current.close()
+            login, password = self._entries.login
             self._connection = await aio_pika.connect(
                 host=self._host,
                 port=self._port,
-                login=self._username or DEFAULT_USER,
-                password=self._password or DEFAULT_USER,
+                login=login,
+                password=password,
                 virtualhost=self._vhost,
                 ssl=self._tls,
                 ssl_context=self._ssl_context,
@@ -174,7 +160,7 @@ class RabbitMQProvider(_common.ProviderBase):
 
     # --- the interface ------------------------------------------------------
 
-    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicRoute:
         await self._ensure_started()
         exchange = topic.name
         queues = {sub: queue_name(exchange, sub) for sub in topic.subscriptions}
@@ -200,7 +186,7 @@ class RabbitMQProvider(_common.ProviderBase):
                     )
                 for queue in queues.values():
                     await self._ensure_queue(queue, exchange, arguments)
-        return base.TopicLocation(name=exchange, subscriptions=queues)
+        return base.TopicRoute(tag=topic.tag, name=exchange, subscriptions=queues)
 
     async def _ensure_queue(self, queue: str, exchange: str, arguments: FieldTable) -> None:
         try:
@@ -379,27 +365,9 @@ class RabbitMQProvider(_common.ProviderBase):
                 pass
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
-        """The one place AMQP errors become the project's."""
-        endpoint = self.endpoint
-        if isinstance(
-            exc,
-            amqp_errors.AuthenticationError
-            | amqp_errors.ProbableAuthenticationError
-            | aiormq_errors.ChannelAccessRefused
-            | aiormq_errors.ConnectionNotAllowed,
-        ):
-            return _common.auth_failed(endpoint, what, exc)
-        if isinstance(exc, amqp_errors.ChannelPreconditionFailed):
-            return _common.refused(endpoint, what, exc, retriable=False)
-        if isinstance(
-            exc,
-            amqp_errors.AMQPConnectionError
-            | amqp_errors.ChannelInvalidStateError
-            | ConnectionError
-            | OSError,
-        ):
-            return _common.unreachable(endpoint, what, exc)
-        return _common.refused(endpoint, what, exc, retriable=True)
+        """The operator side's error for an SDK exception (`errors.classify`, shared with
+        the client side)."""
+        return _common.from_failure(classify(exc), self.endpoint, what, exc)
 
 
 def _usable(connection: aio_pika_abc.AbstractConnection) -> bool:

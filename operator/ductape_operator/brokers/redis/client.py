@@ -23,7 +23,6 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 import redis.backoff as redis_backoff
@@ -32,6 +31,8 @@ from redis.asyncio.retry import Retry
 
 from ductape_operator import errors
 from ductape_operator import tls as tls_
+from ductape_operator.brokers.redis.entries import Entries
+from ductape_operator.brokers.redis.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
@@ -46,19 +47,10 @@ T = TypeVar("T")
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
-    """The project's error for a redis-py exception (None: not a Redis error)."""
+    """The client side's error for a redis-py exception (None: not one): `errors.classify`,
+    shared with the operator side."""
     text = f"redis: {type(exc).__name__}: {exc}"
-    if isinstance(exc, redis_errors.AuthenticationError | redis_errors.AuthorizationError):
-        return errors.BrokerAuthError(text)
-    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
-        return errors.BrokerUnreachableError(text)
-    if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("NOGROUP"):
-        return errors.ProvisioningError(
-            f"{text} (is the subscription provisioned?)", retriable=True
-        )
-    if isinstance(exc, redis_errors.RedisError):
-        return errors.BrokerError(text)
-    return None
+    return _transport.error_for(classify(exc), text, missing="the subscription")
 
 
 def make_transport(binding: binding_.Binding, options: _transport.Options) -> RedisTransport:
@@ -66,28 +58,16 @@ def make_transport(binding: binding_.Binding, options: _transport.Options) -> Re
 
 
 def _connection_kwargs(binding: binding_.Binding) -> dict[str, Any]:
-    uri = urlsplit(binding.get("uri") or "")
-    tls = uri.scheme == "rediss" or (binding.get("tls") or "").lower() == "true"
-    host = binding.get("host") or uri.hostname or "localhost"
-    port = int(binding.get("port") or uri.port or 6379)
-    database = binding.get("database") or uri.path.lstrip("/") or "0"
-    username = binding.get("username") or (unquote(uri.username) if uri.username else None)
-    password = binding.get("password") or (unquote(uri.password) if uri.password else None)
-    try:
-        db = int(database)
-    except ValueError:
-        raise binding_.BindingError(
-            f"binding {binding.source}: entry 'database' must be a number, not {database!r}"
-        ) from None
+    entries = Entries.read(binding)
     return {
-        "host": host,
-        "port": port,
-        "db": db,
-        "username": username,
-        "password": password,
-        "ssl": tls,
+        "host": entries.host,
+        "port": entries.port,
+        "db": entries.database,
+        "username": entries.username,
+        "password": entries.password,
+        "ssl": entries.tls,
         # redis-py builds its context from the CA text (and the pair's files, below).
-        "ssl_ca_data": binding.get(tls_.CA_ENTRY) if tls else None,
+        "ssl_ca_data": binding.get(tls_.CA_ENTRY) if entries.tls else None,
     }
 
 

@@ -28,6 +28,8 @@ import aiokafka.errors as kafka_errors
 from aiokafka.abc import ConsumerRebalanceListener
 
 from ductape_operator import errors
+from ductape_operator.brokers.kafka.entries import Entries
+from ductape_operator.brokers.kafka.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
@@ -45,29 +47,10 @@ _REBALANCED = (
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
-    """The project's error for an aiokafka exception (None: not a Kafka error)."""
+    """The client side's error for an aiokafka exception (None: not one): `errors.classify`,
+    shared with the operator side."""
     text = f"kafka: {type(exc).__name__}: {exc}"
-    if isinstance(
-        exc,
-        kafka_errors.TopicAuthorizationFailedError | kafka_errors.GroupAuthorizationFailedError,
-    ):
-        return errors.BrokerAuthError(text)
-    if isinstance(exc, kafka_errors.UnknownTopicOrPartitionError):
-        return errors.ProvisioningError(f"{text} (is the topic provisioned?)", retriable=True)
-    if isinstance(
-        exc,
-        kafka_errors.KafkaConnectionError
-        | kafka_errors.NodeNotReadyError
-        | kafka_errors.NoBrokersAvailable
-        | kafka_errors.KafkaTimeoutError
-        | kafka_errors.RequestTimedOutError
-        | ConnectionError
-        | OSError,
-    ):
-        return errors.BrokerUnreachableError(text)
-    if isinstance(exc, kafka_errors.KafkaError):
-        return errors.BrokerError(text, retriable=bool(getattr(exc, "retriable", False)))
-    return None
+    return _transport.error_for(classify(exc), text)
 
 
 def make_transport(binding: binding_.Binding, options: _transport.Options) -> KafkaTransport:
@@ -75,19 +58,17 @@ def make_transport(binding: binding_.Binding, options: _transport.Options) -> Ka
 
 
 def _client_kwargs(binding: binding_.Binding) -> dict[str, Any]:
-    protocol = (binding.get("security-protocol") or "PLAINTEXT").upper()
+    entries = Entries.read(binding)
     kwargs: dict[str, Any] = {
-        "bootstrap_servers": [
-            s.strip() for s in binding.require("bootstrap-servers").split(",") if s.strip()
-        ],
-        "security_protocol": protocol,
+        "bootstrap_servers": list(entries.bootstrap_servers),
+        "security_protocol": entries.security_protocol,
     }
-    if protocol in ("SSL", "SASL_SSL"):
+    if entries.tls:
         kwargs["ssl_context"] = binding.tls_context()
-    if protocol.startswith("SASL"):
-        kwargs["sasl_mechanism"] = (binding.get("sasl-mechanism") or "PLAIN").upper()
-        kwargs["sasl_plain_username"] = binding.require("username")
-        kwargs["sasl_plain_password"] = binding.require("password")
+    if entries.sasl:
+        kwargs["sasl_mechanism"] = entries.sasl_mechanism
+        kwargs["sasl_plain_username"] = entries.username
+        kwargs["sasl_plain_password"] = entries.password
     return kwargs
 
 

@@ -17,11 +17,15 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-import aioboto3
 from botocore import exceptions as botocore_errors
 from botocore.config import Config
 
 from ductape_operator import errors, models
+from ductape_operator.brokers.sqs import errors as sqs_errors
+from ductape_operator.brokers.sqs import sdk
+from ductape_operator.brokers.sqs.config import SQSConfig
+from ductape_operator.brokers.sqs.entries import Entries
+from ductape_operator.brokers.sqs.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
@@ -36,33 +40,7 @@ ATTRIBUTE_CONCURRENCY = 8
 #: Visible plus in flight (received, not deleted yet): the backlog of a queue.
 _BACKLOG_ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
-_NOT_FOUND = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 _ALREADY_EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
-_AUTH = frozenset(
-    {
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "SignatureDoesNotMatch",
-        "IncompleteSignature",
-        "MissingAuthenticationToken",
-        "InvalidSecurity",
-        "AccessDenied",
-        "AccessDeniedException",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "AuthFailure",
-    }
-)
-_PERMANENT = frozenset(
-    {
-        "InvalidParameterValue",
-        "InvalidParameterValueException",
-        "InvalidAttributeName",
-        "InvalidAttributeValue",
-        "ValidationError",
-        "InvalidAddress",
-    }
-)
 
 
 def queue_name(topic: str, subscription: str | None = None) -> str:
@@ -81,7 +59,7 @@ def queue_names(topic: base.TopicPlan) -> dict[str | None, str]:
 class SQSProvider(_common.ProviderBase):
     """One AWS region (or SQS-compatible endpoint) with one set of credentials."""
 
-    TYPE = models.MessageBrokerTypes.AWS_SQS
+    TYPE = models.MessageBrokerTypes("AWS_SQS")
 
     def __init__(
         self,
@@ -91,13 +69,16 @@ class SQSProvider(_common.ProviderBase):
         timeout: float = _common.DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(config, secrets, timeout=timeout)
-        if not config.region:
+        settings = config.narrow(SQSConfig)
+        if not settings.region:
             raise errors.InvalidConfigError("AWS_SQS: config.region is required")
-        self._region = config.region
-        self._endpoint_url = config.endpoint or None
-        self._access_key_id = _common.secret_value(secrets, config.access_key_id)
-        self._secret_access_key = _common.secret_value(secrets, config.secret_access_key)
-        self._credentials += [v for v in (self._secret_access_key,) if v]
+        self._entries = Entries(
+            region=settings.region,
+            endpoint_url=settings.endpoint or None,
+            access_key_id=_common.secret_value(secrets, settings.access_key_id),
+            secret_access_key=_common.secret_value(secrets, settings.secret_access_key),
+        )
+        self._credentials += [v for v in (self._entries.secret_access_key,) if v]
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
 
@@ -105,17 +86,10 @@ class SQSProvider(_common.ProviderBase):
 
     @property
     def endpoint(self) -> str:
-        return self._endpoint_url or f"sqs://{self._region}"
+        return self._entries.endpoint
 
     def binding(self) -> dict[str, str]:
-        entries = {"uri": self.endpoint, "region": self._region}
-        if self._endpoint_url:
-            entries["endpoint"] = self._endpoint_url
-        if self._access_key_id:
-            entries["access-key-id"] = self._access_key_id
-        if self._secret_access_key:
-            entries["secret-access-key"] = self._secret_access_key
-        return entries
+        return self._entries.write()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -128,16 +102,7 @@ class SQSProvider(_common.ProviderBase):
                 read_timeout=self._timeout,
                 retries={"max_attempts": 2, "mode": "standard"},
             )
-            self._client = await stack.enter_async_context(
-                aioboto3.Session().client(
-                    "sqs",
-                    region_name=self._region,
-                    endpoint_url=self._endpoint_url,
-                    aws_access_key_id=self._access_key_id,
-                    aws_secret_access_key=self._secret_access_key,
-                    config=config,
-                )
-            )
+            self._client = await sdk.open_client(self._entries, config, stack)
 
     async def _close(self) -> None:
         stack, self._stack = self._stack, None
@@ -166,7 +131,7 @@ class SQSProvider(_common.ProviderBase):
 
     # --- the interface ------------------------------------------------------
 
-    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicRoute:
         names = self._check_names(topic)
         await self._ensure_started()
         urls: dict[str | None, str] = {}
@@ -176,15 +141,17 @@ class SQSProvider(_common.ProviderBase):
                 try:
                     reply = await client.create_queue(QueueName=name)
                 except botocore_errors.ClientError as exc:
-                    if _code(exc) not in _ALREADY_EXISTS:
+                    if sqs_errors.code(exc) not in _ALREADY_EXISTS:
                         raise
                     # Exists with other attributes: adopt it as it is.
                     reply = await client.get_queue_url(QueueName=name)
                 urls[key] = str(reply["QueueUrl"])
         if None in urls:
-            return base.TopicLocation(name=urls[None])
-        return base.TopicLocation(
-            name=None, subscriptions={str(k): v for k, v in urls.items() if k is not None}
+            return base.TopicRoute(tag=topic.tag, name=urls[None])
+        return base.TopicRoute(
+            tag=topic.tag,
+            name=None,
+            subscriptions={str(k): v for k, v in urls.items() if k is not None},
         )
 
     async def ensure_settings(self, topic: base.TopicPlan) -> bool:
@@ -252,7 +219,7 @@ class SQSProvider(_common.ProviderBase):
             reply = await client.get_queue_url(QueueName=name)
             await client.delete_queue(QueueUrl=reply["QueueUrl"])
         except botocore_errors.ClientError as exc:
-            if _code(exc) not in _NOT_FOUND:
+            if sqs_errors.code(exc) not in sqs_errors.NOT_FOUND_CODES:
                 raise
 
     async def topic_exists(self, topic: base.TopicPlan) -> bool:
@@ -263,7 +230,7 @@ class SQSProvider(_common.ProviderBase):
                 try:
                     await client.get_queue_url(QueueName=name)
                 except botocore_errors.ClientError as exc:
-                    if _code(exc) in _NOT_FOUND:
+                    if sqs_errors.code(exc) in sqs_errors.NOT_FOUND_CODES:
                         return False
                     raise
         return True
@@ -339,7 +306,7 @@ class SQSProvider(_common.ProviderBase):
                             QueueUrl=url, AttributeNames=_BACKLOG_ATTRIBUTES
                         )
                     except botocore_errors.ClientError as exc:
-                        if _code(exc) in _NOT_FOUND:
+                        if sqs_errors.code(exc) in sqs_errors.NOT_FOUND_CODES:
                             return  # deleted since the listing: no figure
                         raise
                 attributes = reply.get("Attributes", {})
@@ -361,30 +328,9 @@ class SQSProvider(_common.ProviderBase):
             await self._require_client().list_queues(MaxResults=1)
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
-        """The one place botocore errors become the project's."""
-        endpoint = self.endpoint
-        if isinstance(exc, botocore_errors.ClientError):
-            code = _code(exc)
-            if code in _AUTH:
-                return _common.auth_failed(endpoint, what, exc)
-            if code in _PERMANENT:
-                return _common.refused(endpoint, what, exc, retriable=False)
-            return _common.refused(endpoint, what, exc, retriable=True)
-        if isinstance(
-            exc, botocore_errors.NoCredentialsError | botocore_errors.PartialCredentialsError
-        ):
-            return _common.auth_failed(endpoint, what, exc)
-        if isinstance(
-            exc,
-            botocore_errors.EndpointConnectionError
-            | botocore_errors.ConnectionError
-            | botocore_errors.ConnectTimeoutError
-            | botocore_errors.ReadTimeoutError
-            | botocore_errors.HTTPClientError
-            | OSError,
-        ):
-            return _common.unreachable(endpoint, what, exc)
-        return _common.refused(endpoint, what, exc, retriable=True)
+        """The operator side's error for an SDK exception (`errors.classify`, shared with
+        the client side)."""
+        return _common.from_failure(classify(exc), self.endpoint, what, exc)
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -403,7 +349,3 @@ def _attribute(key: str, value: str) -> object:
         return value
     policy = json.loads(value)
     return (str(policy.get("deadLetterTargetArn")), int(policy.get("maxReceiveCount", 0)))
-
-
-def _code(exc: botocore_errors.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))

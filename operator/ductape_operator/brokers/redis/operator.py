@@ -9,7 +9,6 @@ destroying a throwaway group, since Redis has no "create an empty stream".
 from __future__ import annotations
 
 import logging
-import urllib.parse
 import uuid
 from collections.abc import Collection
 
@@ -17,17 +16,18 @@ import redis.asyncio as aredis
 from redis import exceptions as redis_errors
 
 from ductape_operator import errors, models, tls
+from ductape_operator.brokers.redis.config import RedisConfig
+from ductape_operator.brokers.redis.entries import DEFAULT_DATABASE, DEFAULT_PORT, Entries
+from ductape_operator.brokers.redis.errors import classify
 from ductape_operator.providers import _common, base
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PORT = 6379
 
 
 class RedisProvider(_common.ProviderBase):
     """One Redis server and database with one set of credentials."""
 
-    TYPE = models.MessageBrokerTypes.REDIS
+    TYPE = models.MessageBrokerTypes("REDIS")
 
     def __init__(
         self,
@@ -37,14 +37,15 @@ class RedisProvider(_common.ProviderBase):
         timeout: float = _common.DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(config, secrets, timeout=timeout)
-        if not config.host:
+        settings = config.narrow(RedisConfig)
+        if not settings.host:
             raise errors.InvalidConfigError("REDIS: config.host is required")
-        self._host = config.host
-        self._port = config.port or DEFAULT_PORT
-        self._db = config.db or 0
-        self._tls = bool(config.tls)
-        self._username = config.username or None
-        self._password = _common.secret_value(secrets, config.password)
+        self._host = settings.host
+        self._port = settings.port or DEFAULT_PORT
+        self._db = settings.db or DEFAULT_DATABASE
+        self._tls = bool(settings.tls)
+        self._username = settings.username or None
+        self._password = _common.secret_value(secrets, settings.password)
         if self._password:
             self._credentials.append(self._password)
         # redis-py builds its own context from these (CA text, pair as files), with the
@@ -56,30 +57,22 @@ class RedisProvider(_common.ProviderBase):
     # --- naming and binding -------------------------------------------------
 
     @property
-    def _scheme(self) -> str:
-        return "rediss" if self._tls else "redis"
+    def _entries(self) -> Entries:
+        return Entries(
+            host=self._host,
+            port=self._port,
+            database=self._db,
+            username=self._username,
+            password=self._password,
+            tls=self._tls,
+        )
 
     @property
     def endpoint(self) -> str:
-        return f"{self._scheme}://{self._host}:{self._port}/{self._db}"
+        return self._entries.endpoint
 
     def binding(self) -> dict[str, str]:
-        userinfo = ""
-        if self._username or self._password:
-            userinfo = urllib.parse.quote(self._username or "", safe="")
-            if self._password:
-                userinfo += ":" + urllib.parse.quote(self._password, safe="")
-            userinfo += "@"
-        entries = {
-            "uri": f"{self._scheme}://{userinfo}{self._host}:{self._port}/{self._db}",
-            "host": self._host,
-            "port": str(self._port),
-            "database": str(self._db),
-        }
-        if self._username:
-            entries["username"] = self._username
-        if self._password:
-            entries["password"] = self._password
+        entries = self._entries.write()
         entries.update(self._tls_material.entries())
         return entries
 
@@ -127,7 +120,7 @@ class RedisProvider(_common.ProviderBase):
 
     # --- the interface ------------------------------------------------------
 
-    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicLocation:
+    async def ensure_topic(self, topic: base.TopicPlan) -> base.TopicRoute:
         await self._ensure_started()
         key = topic.name
         async with self.guard(f"ensuring stream {key}", self._map):
@@ -144,7 +137,9 @@ class RedisProvider(_common.ProviderBase):
                 await client.xgroup_destroy(key, scratch)
             for sub in topic.subscriptions:
                 await self._create_group(key, sub)
-        return base.TopicLocation(name=key, subscriptions={sub: sub for sub in topic.subscriptions})
+        return base.TopicRoute(
+            tag=topic.tag, name=key, subscriptions={sub: sub for sub in topic.subscriptions}
+        )
 
     async def ensure_settings(self, topic: base.TopicPlan) -> bool:
         """Retention by time: `XTRIM <key> MINID` of the entries older than `retentionSeconds`.
@@ -317,25 +312,9 @@ class RedisProvider(_common.ProviderBase):
                 raise
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
-        """The one place Redis errors become the project's."""
-        endpoint = self.endpoint
-        text = str(exc)
-        if isinstance(
-            exc,
-            redis_errors.AuthenticationError
-            | redis_errors.AuthorizationError
-            | redis_errors.NoPermissionError,
-        ) or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
-            return _common.auth_failed(endpoint, what, exc)
-        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
-            return _common.unreachable(endpoint, what, exc)
-        if isinstance(exc, redis_errors.BusyLoadingError | redis_errors.TryAgainError):
-            return _common.refused(endpoint, what, exc, retriable=True)
-        if isinstance(exc, redis_errors.ReadOnlyError | redis_errors.OutOfMemoryError):
-            return _common.refused(endpoint, what, exc, retriable=True)
-        if isinstance(exc, redis_errors.ResponseError):
-            return _common.refused(endpoint, what, exc, retriable=False)
-        return _common.refused(endpoint, what, exc, retriable=True)
+        """The operator side's error for an SDK exception (`errors.classify`, shared with
+        the client side)."""
+        return _common.from_failure(classify(exc), self.endpoint, what, exc)
 
 
 def _backlog_of(group: dict[str, object] | None) -> int | None:

@@ -14,33 +14,26 @@ environment's default credentials (workload identity) when there is none.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped]
 from google.api_core import exceptions as google_errors
-from google.auth import credentials as google_credentials
 from google.auth import exceptions as auth_errors
-from google.oauth2 import service_account
 from google.pubsub_v1 import types as pubsub_types
 from google.pubsub_v1.services.publisher import PublisherAsyncClient
-from google.pubsub_v1.services.publisher.transports.grpc_asyncio import (
-    PublisherGrpcAsyncIOTransport,
-)
 from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
-from google.pubsub_v1.services.subscriber.transports.grpc_asyncio import (
-    SubscriberGrpcAsyncIOTransport,
-)
 
 from ductape_operator import errors
+from ductape_operator.brokers.pubsub import sdk
+from ductape_operator.brokers.pubsub.entries import Entries
+from ductape_operator.brokers.pubsub.errors import classify
 from ductape_operator.messaging import _transport
 from ductape_operator.messaging import binding as binding_
 from ductape_operator.messaging import message as message_
 
 KEY_ATTRIBUTE = "ductape-key"
-SCOPES = ("https://www.googleapis.com/auth/pubsub",)
 #: Pub/Sub's limits: messages per Publish call, ack ids per Acknowledge call.
 MAX_PUBLISH = 1000
 MAX_PUBLISH_BYTES = 9 * 1024 * 1024
@@ -49,44 +42,33 @@ MAX_ACK_IDS = 1000
 # through them directly costs a fraction of the wrappers' per-field marshalling.
 _PB_MESSAGE: Any = pubsub_types.PubsubMessage.pb()
 _PB_PUBLISH: Any = pubsub_types.PublishRequest.pb()
-#: gRPC reconnects a lost channel with a backoff that grows to 120 s by default;
-#: capped here so that a broker back after an outage is used again within seconds.
-_CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-)
 
 T = TypeVar("T")
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
-    """The project's error for a google-api-core exception (None: not a Pub/Sub error)."""
+    """The client side's error for a Google API exception (None: not one): `errors.classify`,
+    shared with the operator side."""
     text = f"pubsub: {type(exc).__name__}: {exc}"
-    if isinstance(
-        exc,
-        google_errors.PermissionDenied
-        | google_errors.Unauthenticated
-        | auth_errors.GoogleAuthError,
-    ):
-        return errors.BrokerAuthError(text)
-    if isinstance(exc, google_errors.NotFound):
-        return errors.ProvisioningError(
-            f"{text} (is the topic or subscription provisioned?)", retriable=True
-        )
-    if isinstance(
-        exc,
-        google_errors.ServiceUnavailable
-        | google_errors.DeadlineExceeded
-        | google_errors.RetryError
-        | grpc.aio.AioRpcError
-        | ConnectionError
-        | OSError,
-    ):
-        return errors.BrokerUnreachableError(text)
-    if isinstance(exc, google_errors.GoogleAPIError):
-        return errors.BrokerError(text)
-    return None
+    return _transport.error_for(classify(exc), text, missing="the topic or subscription")
+
+
+#: Attributes Pub/Sub adds to a message it moved to a dead-letter topic itself.
+_DEAD_LETTER_MARKS = "CloudPubSubDeadLetterSource"
+_DEAD_LETTER_SOURCE = "CloudPubSubDeadLetterSourceSubscription"
+_DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
+
+
+def dead_letter_marks(headers: Mapping[str, str]) -> _transport.DeadLetterMarks | None:
+    """Pub/Sub's marks on a message it dead-lettered (None: not one it moved)."""
+    source = headers.get(_DEAD_LETTER_SOURCE)
+    if source is None:
+        return None
+    return _transport.DeadLetterMarks(
+        source=source,
+        count=headers.get(_DEAD_LETTER_COUNT, ""),
+        headers=tuple(name for name in headers if name.startswith(_DEAD_LETTER_MARKS)),
+    )
 
 
 def make_transport(binding: binding_.Binding, options: _transport.Options) -> PubSubTransport:
@@ -104,9 +86,10 @@ class PubSubTransport:
     """
 
     def __init__(self, binding: binding_.Binding, options: _transport.Options) -> None:
-        self._project = binding.require("project-id")
-        self._emulator = binding.get("emulator-host")
-        self._credentials_json = binding.get("credentials.json")
+        entries = Entries.read(binding)
+        self._project = entries.project_id
+        self._emulator = entries.emulator_host
+        self._credentials_json = entries.credentials_json
         self._source = binding.source
         self._options = options
         self._publisher: PublisherAsyncClient | None = None
@@ -149,29 +132,19 @@ class PubSubTransport:
         if self._publisher is not None:
             return
         if self._emulator:
-            self._channel = grpc.aio.insecure_channel(self._emulator, options=_CHANNEL_OPTIONS)
-            self._publisher = PublisherAsyncClient(
-                transport=PublisherGrpcAsyncIOTransport(host=self._emulator, channel=self._channel)
-            )
-            self._subscriber = SubscriberAsyncClient(
-                transport=SubscriberGrpcAsyncIOTransport(host=self._emulator, channel=self._channel)
-            )
+            self._publisher, self._subscriber, self._channel = sdk.emulator_clients(self._emulator)
             return
-        credentials: google_credentials.Credentials | None = None
+        credentials = None
         if self._credentials_json:
             try:
-                info = json.loads(self._credentials_json)
-                credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-                    info, scopes=SCOPES
-                )
-            except (ValueError, KeyError) as exc:
+                credentials = sdk.key_credentials(self._credentials_json)
+            except sdk.BadKeyError as exc:
                 raise binding_.BindingError(
                     f"binding {self._source}: entry 'credentials.json' is not a service "
-                    f"account key: {type(exc).__name__}"
+                    f"account key: {exc}"
                 ) from None
         try:
-            self._publisher = PublisherAsyncClient(credentials=credentials)
-            self._subscriber = SubscriberAsyncClient(credentials=credentials)
+            self._publisher, self._subscriber = sdk.cloud_clients(credentials)
         except auth_errors.GoogleAuthError as exc:
             raise errors.BrokerAuthError(f"pubsub: no usable credentials: {exc}") from exc
 
