@@ -81,6 +81,8 @@ class Transport(Protocol):
 
 #: Backoff between attempts while the broker is unreachable: 0.1 s doubling to 2 s, with jitter.
 _BACKOFF = tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1)
+#: The wait after the first failed attempt, before the retryer takes over.
+_FIRST_BACKOFF = 0.1
 #: An attempt that gets no answer for this long is reported as a lost connection (a
 #: frozen broker or a black-holed network closes nothing, so no error would tell).
 STALL = 5.0
@@ -178,20 +180,29 @@ async def retrying(
     def before_sleep(state: tenacity.RetryCallState) -> None:
         outcome = state.outcome
         failure = outcome.exception() if outcome is not None else None
-        log.debug("%s: %s; attempt %d, retrying", what, failure, state.attempt_number)
+        # The first attempt ran before the retryer: its attempts are the second on.
+        log.debug("%s: %s; attempt %d, retrying", what, failure, state.attempt_number + 1)
 
-    retryer: tenacity.AsyncRetrying = tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_delay(timeout),
-        wait=wait,
-        retry=tenacity.retry_if_exception_type(errors.BrokerUnreachableError),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
     if timeout <= 0:
-        return await retryer(attempt)
+        return await attempt()
     window = asyncio.timeout(timeout)
     try:
         async with window:
+            # The first attempt goes without the retry machinery: building and running
+            # tenacity's retryer costs about 50 µs, paid on every fetch, ack batch and
+            # publish, while nearly every call succeeds at once.
+            try:
+                return await attempt()
+            except errors.BrokerUnreachableError as exc:
+                log.debug("%s: %s; attempt 1, retrying", what, exc)
+            await asyncio.sleep(min(_FIRST_BACKOFF, max(0.0, deadline - time.monotonic())))
+            retryer: tenacity.AsyncRetrying = tenacity.AsyncRetrying(
+                stop=tenacity.stop_after_delay(max(0.0, deadline - time.monotonic())),
+                wait=wait,
+                retry=tenacity.retry_if_exception_type(errors.BrokerUnreachableError),
+                before_sleep=before_sleep,
+                reraise=True,
+            )
             return await retryer(attempt)
     except TimeoutError as exc:
         if not window.expired():
