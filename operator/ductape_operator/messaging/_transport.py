@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 import tenacity
@@ -59,6 +59,10 @@ class Consumer(Protocol):
         ...
 
     async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None: ...
+
+    async def ack_many(self, messages: list[message_.Message]) -> None:
+        """Ack messages fetched by this consumer, as `settle` does one by one."""
+        ...
 
     async def aclose(self) -> None:
         """Send pending acknowledgements and leave the subscription."""
@@ -232,6 +236,11 @@ class Batcher(Generic[T]):
 
     def add(self, item: T) -> None:
         self._items.append(item)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def extend(self, items: Iterable[T]) -> None:
+        self._items.extend(items)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 

@@ -44,6 +44,14 @@ _REBALANCED = (
 )
 
 
+# Module attributes looked up once: `_message` runs for every record.
+_Message = message_.Message
+_ID_HEADER = message_.ID_HEADER
+_CONTENT_TYPE_HEADER = message_.CONTENT_TYPE_HEADER
+_RESERVED_PREFIX = message_.RESERVED_PREFIX
+_OCTET_STREAM = message_.OCTET_STREAM
+
+
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
     """The project's error for an aiokafka exception (None: not a Kafka error)."""
     text = f"kafka: {type(exc).__name__}: {exc}"
@@ -208,7 +216,8 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             max_poll_records=options.prefetch,
         )
         self._partitions: dict[aiokafka.TopicPartition, _Partition] = {}
-        self._buffer: deque[Any] = deque()
+        #: Fetched, not yet handed out: (partition, records from `getmany`, next index).
+        self._buffer: deque[tuple[aiokafka.TopicPartition, list[Any], int]] = deque()
         self._joined = asyncio.Event()
         self._commits: _transport.Batcher[aiokafka.TopicPartition] = _transport.Batcher(
             self._commit, "kafka commit"
@@ -237,9 +246,7 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.warning("kafka: commit on revoke failed: %s", exc)
         for tp in revoked:
             self._partitions.pop(tp, None)
-        self._buffer = deque(
-            r for r in self._buffer if aiokafka.TopicPartition(r.topic, r.partition) not in revoked
-        )
+        self._buffer = deque(b for b in self._buffer if b[0] not in revoked)
 
     async def on_partitions_assigned(self, assigned: set[aiokafka.TopicPartition]) -> None:
         for tp in assigned:
@@ -255,18 +262,24 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 "fetch",
                 self.link,
             )
-            for records in batches.values():
-                self._buffer.extend(records)
+            self._buffer.extend((tp, records, 0) for tp, records in batches.items() if records)
+        # Per partition rather than per record: this runs for every message.
         out: list[message_.Message] = []
         while self._buffer and len(out) < max_messages:
-            record = self._buffer.popleft()
-            tp = aiokafka.TopicPartition(record.topic, record.partition)
+            tp, records, start = self._buffer.popleft()
             state = self._partitions.get(tp)
             if state is None:
-                continue
-            message = self._message(record, tp)
-            state.inflight[record.offset] = [message, False]
-            out.append(message)
+                continue  # revoked meanwhile
+            end = min(len(records), start + max_messages - len(out))
+            if end < len(records):
+                self._buffer.appendleft((tp, records, end))
+            inflight = state.inflight
+            make = self._message
+            for i in range(start, end):
+                record = records[i]
+                message = make(record, tp)
+                inflight[record.offset] = [message, False]
+                out.append(message)
         return out
 
     def _message(self, record: Any, tp: aiokafka.TopicPartition) -> message_.Message:
@@ -275,18 +288,18 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         headers: dict[str, str] = {}
         message_id = content_type = None
         for name, value in record.headers or ():
-            if name == message_.ID_HEADER:
+            if name == _ID_HEADER:
                 message_id = value.decode()
-            elif name == message_.CONTENT_TYPE_HEADER:
+            elif name == _CONTENT_TYPE_HEADER:
                 content_type = value.decode()
-            elif not name.startswith(message_.RESERVED_PREFIX):
+            elif not name.startswith(_RESERVED_PREFIX):
                 headers[name] = value.decode("utf-8", "replace")
         key = record.key
-        return message_.Message(
+        return _Message(
             data=record.value or b"",
             headers=headers,
             id=message_id or f"{record.topic}:{record.partition}:{record.offset}",
-            content_type=content_type or message_.OCTET_STREAM,
+            content_type=content_type or _OCTET_STREAM,
             topic=self._tag,
             subscription=self._subscription,
             settler=self,
@@ -302,27 +315,50 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             return  # revoked or rewound since: it will be delivered again
         if ack or not requeue:
             entry[1] = True
-            advanced = None
-            inflight = state.inflight
-            while inflight:
-                first = next(iter(inflight))
-                if not inflight[first][1]:
-                    break
-                inflight.popitem(last=False)
-                advanced = first + 1
-            if advanced is not None:
-                state.commit = advanced
-                self._commits.add(tp)
+            self._advance(tp, state)
             return
         # Rewind: this message and everything after it in the partition come again.
         for pending in [o for o in state.inflight if o >= offset]:
             del state.inflight[pending]
-        self._buffer = deque(
-            r
-            for r in self._buffer
-            if r.partition != tp.partition or r.topic != tp.topic or r.offset < offset
-        )
+        kept: deque[tuple[aiokafka.TopicPartition, list[Any], int]] = deque()
+        for held, records, start in self._buffer:
+            if held == tp:
+                records = [r for r in records[start:] if r.offset < offset]
+                start = 0
+            if start < len(records):
+                kept.append((held, records, start))
+        self._buffer = kept
         self._consumer.seek(tp, offset)
+
+    async def ack_many(self, messages: list[message_.Message]) -> None:
+        # Every entry marked first, then each partition's commit point moved once.
+        touched: dict[aiokafka.TopicPartition, _Partition] = {}
+        partitions = self._partitions
+        for message in messages:
+            tp, offset = message.token
+            state = partitions.get(tp)
+            if state is None:
+                continue
+            entry = state.inflight.get(offset)
+            if entry is not None and entry[0] is message:
+                entry[1] = True
+                touched[tp] = state
+        for tp, state in touched.items():
+            self._advance(tp, state)
+
+    def _advance(self, tp: aiokafka.TopicPartition, state: _Partition) -> None:
+        """Drop the acked offsets at the front; what follows them is the next commit."""
+        advanced = None
+        inflight = state.inflight
+        while inflight:
+            first = next(iter(inflight))
+            if not inflight[first][1]:
+                break
+            inflight.popitem(last=False)
+            advanced = first + 1
+        if advanced is not None:
+            state.commit = advanced
+            self._commits.add(tp)
 
     def _committable(self, tps: set[aiokafka.TopicPartition]) -> dict[Any, int]:
         offsets: dict[Any, int] = {}

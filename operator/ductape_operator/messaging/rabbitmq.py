@@ -310,10 +310,14 @@ class RabbitConsumer:
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
         await self._ensure()
         inbox = self._inbox
-        try:
-            first = await asyncio.wait_for(inbox.get(), timeout)
-        except TimeoutError:
-            return []
+        if inbox.empty():
+            try:
+                first = await asyncio.wait_for(inbox.get(), timeout)
+            except TimeoutError:
+                return []
+        else:
+            # Deliveries are waiting: no timer (wait_for costs a task per call).
+            first = inbox.get_nowait()
         out = [self._message(first)]
         while len(out) < max_messages and not inbox.empty():
             out.append(self._message(inbox.get_nowait()))
@@ -356,6 +360,10 @@ class RabbitConsumer:
             # The channel it came on is gone: the broker has requeued it already and
             # delivers it again on the new channel (expected after a reconnect).
             log.debug("rabbitmq: settling message %s failed: %s", message.id, exc)
+
+    async def ack_many(self, messages: list[message_.Message]) -> None:
+        for message in messages:
+            await self.settle(message, ack=True, requeue=False)
 
     async def aclose(self) -> None:
         channel, self._channel = self._channel, None
