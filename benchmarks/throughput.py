@@ -2,10 +2,15 @@
 
 For each provider of the local stack: a fresh topic with one subscription; the
 raw SDK publishes N 1 KiB messages with delivery confirmed and then consumes
-and acknowledges them, and the client (`Broker.publish_many`, then `subscribe`
-with `ack()` per message) does the same, in the same run. Printed: messages per
+and acknowledges them, and the client (`Broker.publish_many`, then `subscribe`)
+does the same, in the same run. Like with like: where the raw side consumes and
+settles per batch (Kafka, Redis, Pub/Sub, SQS) the client's figure is its batch
+path (`receive_many`, then `ack_many`), where it acks each message (RabbitMQ) the
+client's is the per-message iterator (`ack()` per message); the per-message
+iterator's consume figure is printed beside the batch one. Printed: messages per
 second for each (best of BENCH_ROUNDS, default 2, alternating) and the ratio
-client / raw. Figures only, never an assertion.
+client / raw; also written to `.bench/throughput.json`. Figures only, never an
+assertion.
 
 Both sides read each message's payload and headers (what any consumer does at
 least) and acknowledge it. The raw side is what a careful application would
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import json
 import os
 import tempfile
 import time
@@ -34,6 +40,7 @@ from typing import Any
 
 from tests.messaging import stack
 
+from benchmarks import kit
 from ductape_operator.messaging import Broker
 
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "2000"))
@@ -43,6 +50,7 @@ PAYLOAD_SIZE = 1024
 #: Alternating raw and client runs per provider; the best of each is reported.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 DEADLINE = 120.0
+OPS = ("publish", "consume")
 
 
 def _payloads(n: int) -> list[bytes]:
@@ -374,6 +382,7 @@ def run() -> None:
     header += f"   {'consume raw':>12} {'client':>10} {'ratio':>6}"
     header += f"   {'per-message':>12} {'ratio':>6}"
     print(header)
+    rows: list[dict[str, Any]] = []
     for kind in kinds:
         if stack.missing(kind):
             print(f"{kind:<14} skipped: {', '.join(stack.missing(kind))} unset")
@@ -388,10 +397,27 @@ def run() -> None:
             f"{kind:<14} {raw_pub:>12.0f} {cli_pub:>10.0f} {cli_pub / raw_pub:>6.2f}"
             f"   {raw_con:>12.0f} {cli_con:>10.0f} {cli_con / raw_con:>6.2f}"
         )
+        row: dict[str, Any] = {
+            "provider": kind,
+            "messages": N_SQS if kind == "aws-sqs" else MESSAGES,
+            "consume_batched": kind in BATCHED,
+            **{
+                f"{side}_{op}": round(rate)
+                for side in best
+                for op, rate in zip(OPS, best[side], strict=True)
+            },
+            "publish_ratio": round(cli_pub / raw_pub, 3),
+            "consume_ratio": round(cli_con / raw_con, 3),
+        }
         if "per-message" in best:
             one = best["per-message"][1]
             line += f"   {one:>12.0f} {one / raw_con:>6.2f}"
+            row["per_message_consume_ratio"] = round(one / raw_con, 3)
+        rows.append(row)
         print(line, flush=True)
+    kit.BENCH_DIR.mkdir(exist_ok=True)
+    result = {"machine": kit.machine(), "rounds": ROUNDS, "payload": PAYLOAD_SIZE, "rows": rows}
+    (kit.BENCH_DIR / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
