@@ -223,28 +223,44 @@ class Batcher(Generic[T]):
     """Coalesces acknowledgements: queued now, sent together soon after.
 
     `add` returns at once; the items added within one turn of the event loop
-    (a whole batch the application acks in a row) go out in one call. `flush`
-    waits for everything added so far. A failed send is logged: the broker then
-    delivers those messages again, which at-least-once allows.
+    (a whole batch the application acks in a row) go out in one call, or with
+    `linger` those added within that many seconds. `flush` sends everything
+    added so far without waiting out the linger. A failed send is logged: the
+    broker then delivers those messages again, which at-least-once allows.
     """
 
-    def __init__(self, send: Callable[[list[T]], Awaitable[None]], what: str) -> None:
+    def __init__(
+        self, send: Callable[[list[T]], Awaitable[None]], what: str, *, linger: float = 0.0
+    ) -> None:
         self._send = send
         self._what = what
+        self._linger = linger
         self._items: list[T] = []
         self._task: asyncio.Task[None] | None = None
+        #: True while the task waits out the linger (has taken no items yet).
+        self._lingering = False
 
     def add(self, item: T) -> None:
         self._items.append(item)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._start()
 
     def extend(self, items: Iterable[T]) -> None:
         self._items.extend(items)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._start()
+
+    def _start(self) -> None:
+        self._lingering = self._linger > 0
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        if self._lingering:
+            await asyncio.sleep(self._linger)
+            self._lingering = False
+        await self._drain()
+
+    async def _drain(self) -> None:
         while self._items:
             items, self._items = self._items, []
             try:
@@ -253,7 +269,13 @@ class Batcher(Generic[T]):
                 log.warning("%s of %d messages failed: %s", self._what, len(items), exc)
 
     async def flush(self) -> None:
+        task = self._task
+        if task is not None and not task.done() and self._lingering:
+            # Still lingering, so it took nothing: cut it short, send below.
+            task.cancel()
+            await asyncio.wait([task])
+            self._lingering = False
         while self._task is not None and not self._task.done():
             await self._task
         if self._items:
-            await self._run()
+            await self._drain()
