@@ -2,10 +2,15 @@
 
 For each provider of the local stack: a fresh topic with one subscription; the
 raw SDK publishes N 1 KiB messages with delivery confirmed and then consumes
-and acknowledges them, and the client (`Broker.publish_many`, then `subscribe`
-with `ack()` per message) does the same, in the same run. Printed: messages per
+and acknowledges them, and the client (`Broker.publish_many`, then `subscribe`)
+does the same, in the same run. Like with like: where the raw side consumes and
+settles per batch (Kafka, Redis, Pub/Sub, SQS) the client's figure is its batch
+path (`receive_many`, then `ack_many`), where it acks each message (RabbitMQ) the
+client's is the per-message iterator (`ack()` per message); the per-message
+iterator's consume figure is printed beside the batch one. Printed: messages per
 second for each (best of BENCH_ROUNDS, default 2, alternating) and the ratio
-client / raw. Figures only, never an assertion.
+client / raw; also written to `.bench/throughput.json`. Figures only, never an
+assertion.
 
 Both sides read each message's payload and headers (what any consumer does at
 least) and acknowledge it. The raw side is what a careful application would
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import json
 import os
 import tempfile
 import time
@@ -33,6 +40,7 @@ from typing import Any
 
 from tests.messaging import stack
 
+from benchmarks import kit
 from ductape_operator.messaging import Broker
 
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "2000"))
@@ -42,6 +50,7 @@ PAYLOAD_SIZE = 1024
 #: Alternating raw and client runs per provider; the best of each is reported.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 DEADLINE = 120.0
+OPS = ("publish", "consume")
 
 
 def _payloads(n: int) -> list[bytes]:
@@ -301,7 +310,9 @@ RAW: dict[str, Callable[[stack.Provisioned, list[bytes]], Awaitable[tuple[float,
 # -- the client ----------------------------------------------------------------
 
 
-async def _client(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+async def _client(
+    topic: stack.Provisioned, payloads: list[bytes], *, batched: bool
+) -> tuple[float, float]:
     n = len(payloads)
     with tempfile.TemporaryDirectory() as root:
         folder = topic.write(Path(root) / "bench")
@@ -311,23 +322,44 @@ async def _client(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[floa
 
                 async def consume() -> None:
                     seen = 0
-                    async for message in messages:
-                        _use(message.data, message.headers)
-                        await message.ack()
-                        seen += 1
-                        if seen >= n:
-                            break
+                    if not batched:
+                        async for message in messages:
+                            _use(message.data, message.headers)
+                            await message.ack()
+                            seen += 1
+                            if seen >= n:
+                                break
+                        return
+                    while seen < n:
+                        batch = await messages.receive_many(100)
+                        for message in batch:
+                            _use(message.data, message.headers)
+                        await messages.ack_many(batch)
+                        seen += len(batch)
 
                 con = await _timed(consume, n)
     return pub, con
 
 
-async def _one(kind: str) -> tuple[float, float, float, float]:
-    """Best of ROUNDS alternating raw and client runs, each on a fresh topic."""
+#: Providers whose raw side consumes and settles per batch: the client's figure there is
+#: `receive_many` and `ack_many`, like with like; its per-message iterator is printed beside.
+BATCHED = {"kafka", "redis", "google-pubsub", "aws-sqs"}
+
+
+async def _one(kind: str) -> dict[str, list[float]]:
+    """Best of ROUNDS alternating raw and client runs, each on a fresh topic:
+    side -> [publish, consume] messages per second."""
     payloads = _payloads(N_SQS if kind == "aws-sqs" else MESSAGES)
-    best: dict[str, list[float]] = {"raw": [0.0, 0.0], "client": [0.0, 0.0]}
+    sides: dict[str, Callable[[stack.Provisioned, list[bytes]], Awaitable[tuple[float, float]]]]
+    sides = {
+        "raw": RAW[kind],
+        "client": functools.partial(_client, batched=kind in BATCHED),
+    }
+    if kind in BATCHED:
+        sides["per-message"] = functools.partial(_client, batched=False)
+    best = {side: [0.0, 0.0] for side in sides}
     for _ in range(ROUNDS):
-        for side, measure in (("raw", RAW[kind]), ("client", _client)):
+        for side, measure in sides.items():
             topic = stack.Provisioned(kind, "bench", ("bench",))
             topic.name = f"bench.{uuid.uuid4().hex[:10]}"
             await topic.create()
@@ -336,7 +368,7 @@ async def _one(kind: str) -> tuple[float, float, float, float]:
             finally:
                 await topic.delete()
             best[side] = [max(best[side][0], pub), max(best[side][1], con)]
-    return best["raw"][0], best["client"][0], best["raw"][1], best["client"][1]
+    return best
 
 
 def run() -> None:
@@ -348,21 +380,44 @@ def run() -> None:
     )
     header = f"{'provider':<14} {'publish raw':>12} {'client':>10} {'ratio':>6}"
     header += f"   {'consume raw':>12} {'client':>10} {'ratio':>6}"
+    header += f"   {'per-message':>12} {'ratio':>6}"
     print(header)
+    rows: list[dict[str, Any]] = []
     for kind in kinds:
         if stack.missing(kind):
             print(f"{kind:<14} skipped: {', '.join(stack.missing(kind))} unset")
             continue
         try:
-            raw_pub, cli_pub, raw_con, cli_con = asyncio.run(_one(kind))
+            best = asyncio.run(_one(kind))
         except Exception as exc:
             print(f"{kind:<14} failed: {type(exc).__name__}: {exc}")
             continue
-        print(
+        (raw_pub, raw_con), (cli_pub, cli_con) = best["raw"], best["client"]
+        line = (
             f"{kind:<14} {raw_pub:>12.0f} {cli_pub:>10.0f} {cli_pub / raw_pub:>6.2f}"
-            f"   {raw_con:>12.0f} {cli_con:>10.0f} {cli_con / raw_con:>6.2f}",
-            flush=True,
+            f"   {raw_con:>12.0f} {cli_con:>10.0f} {cli_con / raw_con:>6.2f}"
         )
+        row: dict[str, Any] = {
+            "provider": kind,
+            "messages": N_SQS if kind == "aws-sqs" else MESSAGES,
+            "consume_batched": kind in BATCHED,
+            **{
+                f"{side}_{op}": round(rate)
+                for side in best
+                for op, rate in zip(OPS, best[side], strict=True)
+            },
+            "publish_ratio": round(cli_pub / raw_pub, 3),
+            "consume_ratio": round(cli_con / raw_con, 3),
+        }
+        if "per-message" in best:
+            one = best["per-message"][1]
+            line += f"   {one:>12.0f} {one / raw_con:>6.2f}"
+            row["per_message_consume_ratio"] = round(one / raw_con, 3)
+        rows.append(row)
+        print(line, flush=True)
+    kit.BENCH_DIR.mkdir(exist_ok=True)
+    result = {"machine": kit.machine(), "rounds": ROUNDS, "payload": PAYLOAD_SIZE, "rows": rows}
+    (kit.BENCH_DIR / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,36 @@ async def test_consumers_of_one_subscription_share_its_messages(
         assert seen["a"] and seen["b"], f"not shared: {len(seen['a'])} / {len(seen['b'])}"
 
 
+async def test_batches_are_received_and_acked_in_bulk(
+    topic: stack.Provisioned, tmp_path: pathlib.Path
+) -> None:
+    count, most = 30, 7
+    async with broker_for(topic, tmp_path, redelivery_timeout=REDELIVERY) as broker:
+        bodies = [f"m{i}" for i in range(count)]
+        ids = await broker.publish_many("orders", bodies, headers={"batch": "yes"})
+        async with broker.subscribe("orders", "billing", prefetch=10) as sub:
+            got: list[Message] = []
+            previous: list[Message] = []
+            end = time.monotonic() + DEADLINE
+            while len(got) < count:
+                assert time.monotonic() < end, f"received {len(got)} of {count} in {DEADLINE}s"
+                batch = await sub.receive_many(most, timeout=1.0)
+                assert len(batch) <= most
+                assert not any(m.settled for m in batch)
+                got.extend(batch)
+                # The previous batch is settled already: left alone, not acked twice.
+                await sub.ack_many(previous + batch)
+                assert all(m.settled for m in batch)
+                previous = batch
+            assert sorted(m.id for m in got) == sorted(ids), "each message once, none lost"
+            assert sorted(m.text() for m in got) == sorted(bodies)
+            assert all(m.headers == {"batch": "yes"} for m in got)
+        # Every ack reached the broker: a new consumer past the redelivery timeout gets none.
+        async with broker.subscribe("orders", "billing") as again:
+            left = await again.receive_many(timeout=REDELIVERY * 2)
+            assert [m.id for m in left] == []
+
+
 async def test_nack_redelivers_and_ack_settles(
     topic: stack.Provisioned, tmp_path: pathlib.Path
 ) -> None:

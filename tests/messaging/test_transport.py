@@ -174,7 +174,35 @@ async def test_batcher_sends_what_was_added_in_one_turn_together() -> None:
     await batcher.flush()
     batcher.add(5)
     await batcher.flush()
-    assert sent == [[0, 1, 2, 3, 4], [5]]
+    batcher.extend([6, 7])
+    batcher.add(8)
+    await batcher.flush()
+    assert sent == [[0, 1, 2, 3, 4], [5], [6, 7, 8]]
+
+
+async def test_batcher_lingers_for_more_and_flush_cuts_it_short() -> None:
+    sent: list[list[int]] = []
+    arrived = asyncio.Event()
+
+    async def send(items: list[int]) -> None:
+        sent.append(items)
+        arrived.set()
+
+    linger = 1.0
+    batcher: _transport.Batcher[int] = _transport.Batcher(send, "commit", linger=linger)
+    started = time.monotonic()
+    batcher.add(1)
+    await asyncio.sleep(0.01)  # without a linger, [1] would be sent by now
+    batcher.add(2)
+    assert sent == [], "sent before the linger"
+    await asyncio.wait_for(arrived.wait(), 10)
+    assert sent == [[1, 2]]
+    assert time.monotonic() - started >= linger * 0.9
+    batcher.add(3)
+    flushing = time.monotonic()
+    await batcher.flush()
+    assert sent == [[1, 2], [3]]
+    assert time.monotonic() - flushing < linger / 2, "flush waited out the linger"
 
 
 async def test_batcher_survives_a_failed_send() -> None:

@@ -233,6 +233,18 @@ class Message:
             self.topic, self.subscription, ack=False, requeue=requeue, received_at=self._received_at
         )
 
+    @property
+    def received_at(self) -> float:
+        """`time.monotonic()` when the transport handed it over."""
+        return self._received_at
+
+    def mark_settled(self) -> bool:
+        """Mark settled by a batch call (`Subscription.ack_many`); False if it was already."""
+        if self._settled:
+            return False
+        self._settled = True
+        return True
+
     def expire(self) -> bool:
         """Mark settled by the redelivery timeout; False if the application settled it."""
         if self._settled:

@@ -138,10 +138,10 @@ def published(topic: str, count: int, seconds: float) -> None:
         series.publish_seconds.labels(topic).observe(seconds)
 
 
-def delivered(topic: str, subscription: str) -> None:
+def delivered(topic: str, subscription: str, count: int = 1) -> None:
     series = _series
     if series is not None:
-        series.delivered.labels(topic, subscription).inc()
+        series.delivered.labels(topic, subscription).inc(count)
 
 
 def settled(topic: str, subscription: str, *, ack: bool, requeue: bool, received_at: float) -> None:

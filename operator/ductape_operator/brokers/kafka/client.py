@@ -7,7 +7,9 @@ records are batched on the wire and every failure still raises (acks=all).
 
 Consumers commit offsets themselves, only for acknowledged messages and only up
 to the first unsettled one of each partition, so a crash redelivers everything
-not yet acked. A nack with requeue seeks the partition back to that message,
+not yet acked (and what was acked in the last `COMMIT_LINGER`, 0.1 s, before
+it: acks are committed together, and at once when partitions are revoked or
+the subscription closes). A nack with requeue seeks the partition back to that message,
 which redelivers it and what followed it; a message left unsettled past the
 redelivery timeout is nacked by the client. Consumers of one subscription share
 the topic's partitions: there are at most as many busy consumers as partitions.
@@ -44,6 +46,18 @@ _REBALANCED = (
     kafka_errors.UnknownMemberIdError,
     kafka_errors.RebalanceInProgressError,
 )
+
+
+#: Seconds acked offsets wait to be committed together: one commit request per
+#: partition set at most this often, instead of one per batch of acks (each costs
+#: the consumer about as much as a fetch). A crash redelivers at most that much more.
+COMMIT_LINGER = 0.1
+# Module attributes looked up once: `_message` runs for every record.
+_Message = message_.Message
+_ID_HEADER = message_.ID_HEADER
+_CONTENT_TYPE_HEADER = message_.CONTENT_TYPE_HEADER
+_RESERVED_PREFIX = message_.RESERVED_PREFIX
+_OCTET_STREAM = message_.OCTET_STREAM
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
@@ -189,10 +203,11 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             max_poll_records=options.prefetch,
         )
         self._partitions: dict[aiokafka.TopicPartition, _Partition] = {}
-        self._buffer: deque[Any] = deque()
+        #: Fetched, not yet handed out: (partition, records from `getmany`, next index).
+        self._buffer: deque[tuple[aiokafka.TopicPartition, list[Any], int]] = deque()
         self._joined = asyncio.Event()
         self._commits: _transport.Batcher[aiokafka.TopicPartition] = _transport.Batcher(
-            self._commit, "kafka commit"
+            self._commit, "kafka commit", linger=COMMIT_LINGER
         )
 
     async def start(self) -> None:
@@ -218,9 +233,7 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.warning("kafka: commit on revoke failed: %s", exc)
         for tp in revoked:
             self._partitions.pop(tp, None)
-        self._buffer = deque(
-            r for r in self._buffer if aiokafka.TopicPartition(r.topic, r.partition) not in revoked
-        )
+        self._buffer = deque(b for b in self._buffer if b[0] not in revoked)
 
     async def on_partitions_assigned(self, assigned: set[aiokafka.TopicPartition]) -> None:
         for tp in assigned:
@@ -236,18 +249,24 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 "fetch",
                 self.link,
             )
-            for records in batches.values():
-                self._buffer.extend(records)
+            self._buffer.extend((tp, records, 0) for tp, records in batches.items() if records)
+        # Per partition rather than per record: this runs for every message.
         out: list[message_.Message] = []
         while self._buffer and len(out) < max_messages:
-            record = self._buffer.popleft()
-            tp = aiokafka.TopicPartition(record.topic, record.partition)
+            tp, records, start = self._buffer.popleft()
             state = self._partitions.get(tp)
             if state is None:
-                continue
-            message = self._message(record, tp)
-            state.inflight[record.offset] = [message, False]
-            out.append(message)
+                continue  # revoked meanwhile
+            end = min(len(records), start + max_messages - len(out))
+            if end < len(records):
+                self._buffer.appendleft((tp, records, end))
+            inflight = state.inflight
+            make = self._message
+            for i in range(start, end):
+                record = records[i]
+                message = make(record, tp)
+                inflight[record.offset] = [message, False]
+                out.append(message)
         return out
 
     def _message(self, record: Any, tp: aiokafka.TopicPartition) -> message_.Message:
@@ -256,18 +275,18 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         headers: dict[str, str] = {}
         message_id = content_type = None
         for name, value in record.headers or ():
-            if name == message_.ID_HEADER:
+            if name == _ID_HEADER:
                 message_id = value.decode()
-            elif name == message_.CONTENT_TYPE_HEADER:
+            elif name == _CONTENT_TYPE_HEADER:
                 content_type = value.decode()
-            elif not name.startswith(message_.RESERVED_PREFIX):
+            elif not name.startswith(_RESERVED_PREFIX):
                 headers[name] = value.decode("utf-8", "replace")
         key = record.key
-        return message_.Message(
+        return _Message(
             data=record.value or b"",
             headers=headers,
             id=message_id or f"{record.topic}:{record.partition}:{record.offset}",
-            content_type=content_type or message_.OCTET_STREAM,
+            content_type=content_type or _OCTET_STREAM,
             topic=self._tag,
             subscription=self._subscription,
             settler=self,
@@ -283,27 +302,50 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             return  # revoked or rewound since: it will be delivered again
         if ack or not requeue:
             entry[1] = True
-            advanced = None
-            inflight = state.inflight
-            while inflight:
-                first = next(iter(inflight))
-                if not inflight[first][1]:
-                    break
-                inflight.popitem(last=False)
-                advanced = first + 1
-            if advanced is not None:
-                state.commit = advanced
-                self._commits.add(tp)
+            self._advance(tp, state)
             return
         # Rewind: this message and everything after it in the partition come again.
         for pending in [o for o in state.inflight if o >= offset]:
             del state.inflight[pending]
-        self._buffer = deque(
-            r
-            for r in self._buffer
-            if r.partition != tp.partition or r.topic != tp.topic or r.offset < offset
-        )
+        kept: deque[tuple[aiokafka.TopicPartition, list[Any], int]] = deque()
+        for held, records, start in self._buffer:
+            if held == tp:
+                records = [r for r in records[start:] if r.offset < offset]
+                start = 0
+            if start < len(records):
+                kept.append((held, records, start))
+        self._buffer = kept
         self._consumer.seek(tp, offset)
+
+    async def ack_many(self, messages: list[message_.Message]) -> None:
+        # Every entry marked first, then each partition's commit point moved once.
+        touched: dict[aiokafka.TopicPartition, _Partition] = {}
+        partitions = self._partitions
+        for message in messages:
+            tp, offset = message.token
+            state = partitions.get(tp)
+            if state is None:
+                continue
+            entry = state.inflight.get(offset)
+            if entry is not None and entry[0] is message:
+                entry[1] = True
+                touched[tp] = state
+        for tp, state in touched.items():
+            self._advance(tp, state)
+
+    def _advance(self, tp: aiokafka.TopicPartition, state: _Partition) -> None:
+        """Drop the acked offsets at the front; what follows them is the next commit."""
+        advanced = None
+        inflight = state.inflight
+        while inflight:
+            first = next(iter(inflight))
+            if not inflight[first][1]:
+                break
+            inflight.popitem(last=False)
+            advanced = first + 1
+        if advanced is not None:
+            state.commit = advanced
+            self._commits.add(tp)
 
     def _committable(self, tps: set[aiokafka.TopicPartition]) -> dict[Any, int]:
         offsets: dict[Any, int] = {}

@@ -281,6 +281,9 @@ class PubSubConsumer:
             delivery_count=received.delivery_attempt or None,
         )
 
+    async def ack_many(self, messages: list[message_.Message]) -> None:
+        self._acks.extend([m.token for m in messages])
+
     async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
         if ack or not requeue:
             self._acks.add(message.token)

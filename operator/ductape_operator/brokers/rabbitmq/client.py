@@ -4,10 +4,11 @@ The operator makes a topic a durable topic exchange and each subscription a
 durable queue bound with `#`. Messages go out persistent, with publisher
 confirms and `mandatory`, so a message the broker cannot route to any queue
 raises instead of vanishing. The routing key is the message key, or the topic's
-exchange name. The message id and content type travel in the AMQP properties,
-application headers in the AMQP headers table. The client owns the reconnect
-(see `RabbitTransport`): a lost connection or channel is reopened before the
-next use, publishes wait for it and consumers consume again.
+exchange name. The message id and content type (absent for octet-stream) travel
+in the AMQP properties, application headers in the AMQP headers table. The
+client owns the reconnect (see `RabbitTransport`): a lost connection or channel
+is reopened before the next use, publishes wait for it and consumers consume
+again.
 
 RabbitMQ only redelivers an unacknowledged message when its channel closes, so
 the client nacks (with requeue) a message left unsettled past the redelivery
@@ -188,7 +189,13 @@ class RabbitTransport:
                             aio_pika.Message(
                                 m.data,
                                 headers=dict(m.headers) or None,
-                                content_type=m.content_type,
+                                # Absent for octet-stream, as in the other transports'
+                                # headers: one property less to encode per message.
+                                content_type=(
+                                    None
+                                    if m.content_type == message_.OCTET_STREAM
+                                    else m.content_type
+                                ),
                                 message_id=m.id,
                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                             ),
@@ -293,10 +300,14 @@ class RabbitConsumer:
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
         await self._ensure()
         inbox = self._inbox
-        try:
-            first = await asyncio.wait_for(inbox.get(), timeout)
-        except TimeoutError:
-            return []
+        if inbox.empty():
+            try:
+                first = await asyncio.wait_for(inbox.get(), timeout)
+            except TimeoutError:
+                return []
+        else:
+            # Deliveries are waiting: no timer (wait_for costs a task per call).
+            first = inbox.get_nowait()
         out = [self._message(first)]
         while len(out) < max_messages and not inbox.empty():
             out.append(self._message(inbox.get_nowait()))
@@ -339,6 +350,10 @@ class RabbitConsumer:
             # The channel it came on is gone: the broker has requeued it already and
             # delivers it again on the new channel (expected after a reconnect).
             log.debug("rabbitmq: settling message %s failed: %s", message.id, exc)
+
+    async def ack_many(self, messages: list[message_.Message]) -> None:
+        for message in messages:
+            await self.settle(message, ack=True, requeue=False)
 
     async def aclose(self) -> None:
         channel, self._channel = self._channel, None

@@ -143,12 +143,15 @@ class RedisTransport:
         async def send() -> None:
             async with self.client.pipeline(transaction=False) as pipe:
                 for m in messages:
+                    # The fields `OutgoingMessage.wire_headers` names, built directly:
+                    # this runs for every message.
                     fields: dict[Any, Any] = {DATA_FIELD: m.data}
-                    for name, value in m.wire_headers().items():
-                        if name == message_.ID_HEADER and not m.explicit_id:
-                            continue  # the stream entry id is the message id
-                        reserved = name.startswith(message_.RESERVED_PREFIX)
-                        fields[name if reserved else HEADER_PREFIX + name.encode()] = value
+                    for name, value in m.headers.items():
+                        fields[HEADER_PREFIX + name.encode()] = value
+                    if m.explicit_id:  # else the stream entry id is the message id
+                        fields[message_.ID_HEADER] = m.id
+                    if m.content_type != message_.OCTET_STREAM:
+                        fields[message_.CONTENT_TYPE_HEADER] = m.content_type
                     if m.key is not None:
                         fields[KEY_FIELD] = m.key
                     pipe.xadd(stream, fields, nomkstream=True)
@@ -283,6 +286,9 @@ class RedisConsumer:
             key=key.decode() if key is not None else None,
             delivery_count=count,
         )
+
+    async def ack_many(self, messages: list[message_.Message]) -> None:
+        self._acks.extend([m.token for m in messages])
 
     async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
         if ack or not requeue:

@@ -248,6 +248,9 @@ class SqsConsumer:
             delivery_count=int(count) if count else None,
         )
 
+    async def ack_many(self, messages: list[message_.Message]) -> None:
+        self._acks.extend([m.token for m in messages])
+
     async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
         if ack or not requeue:
             self._acks.add(message.token)
