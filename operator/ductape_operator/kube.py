@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 MANAGED_BY = "ductape-operator"
 #: API calls in flight at once: worker threads and pooled HTTP connections alike.
-API_CONCURRENCY = 64
+API_CONCURRENCY = 32
 
 
 #: Identity of one MessageBroker object (a plain value, defined with the models).
