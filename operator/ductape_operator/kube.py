@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 MANAGED_BY = "ductape-operator"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 #: API calls in flight at once: worker threads and pooled HTTP connections alike.
-API_CONCURRENCY = 64
+API_CONCURRENCY = 32
 
 
 #: Identity of one MessageBroker object (a plain value, defined with the models).
@@ -500,7 +500,17 @@ _posting: set[asyncio.Task[None]] = set()
 #: Secrets and status patches of the resources still on their way (docs/operations.md,
 #: "A burst of creates"), instead of taking the API pool's threads ahead of them.
 EVENT_CONCURRENCY = 2
-_event_slots = asyncio.Semaphore(EVENT_CONCURRENCY)
+#: The event loop the slots were made in, and the slots: asyncio primitives belong to one
+#: loop, and tests run several loops in one process.
+_event_slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+
+
+def _event_slot() -> asyncio.Semaphore:
+    global _event_slots
+    loop = asyncio.get_running_loop()
+    if _event_slots is None or _event_slots[0] is not loop:
+        _event_slots = (loop, asyncio.Semaphore(EVENT_CONCURRENCY))
+    return _event_slots[1]
 
 
 def emit_event(ref: BrokerRef, *, type: str, reason: str, message: str) -> None:
@@ -538,7 +548,7 @@ async def post_event(ref: BrokerRef, *, type: str, reason: str, message: str) ->
         "count": 1,
     }
     try:
-        async with _event_slots:
+        async with _event_slot():
             await _call(
                 f"post Event {reason}",
                 "POST",
