@@ -78,6 +78,8 @@ _COORDINATOR_NOT_READY = frozenset(
         kafka_errors.CoordinatorLoadInProgressError.errno,
     }
 )
+#: A topic created a moment ago may not be in the coordinator's metadata yet either.
+_NEW_TOPIC_NOT_READY = _COORDINATOR_NOT_READY | {kafka_errors.UnknownTopicOrPartitionError.errno}
 #: A commit without a generation refused because the group has live members.
 _GROUP_IN_USE = frozenset(
     {
@@ -668,7 +670,7 @@ class KafkaProvider(_common.ProviderBase):
             failed = [code for code in codes if code != _NO_ERROR]
             if not failed:
                 return
-            if failed[0] not in _COORDINATOR_NOT_READY or loop.time() > deadline:
+            if failed[0] not in _NEW_TOPIC_NOT_READY or loop.time() > deadline:
                 raise self._code_error(
                     failed[0], f"committing the start offsets of consumer group {group}", []
                 )
