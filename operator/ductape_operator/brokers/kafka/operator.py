@@ -706,10 +706,23 @@ class KafkaProvider(_common.ProviderBase):
             await consumer.stop()
 
     async def _delete_group(self, group: str) -> None:
-        admin = self._require_admin()
-        coordinator = await admin.find_coordinator(group)
-        response = await self._request(DeleteGroupsRequest([group]), coordinator)
-        for _group, code in response.results:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(LEADER_WAIT, self._timeout)
+        pause = 0.05
+        while True:
+            # Right after a broker restart the group's coordinator is loading for a
+            # moment: wait that out, as for a new topic's start offsets.
+            try:
+                coordinator = await self._require_admin().find_coordinator(group)
+                response = await self._request(DeleteGroupsRequest([group]), coordinator)
+                codes = [code for _group, code in response.results]
+            except (kafka_errors.CoordinatorNotAvailableError, kafka_errors.NotCoordinatorError):
+                codes = [kafka_errors.CoordinatorNotAvailableError.errno]
+            if not any(code in _COORDINATOR_NOT_READY for code in codes) or loop.time() > deadline:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+        for code in codes:
             if code == _NON_EMPTY_GROUP:
                 # Consumers are still connected; Kafka drops the group's offsets on
                 # its own once they leave (offsets.retention.minutes).
