@@ -24,6 +24,8 @@ P_RABBITMQ_DIST="${TESTENV_RABBITMQ_DIST_PORT:-25673}"
 P_EPMD="${TESTENV_EPMD_PORT:-24369}"
 P_PUBSUB="${TESTENV_PUBSUB_PORT:-28085}"
 P_SQS="${TESTENV_SQS_PORT:-29324}"
+P_NATS="${TESTENV_NATS_PORT:-24222}"
+P_NATS_MONITOR="${TESTENV_NATS_MONITOR_PORT:-28222}"
 # The secure listeners, next to the plain ones (README.md, "Secure connections").
 P_KAFKA_SASL="${TESTENV_KAFKA_SASL_PORT:-29094}"
 P_REDIS_TLS="${TESTENV_REDIS_TLS_PORT:-26380}"
@@ -113,4 +115,4 @@ stop_component() {
     *) stop_bg "$1" ;;
   esac
 }
-ALL_COMPONENTS="kube,kafka,redis,rabbitmq,pubsub,sqs"
+ALL_COMPONENTS="kube,kafka,redis,rabbitmq,pubsub,sqs,nats"

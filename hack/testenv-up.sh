@@ -10,7 +10,7 @@
 # CA made once under $STATE_DIR/secure, SASL_SSL with SCRAM on Kafka, an ACL user on
 # Redis): see gen_secure and README.md, "The local stack".
 #
-#   TESTENV_COMPONENTS  comma list, default kube,kafka,redis,rabbitmq,pubsub,sqs
+#   TESTENV_COMPONENTS  comma list, default kube,kafka,redis,rabbitmq,pubsub,sqs,nats
 #   DUCTAPE_STATE_DIR   state folder (PIDs, logs, data), default .testenv
 #   TESTENV_*_PORT      every port (see hack/lib.sh), to run a second stack beside one
 #   TESTENV_PUBSUB_IMPL auto (the SDK's emulator when installed, else pstest) | pstest
@@ -318,6 +318,40 @@ up_sqs() {
   ready sqs 60 "${PROBE[@]}" http "http://127.0.0.1:$P_SQS/" --sqs
 }
 
+# nats-server with JetStream, its stream data under the state folder; the monitoring
+# port answers /healthz only once JetStream is up. One account holds the secure
+# listeners' user (for the credential tests) and an anonymous user that connections
+# without credentials are bound to, so plain clients need none.
+nats_answers() {
+  "${PROBE[@]}" http "http://127.0.0.1:$P_NATS_MONITOR/healthz?js-enabled-only=true" --expect ok
+}
+up_nats() {
+  local bin d="$STATE_DIR/nats"
+  bin="$(build nats build-nats.sh)"
+  running nats nats_answers && { log "nats: already running"; return 0; }
+  fresh nats "$P_NATS" "$P_NATS_MONITOR"
+  cat >"$d/nats.conf" <<EOF
+server_name: ductape-testenv-$P_NATS
+host: 127.0.0.1
+port: $P_NATS
+http: 127.0.0.1:$P_NATS_MONITOR
+jetstream { store_dir: "$d/data" }
+accounts {
+  APP {
+    jetstream: enabled
+    users: [
+      {user: "$SECURE_USER", password: "$(secure_password)"}
+      {user: "anonymous", password: "$(openssl rand -hex 16)"}
+    ]
+  }
+}
+no_auth_user: anonymous
+EOF
+  start_bg nats "$bin" -c "$d/nats.conf"
+  started nats
+  ready nats 60 nats_answers
+}
+
 up_helm() { build helm build-helm.sh >/dev/null; }
 
 # Kubernetes: etcd, kube-apiserver (RBAC on, client-certificate admin) and the
@@ -477,13 +511,18 @@ write_env() {
       echo "# Test values: moto accepts any credentials."
       echo "export AWS_ACCESS_KEY_ID='testing' AWS_SECRET_ACCESS_KEY='testing'"
     fi
+    if alive nats; then
+      echo "export NATS_URL='nats://127.0.0.1:$P_NATS'"
+      echo "export NATS_MONITOR_URL='http://127.0.0.1:$P_NATS_MONITOR'"
+      echo "export NATS_USERNAME='$SECURE_USER' NATS_PASSWORD='$pw'"
+    fi
     echo "export PATH='$path'\"\$PATH\""
   } >"$f.tmp"
   mv "$f.tmp" "$f"
 }
 
 ensure_packages
-if wants kafka || wants redis || wants rabbitmq; then gen_secure; fi
+if wants kafka || wants redis || wants rabbitmq || wants nats; then gen_secure; fi
 declare -A parts=()
 # helm is only built (when missing), beside the others; nothing of it runs.
 if wants kube && ! [ -x "$CACHE_DIR/helm-$HELM_VERSION/helm" ]; then WANT+=(helm); fi

@@ -22,6 +22,7 @@ NEEDED = (
     "PUBSUB_PROJECT_ID",
     "SQS_ENDPOINT",
     "AWS_REGION",
+    "NATS_URL",
 )
 
 
