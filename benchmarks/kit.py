@@ -461,6 +461,8 @@ def stack_config(type_: str, rabbit_secret: str, sqs_secret: str = "") -> Obj:
             "projectId": os.environ["PUBSUB_PROJECT_ID"],
             "emulatorHost": os.environ["PUBSUB_EMULATOR_HOST"],
         }
+    if type_ == "NATS":
+        return {"servers": os.environ["NATS_URL"].split(",")}
     return {
         "region": os.environ.get("AWS_REGION", "us-east-1"),
         "endpoint": os.environ["SQS_ENDPOINT"],

@@ -38,7 +38,7 @@ import kubernetes
 from benchmarks import kit
 from benchmarks.kit import BENCH_DIR, CRD_FILE, GROUP, PLURAL, ROOT, VERSION, Obj
 
-TYPES = ("KAFKA", "REDIS", "RABBITMQ", "GOOGLE_PUBSUB", "AWS_SQS")
+TYPES = ("KAFKA", "REDIS", "RABBITMQ", "GOOGLE_PUBSUB", "AWS_SQS", "NATS")
 RUNS = int(os.environ.get("BENCH_RUNS", "10"))
 TOPICS, SUBS = 3, 2
 READY_TIMEOUT = 120.0
@@ -219,12 +219,35 @@ async def _raw_sqs(prefix: str) -> None:
                 await sqs.create_queue(QueueName=f"{topic}-{sub}".replace(".", "-"))
 
 
+async def _raw_nats(prefix: str) -> None:
+    """A stream per topic (subject = its name) and a durable pull consumer per subscription."""
+    import nats
+    from nats.js import api
+
+    client = await nats.connect(os.environ["NATS_URL"])
+    try:
+        js = client.jetstream()
+        for topic, subs in _topic_names(prefix):
+            stream = topic.replace(".", "-")
+            await js.add_stream(name=stream, subjects=[topic])
+            for sub in subs:
+                config = api.ConsumerConfig(
+                    durable_name=sub,
+                    ack_policy=api.AckPolicy.EXPLICIT,
+                    deliver_policy=api.DeliverPolicy.NEW,
+                )
+                await js.add_consumer(stream, config)
+    finally:
+        await client.close()
+
+
 RAW: dict[str, Callable[[str], Awaitable[None]]] = {
     "KAFKA": _raw_kafka,
     "REDIS": _raw_redis,
     "RABBITMQ": _raw_rabbitmq,
     "GOOGLE_PUBSUB": _raw_pubsub,
     "AWS_SQS": _raw_sqs,
+    "NATS": _raw_nats,
 }
 
 

@@ -298,12 +298,48 @@ async def _raw_sqs(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[flo
         return await _timed(publish, n), await _timed(consume, n)
 
 
+async def _raw_nats(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+    """JetStream publishes awaited together (each waits for its ack), then fetches of 100
+    from the durable pull consumer, each message acked."""
+    n = len(payloads)
+    import nats
+    import nats.errors
+
+    client = await nats.connect(os.environ["NATS_URL"])
+    try:
+        js = client.jetstream(timeout=DEADLINE)
+        subject = topic.name
+
+        async def publish() -> None:
+            await asyncio.gather(*(js.publish(subject, p) for p in payloads))
+
+        async def consume() -> None:
+            pull = await js.pull_subscribe_bind(
+                topic.subscription("bench"), stream=subject.replace(".", "-")
+            )
+            seen = 0
+            while seen < n:
+                try:
+                    got = await pull.fetch(100, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    continue
+                for m in got:
+                    _use(m.data, m.headers)
+                    await m.ack()
+                seen += len(got)
+
+        return await _timed(publish, n), await _timed(consume, n)
+    finally:
+        await client.close()
+
+
 RAW: dict[str, Callable[[stack.Provisioned, list[bytes]], Awaitable[tuple[float, float]]]] = {
     "kafka": _raw_kafka,
     "redis": _raw_redis,
     "rabbitmq": _raw_rabbitmq,
     "google-pubsub": _raw_pubsub,
     "aws-sqs": _raw_sqs,
+    "nats": _raw_nats,
 }
 
 

@@ -43,6 +43,7 @@ SAMPLE_VALUES: dict[str, Any] = {
     "endpoint": "http://127.0.0.1:29324",
     "accessKeyId": REF,
     "secretAccessKey": REF,
+    "servers": ["nats://127.0.0.1:24222"],
 }
 
 TYPES = list(models.MessageBrokerTypes)
@@ -113,6 +114,11 @@ def _config_value(draw: st.DrawFn, field: str) -> Any:
     if field in ("brokers",):
         hostport = st.sampled_from(["k:9092", "k:0", "k:65535", "k:65536", "k", ":1", "k:09"])
         return draw(st.lists(hostport, min_size=0, max_size=3))
+    if field == "servers":
+        url = st.sampled_from(
+            ["nats://n:4222", "tls://n:4222", "n:4222", "nats://n", "nats://u:p@n:1", "nats://n:0"]
+        )
+        return draw(st.lists(url, min_size=0, max_size=3))
     if field == "emulatorHost":
         return draw(st.sampled_from(["e:8085", "e", "e:70000", "e:1"]))
     if field == "endpoint":
@@ -246,7 +252,7 @@ def mutated_specs(draw: st.DrawFn) -> Spec:
     elif mutation == "tag":
         result["tag"] = draw(slugish)
     elif mutation == "type":
-        target["type"] = draw(st.sampled_from(["kafka", "NATS", "", "REDIS"]))
+        target["type"] = draw(st.sampled_from(["kafka", "MQTT", "", "REDIS"]))
     elif mutation == "long-name":
         field, limit = draw(st.sampled_from([("name", 253), ("description", 4096)]))
         result[field] = "n" * draw(st.integers(limit - 1, limit + 1))

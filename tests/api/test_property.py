@@ -30,7 +30,7 @@ def pydantic_verdict(spec: dict[str, Any]) -> str | None:
 def test_the_generator_makes_both_verdicts() -> None:
     verdicts: list[bool] = []
 
-    @settings(max_examples=200, database=None, deadline=None, derandomize=True)
+    @settings(max_examples=500, database=None, deadline=None, derandomize=True)
     @given(spec=specs.mutated_specs())
     def sample(spec: dict[str, Any]) -> None:
         verdicts.append(pydantic_verdict(spec) is None)

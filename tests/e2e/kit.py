@@ -25,6 +25,8 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+from ductape_operator import brokers
+
 GROUP, VERSION, PLURAL = "ductape.app", "v1alpha1", "messagebrokers"
 T = TypeVar("T")
 
@@ -173,7 +175,8 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-TYPES = ("KAFKA", "REDIS", "RABBITMQ", "GOOGLE_PUBSUB", "AWS_SQS")
+#: Every registered broker (`ductape_operator.brokers`).
+TYPES = tuple(kind.type for kind in brokers.kinds())
 RABBIT_PASSWORD_SECRET = "rabbit-credentials"
 SQS_KEYS_SECRET = "sqs-credentials"
 
@@ -207,6 +210,8 @@ def env_config(type_: str) -> dict[str, Any]:
                 "secretKeyRef": {"name": SQS_KEYS_SECRET, "key": "secret-access-key"}
             },
         }
+    if type_ == "NATS":
+        return {"servers": os.environ["NATS_URL"].split(",")}
     raise ValueError(type_)
 
 

@@ -32,6 +32,10 @@ def sync_folder(kube: kit.Kube, ns: str, secret_name: str, folder: pathlib.Path)
     return secret["type"]
 
 
+def secret_type(kube: kit.Kube, ns: str, secret_name: str) -> str | None:
+    return (kube.secret(ns, secret_name) or {}).get("type")
+
+
 async def application(folder: pathlib.Path, count: int) -> tuple[str, set[str], set[str]]:
     """The application, identical on every provider: publish `count`, consume them all."""
     async with (
@@ -81,3 +85,35 @@ async def test_the_same_application_works_before_and_after_a_rabbitmq_to_kafka_s
     kind, sent, got = await application(folder, 20)
     assert kind == "kafka"
     assert sent <= got, f"{len(sent - got)} of {len(sent)} messages lost after the swap"
+
+
+async def test_the_same_application_works_across_swaps_to_and_from_nats(
+    kube: kit.Kube, namespace: str, tmp_path: pathlib.Path
+) -> None:
+    """Redis, then NATS, then RabbitMQ: the application never changes."""
+    name = kit.unique("nswap")
+    for secret_name, data in kit.credential_secrets("RABBITMQ").items():
+        kube.create_secret(namespace, secret_name, data)
+    topics = [{"tag": TAG, "name": f"{name}.orders", "subscriptions": ["billing"]}]
+    kube.apply(namespace, kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=topics))
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    folder = tmp_path / "bindings" / "message-bus"
+    for type_ in ("REDIS", "NATS", "RABBITMQ"):
+        binding_type = type_.lower()
+        if type_ != "REDIS":
+            config = kit.env_config(type_)
+            kube.patch(
+                namespace,
+                name,
+                {"spec": {"envs": [{"slug": "dev", "type": type_, "config": config}]}},
+            )
+            kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+            kit.wait_until(
+                lambda t=binding_type: secret_type(kube, namespace, f"{name}-dev") == t,
+                timeout=DEADLINE,
+                what=f"the Secret to switch to {binding_type}",
+            )
+        assert sync_folder(kube, namespace, f"{name}-dev", folder) == binding_type
+        kind, sent, got = await application(folder, 20)
+        assert kind == binding_type
+        assert sent <= got, f"{len(sent - got)} of {len(sent)} messages lost on {type_}"

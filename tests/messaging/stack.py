@@ -29,6 +29,7 @@ PROVIDERS: Mapping[str, tuple[str, ...]] = {
     "rabbitmq": ("AMQP_URL",),
     "google-pubsub": ("PUBSUB_EMULATOR_HOST", "PUBSUB_PROJECT_ID"),
     "aws-sqs": ("SQS_ENDPOINT", "AWS_REGION"),
+    "nats": ("NATS_URL",),
 }
 _RABBIT = ("rabbit", "password")
 _SQS = (("sqs", "access-key-id"), ("sqs", "secret-access-key"))
@@ -63,6 +64,8 @@ def config(kind: str) -> tuple[models.BrokerConfig, base.SecretValues]:
         values[_RABBIT] = urllib.parse.unquote(url.password or "guest")
     elif kind == "google-pubsub":
         raw = {"projectId": env["PUBSUB_PROJECT_ID"], "emulatorHost": env["PUBSUB_EMULATOR_HOST"]}
+    elif kind == "nats":
+        raw = {"servers": env["NATS_URL"].split(",")}
     else:
         raw = {
             "region": env["AWS_REGION"],

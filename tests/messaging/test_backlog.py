@@ -24,7 +24,7 @@ from tests.messaging.test_client import DEADLINE, REDELIVERY, broker_for
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(180)]
 
 #: Providers whose broker counts what was published to a topic.
-COUNTS_PUBLISHES = {"kafka", "redis"}
+COUNTS_PUBLISHES = {"kafka", "redis", "nats"}
 #: Providers that give the oldest waiting message's age.
 GIVES_AGE = {"kafka", "redis"}
 #: Providers with no backlog reading (Pub/Sub: only Cloud Monitoring has it).

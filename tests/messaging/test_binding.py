@@ -150,8 +150,8 @@ def test_dead_letter_is_read_from_topics_json() -> None:
 
 
 def test_unknown_type_lists_the_known_ones() -> None:
-    with pytest.raises(BindingError, match="'nats', expected one of kafka"):
-        Binding.from_mapping(ENTRIES | {"type": "nats"})
+    with pytest.raises(BindingError, match="'mqtt', expected one of kafka"):
+        Binding.from_mapping(ENTRIES | {"type": "mqtt"})
 
 
 def test_sqs_topic_with_subscriptions_has_no_name() -> None:

@@ -40,7 +40,14 @@ ROUNDS = 5
 #: Messages published per round. The issue's scenario is 1,500; Pub/Sub and SQS
 #: (one HTTP/gRPC call per publish against emulators) publish fewer per round so
 #: that five rounds of every provider stay within a few minutes.
-COUNTS = {"rabbitmq": 1500, "redis": 1500, "kafka": 1500, "google-pubsub": 200, "aws-sqs": 200}
+COUNTS = {
+    "rabbitmq": 1500,
+    "redis": 1500,
+    "kafka": 1500,
+    "google-pubsub": 200,
+    "aws-sqs": 200,
+    "nats": 1500,
+}
 #: The issue's setting: far longer than any outage here.
 RETRY = 120.0
 #: How long after the outage every published message may take to be consumed.
@@ -48,7 +55,7 @@ DRAIN = 90.0
 #: For the broker that stays away: a short retry timeout, given up on after about that.
 SHORT = 2.0
 LOGGER = "ductape_operator.messaging"
-PROXIED = ("google-pubsub", "aws-sqs")
+PROXIED = ("google-pubsub", "aws-sqs", "nats")
 
 
 @dataclasses.dataclass
@@ -75,6 +82,8 @@ def _entries(topic: stack.Provisioned, proxy: outage.Proxy | None) -> dict[str, 
         entries["emulator-host"] = proxy.address
     elif topic.kind == "aws-sqs":
         entries["endpoint"] = f"http://{proxy.address}"
+    elif topic.kind == "nats":
+        entries["servers"] = entries["uri"] = f"nats://{proxy.address}"
     else:  # redis, rabbitmq: the port entry wins over the uri
         entries["port"] = str(proxy.port)
     return entries
@@ -84,7 +93,12 @@ def _target(kind: str) -> tuple[str, int]:
     if kind == "google-pubsub":
         host, port = os.environ["PUBSUB_EMULATOR_HOST"].rsplit(":", 1)
         return host, int(port)
-    variable = {"aws-sqs": "SQS_ENDPOINT", "redis": "REDIS_URL", "rabbitmq": "AMQP_URL"}[kind]
+    variable = {
+        "aws-sqs": "SQS_ENDPOINT",
+        "redis": "REDIS_URL",
+        "rabbitmq": "AMQP_URL",
+        "nats": "NATS_URL",
+    }[kind]
     url = urllib.parse.urlsplit(os.environ[variable])
     assert url.hostname and url.port
     return url.hostname, url.port
@@ -254,7 +268,7 @@ async def test_publishers_and_consumers_ride_through_a_broker_outage(
 
 #: Brokers that count deliveries of a message by themselves (RabbitMQ only for quorum
 #: queues, Pub/Sub only with a dead-letter policy: not these topics).
-KEEPS_COUNT = ("redis", "aws-sqs")
+KEEPS_COUNT = ("redis", "aws-sqs", "nats")
 #: Redelivery timeout of the held-message test: short, SQS and Pub/Sub count whole seconds.
 REDELIVERY = 2.0
 

@@ -229,7 +229,7 @@ def test_client_imports_without_the_operator_or_any_sdk() -> None:
         "import sys\n"
         "for blocked in ('kopf', 'kubernetes', 'pydantic'): sys.modules[blocked] = None\n"
         "import ductape_operator.messaging\n"
-        "sdks = ('aiokafka', 'redis', 'aio_pika', 'google', 'aioboto3', 'botocore')\n"
+        "sdks = ('aiokafka', 'redis', 'aio_pika', 'google', 'aioboto3', 'botocore', 'nats')\n"
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & set(sdks))\n"
         "assert not loaded, loaded\n"
     )

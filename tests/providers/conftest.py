@@ -52,7 +52,7 @@ def stack() -> dict[str, str]:
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         _load_env_file()
     needed = ["KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "AMQP_URL", "PUBSUB_EMULATOR_HOST"]
-    needed += ["PUBSUB_PROJECT_ID", "SQS_ENDPOINT"]
+    needed += ["PUBSUB_PROJECT_ID", "SQS_ENDPOINT", "NATS_URL"]
     missing = [name for name in needed if not os.environ.get(name)]
     if missing:
         pytest.fail(f"{', '.join(missing)} not set: run `make testenv-up` first")
@@ -112,6 +112,9 @@ def stack_config(
             SQS_SECRET[1]: env.get("AWS_SECRET_ACCESS_KEY", "testing"),
         }
         return models.BrokerConfig.model_validate(raw), base.SecretValues(values)
+    if type_ is T.NATS:
+        servers = [f"nats://127.0.0.1:{CLOSED_PORT}"] if dead else env["NATS_URL"].split(",")
+        return models.BrokerConfig.model_validate({"servers": servers}), base.SecretValues()
     raise ValueError(type_)
 
 

@@ -36,7 +36,7 @@ def expected_location(type_: T, plan: base.TopicPlan, location: base.TopicRoute)
     """The location's names follow README.md, "The connection Secret"."""
     assert set(location.subscriptions) == set(plan.subscriptions)
     for sub, physical in location.subscriptions.items():
-        if type_ is T.REDIS:
+        if type_ is T.REDIS or type_ is T.NATS:
             assert physical == sub
         elif type_ is T.AWS_SQS:
             assert physical.endswith("/" + raw.sqs_queue(plan.name, sub)), physical

@@ -107,6 +107,20 @@ async def test_settings_set_changed_and_removed(
         assert f"topic {live.tag}: retentionSeconds" in info.value.message
         assert "1 message(s)" in info.value.message
         assert await raw.rabbit_queue_has_arguments(stack, queue, {})
+    elif type_ is T.NATS:
+        # The stream's MaxAge; each consumer's MaxDeliver is one above the attempts (the
+        # client moves the message on that last delivery; no target on the server).
+        read = await raw.read_settings(type_, stack, live)
+        assert read == {None: raw.QueueSettings(600), "billing": raw.QueueSettings(None, ("", 6))}
+        assert await provider.ensure_settings(changed) is True
+        read = await raw.read_settings(type_, stack, live)
+        assert read == {
+            None: raw.QueueSettings(1209600),
+            "billing": raw.QueueSettings(None, ("", 101)),
+        }
+        assert await provider.ensure_settings(removed) is True
+        read = await raw.read_settings(type_, stack, live)
+        assert read == {None: raw.QueueSettings(None), "billing": raw.QueueSettings(None)}
     elif type_ is T.REDIS:
         async with raw.redis_client(stack) as client:
             now_ms = int(time.time() * 1000)

@@ -10,6 +10,7 @@ import pytest
 
 from ductape_operator import brokers
 from ductape_operator.brokers.kafka.entries import Entries as KafkaEntries
+from ductape_operator.brokers.nats.entries import Entries as NatsEntries
 from ductape_operator.brokers.pubsub.entries import Entries as PubSubEntries
 from ductape_operator.brokers.rabbitmq.entries import Entries as RabbitEntries
 from ductape_operator.brokers.redis.entries import Entries as RedisEntries
@@ -54,6 +55,9 @@ CASES: list[tuple[str, Any]] = [
             secret_access_key="secret",
         ),
     ),
+    ("NATS", NatsEntries(servers=("nats://n1:4222", "nats://n2:4222"))),
+    ("NATS", NatsEntries(servers=("tls://n1:4222",), username="u", password="p@ss")),
+    ("NATS", NatsEntries(servers=("nats://n1:4222",), credentials="p:w")),
 ]
 
 

@@ -20,6 +20,8 @@ from aiormq import exceptions as aiormq_errors
 from botocore import exceptions as botocore_errors
 from google.api_core import exceptions as google_errors
 from google.auth import exceptions as google_auth_errors
+from nats import errors as nats_errors
+from nats.js import errors as js_errors
 from redis import exceptions as redis_errors
 
 from ductape_operator import brokers, errors, models
@@ -39,6 +41,10 @@ EXPECTED: dict[
     F.THROTTLED: (errors.ProvisioningError, True, errors.BrokerUnreachableError, True),
     F.INVALID: (errors.ProvisioningError, False, errors.BrokerError, False),
 }
+
+
+def _js_error(cls: type[js_errors.APIError], code: int, err_code: int = 0) -> js_errors.APIError:
+    return cls(code=code, err_code=err_code, description="from the server")
 
 
 def _client_error(code: str) -> botocore_errors.ClientError:
@@ -159,6 +165,29 @@ TABLES: dict[str, tuple[dict[str, Any], list[tuple[BaseException, errors.Failure
             (_client_error("InvalidAttributeName"), F.INVALID),
         ],
     ),
+    "NATS": (
+        {"servers": ["nats://localhost:4222"]},
+        [
+            (nats_errors.Error("nats: 'Authorization Violation'"), F.AUTH),
+            (nats_errors.AuthorizationError(), F.AUTH),
+            (nats_errors.Error("nats: 'User Authentication Expired'"), F.AUTH),
+            (nats_errors.Error("nats: 'Permissions Violation for Publish to x'"), F.AUTH),
+            (_js_error(js_errors.APIError, 403, 10000), F.AUTH),
+            (nats_errors.NoServersError(), F.UNREACHABLE),
+            (nats_errors.NoRespondersError(), F.UNREACHABLE),
+            (nats_errors.ConnectionClosedError(), F.UNREACHABLE),
+            (nats_errors.StaleConnectionError(), F.UNREACHABLE),
+            (nats_errors.TimeoutError(), F.UNREACHABLE),
+            (ConnectionRefusedError(111, "Connection refused"), F.UNREACHABLE),
+            (_js_error(js_errors.NotFoundError, 404, 10059), F.NOT_FOUND),
+            (_js_error(js_errors.NotFoundError, 404, 10014), F.NOT_FOUND),
+            (js_errors.NoStreamResponseError(), F.NOT_FOUND),
+            (_js_error(js_errors.ServiceUnavailableError, 503), F.THROTTLED),
+            (_js_error(js_errors.APIError, 400, 10047), F.THROTTLED),
+            (_js_error(js_errors.BadRequestError, 400, 10058), F.INVALID),
+            (nats_errors.InvalidUserCredentialsError(), F.INVALID),
+        ],
+    ),
 }
 
 
@@ -222,6 +251,11 @@ def test_pubsub_errors(exc: BaseException, failure: errors.Failure) -> None:
 @pytest.mark.parametrize(("exc", "failure"), _rows("AWS_SQS"))
 def test_sqs_errors(exc: BaseException, failure: errors.Failure) -> None:
     _check("AWS_SQS", exc, failure)
+
+
+@pytest.mark.parametrize(("exc", "failure"), _rows("NATS"))
+def test_nats_errors(exc: BaseException, failure: errors.Failure) -> None:
+    _check("NATS", exc, failure)
 
 
 def test_foreign_exceptions_are_left_to_each_side() -> None:

@@ -158,7 +158,7 @@ def test_every_problem_of_an_env_is_reported() -> None:
         (lambda s: s["envs"][0].update(slug="a" * 64), "spec.envs[0].slug: String should have at"),
         (lambda s: s.update(tag="-bus"), "spec.tag: String should match"),
         (lambda s: s.update(tag=""), "spec.tag: String should have at least 1"),
-        (lambda s: s["envs"][0].update(type="NATS"), "spec.envs[0].type: Input should be"),
+        (lambda s: s["envs"][0].update(type="AMQP"), "spec.envs[0].type: Input should be"),
         (lambda s: s.update(envs=[]), "spec.envs: List should have at least 1"),
         (lambda s: s.pop("envs"), "spec.envs: Field required"),
         (lambda s: s.pop("name"), "spec.name: Field required"),

@@ -18,7 +18,7 @@ from ductape_operator.brokers._kind import BrokerKind
 __all__ = ["BrokerKind", "by_binding_type", "kind", "kinds"]
 
 #: The broker packages, in the order the API lists them.
-_PACKAGES = ("kafka", "redis", "rabbitmq", "pubsub", "sqs")
+_PACKAGES = ("kafka", "redis", "rabbitmq", "pubsub", "sqs", "nats")
 
 
 @functools.cache
