@@ -158,6 +158,8 @@ async def test_rides_through_a_server_restart(private_server: PrivateServer) -> 
             await transport.publish(route, [message_.OutgoingMessage.build(b"before")])
             [held] = await collect(consumer, 1)  # delivered, not acked across the restart
             await private_server.astop()
+            # The outage itself lasts 2 s (not a wait for a condition): the publish
+            # below must ride through it.
             restart = asyncio.create_task(asyncio.sleep(2))
             publishing = asyncio.create_task(
                 transport.publish(route, [message_.OutgoingMessage.build(b"during")])
