@@ -16,6 +16,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -58,21 +59,46 @@ async def redis_kill_clients() -> None:
         await client.aclose()
 
 
-def _kafka_group() -> int:
+def _kafka_pid() -> int:
     state = pathlib.Path(os.environ.get("DUCTAPE_STATE_DIR", ROOT / ".testenv"))
-    pid = int((state / "kafka" / "pid").read_text().strip())
+    return int((state / "kafka" / "pid").read_text().strip())
+
+
+def _kafka_group(pid: int) -> int:
     group = os.getpgid(pid)
     # The stack starts Kafka in its own session; never signal the test's own group.
     assert group != os.getpgid(0), "Kafka shares the test's process group"
     return group
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    for stat in pathlib.Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            # The state is the first field after the command name in parentheses.
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # a thread that exited meanwhile
+        if state not in "tT":
+            return False
+    return True
+
+
 @contextlib.asynccontextmanager
 async def kafka_frozen() -> AsyncIterator[None]:
-    """Kafka's process group stopped (SIGSTOP) for the block, continued (SIGCONT) after."""
-    group = _kafka_group()
+    """Kafka's process group stopped (SIGSTOP) for the block, continued (SIGCONT) after.
+
+    The block starts only once every thread of the JVM is stopped: `killpg` returns
+    when the signal is queued, and a network thread already on the other core can
+    still answer a request sent right after it (seen: 2 to 3 requests in 100).
+    """
+    pid = _kafka_pid()
+    group = _kafka_group(pid)
     os.killpg(group, signal.SIGSTOP)
     try:
+        deadline = time.monotonic() + 10
+        while not _all_threads_stopped(pid):
+            assert time.monotonic() < deadline, "Kafka's threads did not stop within 10 s"
+            await asyncio.sleep(0.005)
         yield
     finally:
         os.killpg(group, signal.SIGCONT)
