@@ -30,6 +30,8 @@ P_NATS_MONITOR="${TESTENV_NATS_MONITOR_PORT:-28222}"
 P_KAFKA_SASL="${TESTENV_KAFKA_SASL_PORT:-29094}"
 P_REDIS_TLS="${TESTENV_REDIS_TLS_PORT:-26380}"
 P_RABBITMQ_TLS="${TESTENV_RABBITMQ_TLS_PORT:-25671}"
+P_NATS_TLS="${TESTENV_NATS_TLS_PORT:-24223}"
+P_NATS_TLS_MONITOR="${TESTENV_NATS_TLS_MONITOR_PORT:-28223}"
 # Certificates and the secure listeners' test user, made once per state folder.
 SECURE_DIR="$STATE_DIR/secure"
 SECURE_USER="ductape"
@@ -112,6 +114,7 @@ stop_component() {
       stop_bg rabbitmq
       stop_bg epmd ;;
     kube) stop_bg kube-controller-manager; stop_bg kube-apiserver; stop_bg etcd ;;
+    nats) stop_bg nats-tls; stop_bg nats ;;
     *) stop_bg "$1" ;;
   esac
 }

@@ -17,7 +17,7 @@ status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 
 left=""
-for name in etcd kube-apiserver kube-controller-manager kafka redis rabbitmq epmd pubsub sqs nats; do
+for name in etcd kube-apiserver kube-controller-manager kafka redis rabbitmq epmd pubsub sqs nats nats-tls; do
   if [ -s "$STATE_DIR/$name/pid" ]; then left="$left $name"; fi
   rm -rf "$STATE_DIR/$name/data"
 done

@@ -326,8 +326,13 @@ nats_answers() {
   "${PROBE[@]}" http "http://127.0.0.1:$P_NATS_MONITOR/healthz?js-enabled-only=true" --expect ok
 }
 up_nats() {
-  local bin d="$STATE_DIR/nats"
+  local bin
   bin="$(build nats build-nats.sh)"
+  up_nats_plain "$bin"
+  up_nats_tls "$bin"
+}
+up_nats_plain() {
+  local bin="$1" d="$STATE_DIR/nats"
   running nats nats_answers && { log "nats: already running"; return 0; }
   fresh nats "$P_NATS" "$P_NATS_MONITOR"
   cat >"$d/nats.conf" <<EOF
@@ -350,6 +355,30 @@ EOF
   start_bg nats "$bin" -c "$d/nats.conf"
   started nats
   ready nats 60 nats_answers
+}
+
+# The secure listener: a second server (a NATS server has one client port, and with TLS
+# on it every client must use TLS), requiring TLS and the secure user. Client
+# certificates are not requested: NATS has no "verify when presented" mode.
+nats_tls_answers() {
+  "${PROBE[@]}" http "http://127.0.0.1:$P_NATS_TLS_MONITOR/healthz?js-enabled-only=true" --expect ok
+}
+up_nats_tls() {
+  local bin="$1" d="$STATE_DIR/nats-tls" s="$SECURE_DIR"
+  running nats-tls nats_tls_answers && { log "nats-tls: already running"; return 0; }
+  fresh nats-tls "$P_NATS_TLS" "$P_NATS_TLS_MONITOR"
+  cat >"$d/nats.conf" <<EOF
+server_name: ductape-testenv-$P_NATS_TLS
+host: 127.0.0.1
+port: $P_NATS_TLS
+http: 127.0.0.1:$P_NATS_TLS_MONITOR
+jetstream { store_dir: "$d/data" }
+tls { cert_file: "$s/server.crt", key_file: "$s/server.key", ca_file: "$s/ca.crt" }
+authorization { user: "$SECURE_USER", password: "$(secure_password)" }
+EOF
+  start_bg nats-tls "$bin" -c "$d/nats.conf"
+  started nats-tls
+  ready nats-tls 60 nats_tls_answers
 }
 
 up_helm() { build helm build-helm.sh >/dev/null; }
@@ -515,6 +544,9 @@ write_env() {
       echo "export NATS_URL='nats://127.0.0.1:$P_NATS'"
       echo "export NATS_MONITOR_URL='http://127.0.0.1:$P_NATS_MONITOR'"
       echo "export NATS_USERNAME='$SECURE_USER' NATS_PASSWORD='$pw'"
+    fi
+    if alive nats-tls; then
+      echo "export NATS_TLS_URL='tls://$SECURE_USER:$pw@127.0.0.1:$P_NATS_TLS'"
     fi
     echo "export PATH='$path'\"\$PATH\""
   } >"$f.tmp"

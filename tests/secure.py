@@ -1,7 +1,7 @@
 """The local stack's secure listeners as MessageBroker configs, for provider and e2e tests.
 
-`hack/testenv-up.sh` exports `TESTENV_CA_FILE`, `REDIS_TLS_URL`, `AMQPS_URL` and
-`KAFKA_SASL_*`; its server certificates are issued for IP 127.0.0.1 only, so
+`hack/testenv-up.sh` exports `TESTENV_CA_FILE`, `REDIS_TLS_URL`, `AMQPS_URL`,
+`NATS_TLS_URL` and `KAFKA_SASL_*`; its server certificates are issued for IP 127.0.0.1 only, so
 `localhost` is a host name mismatch. A client certificate for mutual TLS sits
 next to the CA (`client.crt`, `client.key`).
 """
@@ -22,11 +22,12 @@ from cryptography.x509.oid import NameOID
 from ductape_operator import models
 
 T = models.MessageBrokerTypes
-SECURE_TYPES = (T.KAFKA, T.REDIS, T.RABBITMQ)
+SECURE_TYPES = (T.KAFKA, T.REDIS, T.RABBITMQ, T.NATS)
+#: The URL of each secure listener that is one (Kafka's is a list of brokers).
+URL_VARIABLES = {T.REDIS: "REDIS_TLS_URL", T.RABBITMQ: "AMQPS_URL", T.NATS: "NATS_TLS_URL"}
 NEEDED = (
     "TESTENV_CA_FILE",
-    "REDIS_TLS_URL",
-    "AMQPS_URL",
+    *URL_VARIABLES.values(),
     "KAFKA_SASL_BOOTSTRAP_SERVERS",
     "KAFKA_SASL_USERNAME",
     "KAFKA_SASL_PASSWORD",
@@ -97,15 +98,18 @@ def secure_config(
             },
         }
     else:
-        url = urllib.parse.urlsplit(env["REDIS_TLS_URL" if type_ is T.REDIS else "AMQPS_URL"])
+        url = urllib.parse.urlsplit(env[URL_VARIABLES[type_]])
         server_host = url.hostname or "127.0.0.1"
+        port = str(url.port)
         config = {
-            "host": host or server_host,
-            "port": url.port,
             "username": urllib.parse.unquote(url.username or ""),
             "password": _ref(creds, "password"),
             "tls": True,
         }
+        if type_ is T.NATS:
+            config["servers"] = [f"nats://{host or server_host}:{port}"]
+        else:
+            config.update(host=host or server_host, port=url.port)
     if ca is not None:
         secrets[ca_secret] = {"ca.crt": stack_ca(env) if ca == "stack" else ca}
         config["ca"] = _ref(ca_secret, "ca.crt")
@@ -114,7 +118,7 @@ def secure_config(
         secrets[client] = {"tls.crt": cert, "tls.key": key}
         config["clientCert"] = _ref(client, "tls.crt")
         config["clientKey"] = _ref(client, "tls.key")
-    address = f"{host or server_host}:{port if type_ is T.KAFKA else url.port}"
+    address = f"{host or server_host}:{port}"
     return Secure(config, secrets, address, secret)
 
 

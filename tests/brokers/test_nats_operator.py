@@ -16,6 +16,7 @@ from ductape_operator.brokers.nats import entries
 from ductape_operator.brokers.nats.operator import NatsProvider
 from ductape_operator.providers import base
 from tests.brokers.conftest import PrivateServer, nats_config, unique_topic
+from tests.messaging import outage
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(180)]
 
@@ -246,6 +247,40 @@ async def test_refused_credentials_are_an_auth_failure(nats_env: dict[str, str])
         await provider.probe(5)
     assert "wrong-password" not in str(refused.value)
     await provider.aclose()
+
+
+async def test_tls_wanted_refuses_a_server_that_does_not_require_it(
+    nats_env: dict[str, str],
+) -> None:
+    # nats-py would send CONNECT, the password in it, in plain text here; the Go client
+    # refuses, and so does the provider. The proxy shows what went on the wire.
+    host, _, port = nats_env["NATS_URL"].removeprefix("nats://").rpartition(":")
+    proxy = outage.Proxy(host, int(port))
+    await proxy.start()
+    try:
+        for tls in (False, True):
+            config, secrets = nats_config(
+                [f"nats://{proxy.address}"],
+                username=nats_env["NATS_USERNAME"],
+                password=nats_env["NATS_PASSWORD"],
+            )
+            if tls:
+                config = config.model_copy(update={"tls": True})
+            proxy.sent.clear()
+            provider = NatsProvider(config, secrets)
+            try:
+                if tls:
+                    with pytest.raises(errors.BrokerTLSError, match="secure connection"):
+                        await provider.probe(5)
+                else:
+                    await provider.probe(5)  # the control: the same server, no TLS wanted
+            finally:
+                await provider.aclose()
+            wire = bytes(proxy.sent)
+            assert (b"CONNECT" in wire) is not tls, wire[:200]
+            assert (nats_env["NATS_PASSWORD"].encode() in wire) is not tls
+    finally:
+        await proxy.stop()
 
 
 async def test_binding_entries(nats_env: dict[str, str]) -> None:

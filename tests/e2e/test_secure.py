@@ -21,10 +21,13 @@ import pytest
 
 from ductape_operator.messaging import Broker
 from tests import secure as secure_
+from tests.brokers import nats as nats_kit
 from tests.e2e import kit
 from tests.e2e.conftest import HEALTH_INTERVAL, OperatorProcess
 
 TYPES = [t.value for t in secure_.SECURE_TYPES]
+#: The endpoint's scheme on each secure listener.
+SCHEMES = {"KAFKA": "kafka", "REDIS": "rediss", "RABBITMQ": "amqps", "NATS": "tls"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,6 +107,26 @@ async def exists_on_broker(type_: str, entry: dict[str, Any]) -> bool:
             return set(subs) <= groups
         finally:
             await client.aclose()
+    if type_ == "NATS":
+        import nats
+        import nats.js.errors as js_errors
+
+        url = urllib.parse.urlsplit(os.environ["NATS_TLS_URL"])
+        client = await nats.connect(
+            f"tls://{url.hostname}:{url.port}",
+            user=url.username,
+            password=url.password,
+            tls=_context(),
+        )
+        try:
+            js = client.jetstream()
+            try:
+                durables = {c.name for c in await js.consumers_info(nats_kit.stream(name))}
+            except js_errors.NotFoundError:
+                return False
+            return set(subs) <= durables
+        finally:
+            await client.close()
     import aio_pika
 
     connection = await aio_pika.connect(os.environ["AMQPS_URL"], ssl_context=_context())
@@ -133,7 +156,7 @@ async def test_secure_env_goes_ready_and_the_client_uses_the_secret(
     obj = kube.wait_condition(namespace, name, "True", "AllEnvsReady")
 
     endpoint = obj["status"]["envs"][0]["endpoint"]
-    assert endpoint.startswith({"KAFKA": "kafka://", "REDIS": "rediss://"}.get(type_, "amqps://"))
+    assert endpoint.startswith(f"{SCHEMES[type_]}://")
     secret = kube.secret(namespace, f"{name}-dev")
     assert secret is not None
     # The Secret carries what the client needs: the CA (Service Binding style) and TLS on.
@@ -147,7 +170,7 @@ async def test_secure_env_goes_ready_and_the_client_uses_the_secret(
         assert secret["security-protocol"] == "SASL_SSL"
         assert secret["sasl-mechanism"] == "SCRAM-SHA-512"
     else:
-        assert urllib.parse.urlsplit(secret["uri"]).scheme in ("rediss", "amqps")
+        assert urllib.parse.urlsplit(secret["uri"]).scheme == SCHEMES[type_]
     entry = kit.topics_json(secret)["t0"]
     assert await exists_on_broker(type_, entry)
 

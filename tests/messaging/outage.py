@@ -113,6 +113,8 @@ class Proxy:
     """A TCP forwarder on 127.0.0.1 to `target`; `stop()` is the outage, `start()` the cure.
 
     It keeps its port across restarts, so clients reconnect to the same address.
+    `sent` holds every byte the clients sent through it, for tests of what goes on
+    the wire.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -120,6 +122,7 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
+        self.sent = bytearray()
 
     @property
     def address(self) -> str:
@@ -149,16 +152,24 @@ class Proxy:
             return
         self._writers.update((writer, up_writer))
         await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+            self._pipe(reader, up_writer, self.sent),
+            self._pipe(up_reader, writer),
+            return_exceptions=True,
         )
         for w in (writer, up_writer):
             self._writers.discard(w)
             w.transport.abort()
 
     @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        record: bytearray | None = None,
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if record is not None:
+                    record += data
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -6,12 +6,14 @@ The operator's own code is not used here: this checks the stack the secure tests
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
 import urllib.parse
 
 import aio_pika
+import nats
 import pytest
 import redis.asyncio
 from aiokafka import errors as kafka_errors
@@ -87,3 +89,22 @@ async def test_kafka_sasl_ssl_listener_takes_the_scram_user_only(env: dict[str, 
     with pytest.raises(kafka_errors.KafkaConnectionError):
         await refused.start()
     await refused.close()
+
+
+async def test_nats_tls_server_requires_tls_and_the_user(env: dict[str, str]) -> None:
+    url = urllib.parse.urlsplit(env["NATS_TLS_URL"])
+    server = f"tls://{url.hostname}:{url.port}"
+    client = await nats.connect(
+        server, user=url.username, password=url.password, tls=context(env), connect_timeout=10
+    )
+    try:
+        info = await client.jetstream().account_info()
+        assert info.limits is not None  # JetStream answers on the secure server too
+    finally:
+        await client.close()
+    # Its INFO, the first line on the wire, tells every client to start TLS.
+    with socket.create_connection((url.hostname or "", url.port or 0), timeout=5) as raw:
+        info_line = raw.makefile("rb").readline()
+    assert info_line.startswith(b"INFO ")
+    info = json.loads(info_line.removeprefix(b"INFO "))
+    assert info["tls_required"] is True and info["auth_required"] is True

@@ -12,11 +12,13 @@ KIND = BrokerKind(
     title="NATS JetStream",
     package=__name__,
     required=frozenset({"servers"}),
-    optional=frozenset({"username", "password", "credentials", "tls"}),
+    optional=frozenset(
+        {"username", "password", "credentials", "tls", "ca", "clientCert", "clientKey"}
+    ),
     identity_fields=("servers",),
     tls_flag="tls",
     required_entries=(("servers", "uri"),),
-    entries=("servers", "username", "password", "credentials"),
+    entries=("servers", "username", "password", "credentials", "ca.crt", "tls.crt", "tls.key"),
     sdk_loggers=("nats",),
     provider="operator:NatsProvider",
 )

@@ -20,7 +20,7 @@ ServerUrl = Annotated[
 ]
 
 
-class NatsConfig(schema.ConfigModel):
+class NatsConfig(schema.TrustFields):
     """An env's NATS servers and account credentials."""
 
     servers: Annotated[

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import ssl
+from typing import Any
 
-import nats
+import nats.errors
 from nats.aio.client import Client, RawCredentials
 
 from ductape_operator.brokers.nats.entries import Entries
@@ -33,6 +34,21 @@ class LastError:
         logger.debug("nats: %s", exc)
 
 
+class _Client(Client):
+    """nats-py's client, refusing a server that does not require TLS when TLS is wanted.
+
+    nats-py upgrades to TLS only when the server's INFO says `tls_required`; else it
+    sends CONNECT, the password included, in plain text, whatever the client asked
+    for. Like the Go client, refuse such a server before anything is sent
+    (`SecureConnWantedError`: TLSFailed, README.md "Secure connections").
+    """
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection and "tls" in self.options and not info.get("tls_required"):
+            raise nats.errors.SecureConnWantedError
+        await super()._process_info(info, initial_connection)
+
+
 async def connect(
     connection: Entries,
     *,
@@ -42,7 +58,8 @@ async def connect(
     tls_context: ssl.SSLContext | None = None,
 ) -> Client:
     """An open connection to the first server that answers; raises nats-py's errors."""
-    options: dict[str, object] = {}
+    # Seconds as floats: nats-py annotates them `int` but hands them to asyncio as they are.
+    options: dict[str, Any] = {"connect_timeout": timeout, "reconnect_time_wait": 0.1}
     if connection.credentials:
         options["user_credentials"] = RawCredentials(connection.credentials)
     elif connection.username:
@@ -50,13 +67,13 @@ async def connect(
         options["password"] = connection.password or ""
     if connection.tls:
         options["tls"] = tls_context or ssl.create_default_context()
-    return await nats.connect(
+    client = _Client()
+    await client.connect(
         list(connection.servers),
         name=name,
-        connect_timeout=timeout,
         allow_reconnect=False,
         max_reconnect_attempts=1,
-        reconnect_time_wait=0.1,
         error_cb=last_error.callback,
         **options,
     )
+    return client
