@@ -98,7 +98,11 @@ def _port_open(port: int) -> bool:
 
 
 class PrivateServer:
-    """A nats-server of the stack's build with JetStream, on its own port and data folder."""
+    """A nats-server of the stack's build with JetStream, on its own port and data folder.
+
+    `config`, when set before `start`, is the whole server config instead (it must
+    name `port` and put JetStream's store under `data`).
+    """
 
     def __init__(self, binary: str, data: pathlib.Path) -> None:
         self.binary = binary
@@ -106,10 +110,17 @@ class PrivateServer:
         self.port = _free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self.config: str | None = None
 
     def start(self, timeout: float = 60.0) -> None:
+        args = ["-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.data)]
+        if self.config is not None:
+            self.data.mkdir(parents=True, exist_ok=True)
+            path = self.data / "nats.conf"
+            path.write_text(self.config)
+            args = ["-c", str(path)]
         self.process = subprocess.Popen(
-            [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.data)],
+            [self.binary, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
