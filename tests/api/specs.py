@@ -213,9 +213,11 @@ def mutated_specs(draw: st.DrawFn) -> Spec:
     """A valid-ish spec with, most of the time, one deliberate mistake."""
     base = draw(valid_ish_specs())
     result = copy.deepcopy(base)
+    # Unmutated three times in four: about half of the valid-ish specs are valid as they
+    # are, so both verdicts stay well represented (test_property checks the mix).
     mutation = (
         "none"
-        if draw(st.booleans())
+        if draw(st.booleans()) or draw(st.booleans())
         else draw(
             st.sampled_from(
                 [

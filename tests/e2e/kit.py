@@ -327,6 +327,30 @@ def invalid_broker(name: str) -> dict[str, Any]:
     }
 
 
+def assert_outage_reported_and_recovers(
+    kube: Kube,
+    ns: str,
+    name: str,
+    *,
+    stop: Callable[[], None],
+    start: Callable[[], None],
+    health_interval: float,
+) -> None:
+    """A Ready resource whose broker `stop`s: Ready=False with BrokerUnreachable, the env
+    Degraded and Healthy=False, within two health intervals (plus the probe timeout and
+    slack for a busy machine); after `start`, Ready again without anyone's help."""
+    kube.wait_condition(ns, name, "True", "AllEnvsReady")
+    stop()
+    obj = kube.wait_condition(
+        ns, name, "False", "BrokerUnreachable", timeout=2 * health_interval + 20
+    )
+    assert obj["status"]["envs"][0]["phase"] == "Degraded"
+    healthy = kube.condition(ns, name, "Healthy")
+    assert healthy is not None and healthy["status"] == "False"
+    start()
+    kube.wait_condition(ns, name, "True", "AllEnvsReady", timeout=2 * health_interval + 30)
+
+
 class PrivateRedis:
     def __init__(self, workdir: pathlib.Path) -> None:
         self.workdir = workdir

@@ -135,19 +135,14 @@ def test_broker_outage_is_reported_and_recovers(
     name = kit.unique("down")
     kube.create_secret(namespace, "redis-auth", {"password": private_redis.password})
     kube.apply(namespace, private_redis.manifest(name))
-    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
-
-    private_redis.stop()
-    # Within two health intervals, plus the probe timeout and some slack for a busy machine.
-    obj = kube.wait_condition(
-        namespace, name, "False", "BrokerUnreachable", timeout=2 * HEALTH_INTERVAL + 20
+    kit.assert_outage_reported_and_recovers(
+        kube,
+        namespace,
+        name,
+        stop=private_redis.stop,
+        start=private_redis.start,
+        health_interval=HEALTH_INTERVAL,
     )
-    assert obj["status"]["envs"][0]["phase"] == "Degraded"
-    healthy = kube.condition(namespace, name, "Healthy")
-    assert healthy is not None and healthy["status"] == "False"
-
-    private_redis.start()
-    kube.wait_condition(namespace, name, "True", "AllEnvsReady", timeout=2 * HEALTH_INTERVAL + 30)
 
 
 async def test_paused_resource_is_left_alone_until_resumed(kube: kit.Kube, namespace: str) -> None:
