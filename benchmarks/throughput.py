@@ -4,7 +4,7 @@ For each provider of the local stack: a fresh topic with one subscription; the
 raw SDK publishes N 1 KiB messages with delivery confirmed and then consumes
 and acknowledges them, and the client (`Broker.publish_many`, then `subscribe`)
 does the same, in the same run. Like with like: where the raw side consumes and
-settles per batch (Kafka, Redis, Pub/Sub, SQS) the client's figure is its batch
+settles per batch (Kafka, Redis, Pub/Sub, SQS, NATS) the client's figure is its batch
 path (`receive_many`, then `ack_many`), where it acks each message (RabbitMQ) the
 client's is the per-message iterator (`ack()` per message); the per-message
 iterator's consume figure is printed beside the batch one. Printed: messages per
@@ -313,10 +313,13 @@ async def _raw_nats(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[fl
         async def publish() -> None:
             await asyncio.gather(*(js.publish(subject, p) for p in payloads))
 
+        pub = await _timed(publish, n)
+        # As the client's subscribe() does: bound before the timer.
+        pull = await js.pull_subscribe_bind(
+            topic.subscription("bench"), stream=subject.replace(".", "-")
+        )
+
         async def consume() -> None:
-            pull = await js.pull_subscribe_bind(
-                topic.subscription("bench"), stream=subject.replace(".", "-")
-            )
             seen = 0
             while seen < n:
                 try:
@@ -328,7 +331,7 @@ async def _raw_nats(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[fl
                     await m.ack()
                 seen += len(got)
 
-        return await _timed(publish, n), await _timed(consume, n)
+        return pub, await _timed(consume, n)
     finally:
         await client.close()
 
@@ -379,7 +382,7 @@ async def _client(
 
 #: Providers whose raw side consumes and settles per batch: the client's figure there is
 #: `receive_many` and `ack_many`, like with like; its per-message iterator is printed beside.
-BATCHED = {"kafka", "redis", "google-pubsub", "aws-sqs"}
+BATCHED = {"kafka", "redis", "google-pubsub", "aws-sqs", "nats"}
 
 
 async def _one(kind: str) -> dict[str, list[float]]:
