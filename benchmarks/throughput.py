@@ -236,6 +236,9 @@ async def _raw_pubsub(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[
 
         async def consume() -> None:
             seen = 0
+            # Each batch's acknowledge goes out while the next pull is under way (as the
+            # client's do), all of them awaited before the clock stops.
+            acks: list[asyncio.Task[None]] = []
             while seen < n:
                 response = await subscriber.pull(subscription=sub_path, max_messages=100)
                 ids = []
@@ -243,8 +246,13 @@ async def _raw_pubsub(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[
                     _use(received.message.data, received.message.attributes)
                     ids.append(received.ack_id)
                 if ids:
-                    await subscriber.acknowledge(subscription=sub_path, ack_ids=ids)
+                    acks.append(
+                        asyncio.create_task(
+                            subscriber.acknowledge(subscription=sub_path, ack_ids=ids)
+                        )
+                    )
                 seen += len(ids)
+            await asyncio.gather(*acks)
 
         return await _timed(publish, n), await _timed(consume, n)
     finally:

@@ -301,7 +301,21 @@ class PubSubConsumer:
 
     def _message(self, received: Any) -> message_.Message:
         pubsub_message = received.message
-        wire = dict(pubsub_message.attributes)
+        attributes = pubsub_message.attributes
+        if not attributes:
+            # The common case since the id is Pub/Sub's own: nothing to split.
+            return message_.Message(
+                data=pubsub_message.data,
+                headers={},
+                id=pubsub_message.message_id,
+                content_type=message_.OCTET_STREAM,
+                topic=self._tag,
+                subscription=self._subscription,
+                settler=self,
+                token=received.ack_id,
+                delivery_count=received.delivery_attempt or None,
+            )
+        wire = dict(attributes)
         key = wire.pop(KEY_ATTRIBUTE, None)
         return message_.make_message(
             data=bytes(pubsub_message.data),
