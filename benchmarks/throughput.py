@@ -23,7 +23,8 @@ and acknowledges per pulled batch; SQS sends batches of 10 (16 in flight) and
 deletes per received batch; NATS publishes with `publish_async` (acks awaited
 together), fetches 100 at a time and acks each message on its reply subject (JetStream
 has no batch ack; the client's `ack_many` sends the same acks). Environment:
-BENCH_MESSAGES (default 2000), BENCH_PROVIDERS (comma list of binding types; default:
+BENCH_MESSAGES (default 2000; BENCH_SQS_MESSAGES 500, BENCH_PUBSUB_MESSAGES 10000,
+BENCH_NATS_MESSAGES 4000), BENCH_PROVIDERS (comma list of binding types; default:
 every configured one).
 """
 
@@ -49,6 +50,11 @@ from ductape_operator.messaging import Broker
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "2000"))
 #: moto's SQS receive scans the whole queue, so deep queues measure moto, not clients.
 N_SQS = int(os.environ.get("BENCH_SQS_MESSAGES", "500"))
+#: Where 2,000 messages pass in a few tens of milliseconds (two Publish calls on Pub/Sub),
+#: a longer run, so that one scheduling hiccup of a shared machine does not make the figure.
+N_PUBSUB = int(os.environ.get("BENCH_PUBSUB_MESSAGES", "10000"))
+N_NATS = int(os.environ.get("BENCH_NATS_MESSAGES", "4000"))
+COUNTS = {"aws-sqs": N_SQS, "google-pubsub": N_PUBSUB, "nats": N_NATS}
 PAYLOAD_SIZE = 1024
 #: Alternating raw and client runs per provider; the best of each is reported.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
@@ -400,7 +406,7 @@ BATCHED = {"kafka", "redis", "google-pubsub", "aws-sqs", "nats"}
 async def _one(kind: str) -> dict[str, list[float]]:
     """Best of ROUNDS alternating raw and client runs, each on a fresh topic:
     side -> [publish, consume] messages per second."""
-    payloads = _payloads(N_SQS if kind == "aws-sqs" else MESSAGES)
+    payloads = _payloads(COUNTS.get(kind, MESSAGES))
     sides: dict[str, Callable[[stack.Provisioned, list[bytes]], Awaitable[tuple[float, float]]]]
     sides = {
         "raw": RAW[kind],
@@ -426,7 +432,8 @@ def run() -> None:
     wanted = os.environ.get("BENCH_PROVIDERS")
     kinds = [k for k in stack.PROVIDERS if not wanted or k in wanted.split(",")]
     print(
-        f"throughput: {MESSAGES} messages ({N_SQS} on SQS) of {PAYLOAD_SIZE} B; "
+        f"throughput: {MESSAGES} messages ({N_SQS} on SQS, {N_PUBSUB} on Pub/Sub, "
+        f"{N_NATS} on NATS) of {PAYLOAD_SIZE} B; "
         "messages/s, client / raw SDK = ratio"
     )
     header = f"{'provider':<14} {'publish raw':>12} {'client':>10} {'ratio':>6}"
@@ -450,7 +457,7 @@ def run() -> None:
         )
         row: dict[str, Any] = {
             "provider": kind,
-            "messages": N_SQS if kind == "aws-sqs" else MESSAGES,
+            "messages": COUNTS.get(kind, MESSAGES),
             "consume_batched": kind in BATCHED,
             **{
                 f"{side}_{op}": round(rate)
