@@ -4,11 +4,13 @@ fields, TLS, and why a connect failed (nats-py says it only to its error callbac
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from typing import Any
 
 import nats.errors as nats_errors
+import nats.js.errors as js_errors
 import pytest
 from nats.aio.msg import Msg
 
@@ -171,3 +173,25 @@ def test_a_received_id_comes_from_ductape_id_then_the_dedup_header_then_the_sequ
         message_.OCTET_STREAM,
     )
     assert _received({"ductape-other": "dropped"}).headers == {}
+
+
+async def test_publish_acks_time_out_without_progress_and_raise_the_first_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client, "REQUEST_TIMEOUT", 0.05)
+    loop = asyncio.get_running_loop()
+    answered, silent = loop.create_future(), loop.create_future()
+    answered.set_result("ack")
+    with pytest.raises(nats_errors.TimeoutError):
+        await client._all_acked([answered, silent])
+    with pytest.raises(nats_errors.TimeoutError):
+        await client._acked(silent)
+    late = loop.create_future()
+    loop.call_later(0.02, late.set_result, "ack")
+    await client._all_acked([answered, late])
+    refused = loop.create_future()
+    refused.set_exception(js_errors.APIError(code=503, description="busy"))
+    with pytest.raises(js_errors.APIError):
+        await client._all_acked([answered, refused])
+    client._release([answered, silent, refused])
+    assert silent.cancelled(), "an ack still awaited is given up (nats-py frees its slot)"

@@ -156,24 +156,25 @@ class NatsTransport:
             js = await self.jetstream()
             # Sent without waiting, then the acks awaited together: nats-py's
             # `publish_async`, a fraction of what a request per message costs
-            # (`js.publish`: an inbox future and a timer each). At most WINDOW at a
-            # time, so that nats-py's own limit never blocks a publish (it would wait
-            # for acks a closed connection never brings, without a timeout).
-            for start in range(0, len(messages), WINDOW):
-                sent: list[asyncio.Future[Any]] = []
-                try:
-                    for m in messages[start : start + WINDOW]:
-                        sent.append(await js.publish_async(subject, m.data, headers=_headers(m)))
-                    await _acked(sent)
-                except (nats_sdk_errors.NoRespondersError, js_sdk_errors.NoStreamResponseError):
-                    # Nothing stores this subject: no stream, so no topic (or JetStream
-                    # is off).
-                    raise errors.ProvisioningError(
-                        f"{self.where}: no stream stores subject {subject!r} "
-                        f"(is topic {route.tag!r} provisioned?)"
-                    ) from None
-                finally:
-                    _release(sent)
+            # (`js.publish`: an inbox future and a timer each). At most WINDOW in
+            # flight: past it the oldest ack is awaited first (under a timeout), so that
+            # nats-py's own limit never blocks a publish (it would wait, without a
+            # timeout, for acks a closed connection never brings).
+            sent: list[asyncio.Future[Any]] = []
+            try:
+                for m in messages:
+                    if len(sent) >= WINDOW:
+                        await _acked(sent[-WINDOW])
+                    sent.append(await js.publish_async(subject, m.data, headers=_headers(m)))
+                await _all_acked(sent)
+            except (nats_sdk_errors.NoRespondersError, js_sdk_errors.NoStreamResponseError):
+                # Nothing stores this subject: no stream, so no topic (or JetStream is off).
+                raise errors.ProvisioningError(
+                    f"{self.where}: no stream stores subject {subject!r} "
+                    f"(is topic {route.tag!r} provisioned?)"
+                ) from None
+            finally:
+                _release(sent)
 
         await self.retrying(send, "publish", self.link)
 
@@ -188,18 +189,25 @@ class NatsTransport:
         return NatsConsumer(self, route, subscription, physical, options)
 
 
-async def _acked(sent: list[asyncio.Future[Any]]) -> None:
+async def _acked(future: asyncio.Future[Any]) -> None:
+    """Wait for one publish ack; nats-py's `TimeoutError` after `REQUEST_TIMEOUT`."""
+    if not future.done():
+        done, _ = await asyncio.wait([future], timeout=REQUEST_TIMEOUT)
+        if not done:
+            raise nats_sdk_errors.TimeoutError
+    future.result()
+
+
+async def _all_acked(sent: list[asyncio.Future[Any]]) -> None:
     """Wait for every publish ack; raise the first error, or nats-py's `TimeoutError`
     when none came for `REQUEST_TIMEOUT` seconds (a closed connection answers nothing)."""
-    pending: set[asyncio.Future[Any]] = set(sent)
+    pending = {f for f in sent if not f.done()}
     while pending:
         done, pending = await asyncio.wait(pending, timeout=REQUEST_TIMEOUT)
         if not done:
             raise nats_sdk_errors.TimeoutError
-        failed = [f.exception() for f in done if not f.cancelled() and f.exception()]
-        if failed:
-            assert failed[0] is not None
-            raise failed[0]
+    for future in sent:
+        future.result()
 
 
 def _release(sent: list[asyncio.Future[Any]]) -> None:
