@@ -4,7 +4,7 @@ For each provider of the local stack: a fresh topic with one subscription; the
 raw SDK publishes N 1 KiB messages with delivery confirmed and then consumes
 and acknowledges them, and the client (`Broker.publish_many`, then `subscribe`)
 does the same, in the same run. Like with like: where the raw side consumes and
-settles per batch (Kafka, Redis, Pub/Sub, SQS) the client's figure is its batch
+settles per batch (Kafka, Redis, Pub/Sub, SQS, NATS) the client's figure is its batch
 path (`receive_many`, then `ack_many`), where it acks each message (RabbitMQ) the
 client's is the per-message iterator (`ack()` per message); the per-message
 iterator's consume figure is printed beside the batch one. Printed: messages per
@@ -20,8 +20,12 @@ SDK's auto-commit (the fastest it offers; the client commits acked offsets); Red
 pipelines XADD and XACKs per batch; RabbitMQ publishes with confirms and
 `mandatory`, and acks each message; Pub/Sub publishes 1000 messages per call
 and acknowledges per pulled batch; SQS sends batches of 10 (16 in flight) and
-deletes per received batch. Environment: BENCH_MESSAGES (default 2000),
-BENCH_PROVIDERS (comma list of binding types; default: every configured one).
+deletes per received batch; NATS publishes with `publish_async` (acks awaited
+together), fetches 100 at a time and acks each message on its reply subject (JetStream
+has no batch ack; the client's `ack_many` sends the same acks). Environment:
+BENCH_MESSAGES (default 2000; BENCH_SQS_MESSAGES 500, BENCH_PUBSUB_MESSAGES 10000,
+BENCH_NATS_MESSAGES 4000), BENCH_PROVIDERS (comma list of binding types; default:
+every configured one).
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ from ductape_operator.messaging import Broker
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "2000"))
 #: moto's SQS receive scans the whole queue, so deep queues measure moto, not clients.
 N_SQS = int(os.environ.get("BENCH_SQS_MESSAGES", "500"))
+#: Where 2,000 messages pass in a few tens of milliseconds (two Publish calls on Pub/Sub),
+#: a longer run, so that one scheduling hiccup of a shared machine does not make the figure.
+N_PUBSUB = int(os.environ.get("BENCH_PUBSUB_MESSAGES", "10000"))
+N_NATS = int(os.environ.get("BENCH_NATS_MESSAGES", "4000"))
+COUNTS = {"aws-sqs": N_SQS, "google-pubsub": N_PUBSUB, "nats": N_NATS}
 PAYLOAD_SIZE = 1024
 #: Alternating raw and client runs per provider; the best of each is reported.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
@@ -233,6 +242,9 @@ async def _raw_pubsub(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[
 
         async def consume() -> None:
             seen = 0
+            # Each batch's acknowledge goes out while the next pull is under way (as the
+            # client's do), all of them awaited before the clock stops.
+            acks: list[asyncio.Task[None]] = []
             while seen < n:
                 response = await subscriber.pull(subscription=sub_path, max_messages=100)
                 ids = []
@@ -240,8 +252,13 @@ async def _raw_pubsub(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[
                     _use(received.message.data, received.message.attributes)
                     ids.append(received.ack_id)
                 if ids:
-                    await subscriber.acknowledge(subscription=sub_path, ack_ids=ids)
+                    acks.append(
+                        asyncio.create_task(
+                            subscriber.acknowledge(subscription=sub_path, ack_ids=ids)
+                        )
+                    )
                 seen += len(ids)
+            await asyncio.gather(*acks)
 
         return await _timed(publish, n), await _timed(consume, n)
     finally:
@@ -299,8 +316,8 @@ async def _raw_sqs(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[flo
 
 
 async def _raw_nats(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
-    """JetStream publishes awaited together (each waits for its ack), then fetches of 100
-    from the durable pull consumer, each message acked."""
+    """JetStream publishes sent without waiting (`publish_async`) and their acks awaited
+    together, then fetches of 100 from the durable pull consumer, each message acked."""
     n = len(payloads)
     import nats
     import nats.errors
@@ -311,12 +328,16 @@ async def _raw_nats(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[fl
         subject = topic.name
 
         async def publish() -> None:
-            await asyncio.gather(*(js.publish(subject, p) for p in payloads))
+            acks = [await js.publish_async(subject, p) for p in payloads]
+            await asyncio.gather(*acks)
+
+        pub = await _timed(publish, n)
+        # As the client's subscribe() does: bound before the timer.
+        pull = await js.pull_subscribe_bind(
+            topic.subscription("bench"), stream=subject.replace(".", "-")
+        )
 
         async def consume() -> None:
-            pull = await js.pull_subscribe_bind(
-                topic.subscription("bench"), stream=subject.replace(".", "-")
-            )
             seen = 0
             while seen < n:
                 try:
@@ -328,7 +349,7 @@ async def _raw_nats(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[fl
                     await m.ack()
                 seen += len(got)
 
-        return await _timed(publish, n), await _timed(consume, n)
+        return pub, await _timed(consume, n)
     finally:
         await client.close()
 
@@ -379,13 +400,13 @@ async def _client(
 
 #: Providers whose raw side consumes and settles per batch: the client's figure there is
 #: `receive_many` and `ack_many`, like with like; its per-message iterator is printed beside.
-BATCHED = {"kafka", "redis", "google-pubsub", "aws-sqs"}
+BATCHED = {"kafka", "redis", "google-pubsub", "aws-sqs", "nats"}
 
 
 async def _one(kind: str) -> dict[str, list[float]]:
     """Best of ROUNDS alternating raw and client runs, each on a fresh topic:
     side -> [publish, consume] messages per second."""
-    payloads = _payloads(N_SQS if kind == "aws-sqs" else MESSAGES)
+    payloads = _payloads(COUNTS.get(kind, MESSAGES))
     sides: dict[str, Callable[[stack.Provisioned, list[bytes]], Awaitable[tuple[float, float]]]]
     sides = {
         "raw": RAW[kind],
@@ -411,7 +432,8 @@ def run() -> None:
     wanted = os.environ.get("BENCH_PROVIDERS")
     kinds = [k for k in stack.PROVIDERS if not wanted or k in wanted.split(",")]
     print(
-        f"throughput: {MESSAGES} messages ({N_SQS} on SQS) of {PAYLOAD_SIZE} B; "
+        f"throughput: {MESSAGES} messages ({N_SQS} on SQS, {N_PUBSUB} on Pub/Sub, "
+        f"{N_NATS} on NATS) of {PAYLOAD_SIZE} B; "
         "messages/s, client / raw SDK = ratio"
     )
     header = f"{'provider':<14} {'publish raw':>12} {'client':>10} {'ratio':>6}"
@@ -435,7 +457,7 @@ def run() -> None:
         )
         row: dict[str, Any] = {
             "provider": kind,
-            "messages": N_SQS if kind == "aws-sqs" else MESSAGES,
+            "messages": COUNTS.get(kind, MESSAGES),
             "consume_batched": kind in BATCHED,
             **{
                 f"{side}_{op}": round(rate)

@@ -128,6 +128,33 @@ async def test_nack_requeues_or_drops(nats_env: dict[str, str]) -> None:
             await transport.aclose()
 
 
+async def test_a_batch_past_the_in_flight_window_is_stored_once_in_order(
+    nats_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small window (nats-py's own in-flight limit is set from it at connect): a
+    # publish that did not wait for the oldest ack past it would block in nats-py.
+    monkeypatch.setattr(nats_client, "WINDOW", 16)
+    plan = unique_topic(subscriptions=("billing",))
+    async with provisioned(nats_env["NATS_URL"], plan) as binding:
+        transport = nats_client.make_transport(binding, OPTIONS)
+        await transport.start()
+        try:
+            route = binding.topic(plan.tag)
+            sent = [message_.OutgoingMessage.build(f"m{n}") for n in range(100)]
+            await asyncio.wait_for(transport.publish(route, sent), 30)
+            # Sent again (as a retry after a lost connection would): the server keeps one.
+            await asyncio.wait_for(transport.publish(route, sent[:20]), 30)
+            consumer = transport.consumer(route, "billing", "billing", OPTIONS)
+            await consumer.start()
+            got = await collect(consumer, 100)
+            assert [m.id for m in got] == [m.id for m in sent]
+            assert await consumer.fetch(10, 1.0) == [], "the resent 20 were not stored again"
+            await consumer.ack_many(got)
+            await consumer.aclose()
+        finally:
+            await transport.aclose()
+
+
 async def test_unprovisioned_topic_and_subscription_are_named(nats_env: dict[str, str]) -> None:
     plan = unique_topic(subscriptions=("billing",))
     location = base.TopicRoute(tag=plan.tag, name=plan.name, subscriptions={"billing": "billing"})

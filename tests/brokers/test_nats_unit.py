@@ -4,16 +4,20 @@ fields, TLS, and why a connect failed (nats-py says it only to its error callbac
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from typing import Any
 
 import nats.errors as nats_errors
+import nats.js.errors as js_errors
 import pytest
+from nats.aio.msg import Msg
 
 from ductape_operator import errors, models
 from ductape_operator.brokers.nats import client, entries
 from ductape_operator.brokers.nats.errors import classify
+from ductape_operator.messaging import message as message_
 from ductape_operator.providers import base, build_provider
 
 T = models.MessageBrokerTypes
@@ -108,3 +112,86 @@ def test_why_a_connect_failed_comes_from_the_error_callback(
     assert type(on_client) is (
         errors.BrokerAuthError if failure is errors.Failure.AUTH else errors.BrokerUnreachableError
     )
+
+
+# The reply subjects of a JetStream delivery: the older form, and the one with domain
+# and account hash (plus a random token) that newer servers send.
+_V1 = "$JS.ACK.orders-created.billing.3.41.17.1733380000000000000.5"
+_V2 = "$JS.ACK._.ACCHASH.orders-created.billing.3.41.17.1733380000000000000.5.rnd"
+
+
+@pytest.mark.parametrize("reply", [_V1, _V2, _V2.removesuffix(".rnd")])
+def test_a_delivery_reads_stream_sequence_and_count_as_nats_py_does(reply: str) -> None:
+    msg = Msg(None, subject="orders.created", reply=reply, data=b"")  # type: ignore[arg-type]
+    meta = Msg.Metadata._from_reply(reply)
+    assert client._delivery(msg) == ("orders-created", "41", 3)
+    assert (meta.stream, meta.sequence.stream, meta.num_delivered) == ("orders-created", 41, 3)
+
+
+def test_a_reply_subject_that_is_not_jetstreams_raises_nats_py_error() -> None:
+    with pytest.raises(nats_errors.Error):
+        client._delivery(Msg(None, subject="x", reply="_INBOX.abc", data=b""))  # type: ignore[arg-type]
+
+
+def _received(headers: dict[str, str] | None) -> message_.Message:
+    consumer = client.NatsConsumer.__new__(client.NatsConsumer)
+    consumer._tag, consumer._subscription = "orders", "billing"
+    msg = Msg(None, subject="orders.created", reply=_V2, data=b"{}", headers=headers)  # type: ignore[arg-type]
+    return consumer._message(msg)
+
+
+def test_the_id_travels_once_as_the_servers_dedup_header() -> None:
+    out = message_.OutgoingMessage.build({"n": 1}, key="k", headers={"trace": "t"})
+    wire = client._headers(out)
+    assert wire == {
+        "trace": "t",
+        client.MSG_ID_HEADER: out.id,
+        message_.CONTENT_TYPE_HEADER: message_.JSON,
+        client.KEY_HEADER: "k",
+    }
+    got = _received(wire)
+    assert (got.id, got.key, got.content_type, got.headers) == (
+        out.id,
+        "k",
+        message_.JSON,
+        {"trace": "t"},
+    )
+    assert got.delivery_count == 3
+    plain = client._headers(message_.OutgoingMessage.build(b"raw"))
+    assert list(plain) == [client.MSG_ID_HEADER], "octet-stream and no key: the id alone"
+
+
+def test_a_received_id_comes_from_ductape_id_then_the_dedup_header_then_the_sequence() -> None:
+    # ductape-id: what earlier versions of the client sent beside the dedup header.
+    both = _received({message_.ID_HEADER: "mine", client.MSG_ID_HEADER: "other", "x": "1"})
+    assert (both.id, both.headers) == ("mine", {"x": "1"})
+    assert _received({client.MSG_ID_HEADER: "server"}).id == "server"
+    bare = _received(None)
+    assert (bare.id, bare.headers, bare.content_type) == (
+        "orders-created:41",
+        {},
+        message_.OCTET_STREAM,
+    )
+    assert _received({"ductape-other": "dropped"}).headers == {}
+
+
+async def test_publish_acks_time_out_without_progress_and_raise_the_first_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client, "REQUEST_TIMEOUT", 0.05)
+    loop = asyncio.get_running_loop()
+    answered, silent = loop.create_future(), loop.create_future()
+    answered.set_result("ack")
+    with pytest.raises(nats_errors.TimeoutError):
+        await client._all_acked([answered, silent])
+    with pytest.raises(nats_errors.TimeoutError):
+        await client._acked(silent)
+    late = loop.create_future()
+    loop.call_later(0.02, late.set_result, "ack")
+    await client._all_acked([answered, late])
+    refused = loop.create_future()
+    refused.set_exception(js_errors.APIError(code=503, description="busy"))
+    with pytest.raises(js_errors.APIError):
+        await client._all_acked([answered, refused])
+    client._release([answered, silent, refused])
+    assert silent.cancelled(), "an ack still awaited is given up (nats-py frees its slot)"

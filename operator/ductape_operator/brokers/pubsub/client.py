@@ -1,7 +1,11 @@
 """Google Pub/Sub transport: publish to the topic, pull from the subscription.
 
-Application headers, the message id and the content type travel as message
-attributes (`ductape-id`, `ductape-content-type`; the key as `ductape-key`).
+Application headers and the content type travel as message attributes
+(`ductape-content-type`; the key as `ductape-key`). The message id is the one Pub/Sub
+gives each message in the publish response, which the consumer reads as `message_id`;
+the client's own id travels as the `ductape-id` attribute only where the server's
+would not do: an id the application chose, and a topic with a dead-letter topic (a
+message the service moves there gets a new server id, while the attribute stays).
 It uses the asyncio gRPC clients of google-cloud-pubsub directly: `publish_many`
 is one Publish call per 1000 messages, a consumer pulls batches of up to
 `prefetch` messages and acknowledges in batches. A received message's ack
@@ -69,6 +73,18 @@ def dead_letter_marks(headers: Mapping[str, str]) -> _transport.DeadLetterMarks 
         count=headers.get(_DEAD_LETTER_COUNT, ""),
         headers=tuple(name for name in headers if name.startswith(_DEAD_LETTER_MARKS)),
     )
+
+
+def _attributes(m: message_.OutgoingMessage, with_id: bool) -> dict[str, str]:
+    """A message's attributes: its headers, and the reserved ones it needs."""
+    attributes = dict(m.headers)
+    if with_id:
+        attributes[message_.ID_HEADER] = m.id
+    if m.content_type != message_.OCTET_STREAM:
+        attributes[message_.CONTENT_TYPE_HEADER] = m.content_type
+    if m.key is not None:
+        attributes[KEY_ATTRIBUTE] = m.key
+    return attributes
 
 
 def make_transport(binding: binding_.Binding, options: _transport.Options) -> PubSubTransport:
@@ -164,31 +180,49 @@ class PubSubTransport:
     ) -> None:
         assert route.name is not None
         topic = self.topic_path(route.name)
+        # Without a dead-letter topic the server's message id is the id: one attribute
+        # less to build, send and store for every message (docs/messaging.md).
+        own_ids = route.dead_letter is not None
         batch: list[Any] = []
+        sent: list[message_.OutgoingMessage] = []
         size = 0
         for m in messages:
-            attributes = m.wire_headers()
-            if m.key is not None:
-                attributes[KEY_ATTRIBUTE] = m.key
-            batch.append(_PB_MESSAGE(data=m.data, attributes=attributes))
-            size += len(m.data) + sum(len(k) + len(v) for k, v in attributes.items())
+            attributes = _attributes(m, own_ids or m.explicit_id)
+            if attributes:
+                batch.append(_PB_MESSAGE(data=m.data, attributes=attributes))
+                size += sum(len(k) + len(v) for k, v in attributes.items())
+            else:
+                batch.append(_PB_MESSAGE(data=m.data))
+            sent.append(m)
+            size += len(m.data)
             if len(batch) >= MAX_PUBLISH or size >= MAX_PUBLISH_BYTES:
-                await self._publish(topic, batch)
-                batch, size = [], 0
+                await self._publish(topic, batch, sent, own_ids=own_ids)
+                batch, sent, size = [], [], 0
         if batch:
-            await self._publish(topic, batch)
+            await self._publish(topic, batch, sent, own_ids=own_ids)
 
-    async def _publish(self, topic: str, batch: list[Any]) -> None:
+    async def _publish(
+        self,
+        topic: str,
+        batch: list[Any],
+        sent: list[message_.OutgoingMessage],
+        *,
+        own_ids: bool,
+    ) -> None:
         request = pubsub_types.PublishRequest.wrap(_PB_PUBLISH(topic=topic, messages=batch))
 
-        async def send() -> None:
+        async def send() -> Sequence[str]:
             response = await self.publisher.publish(request=request, retry=None)
-            if len(response.message_ids) != len(batch):
-                raise errors.BrokerError(
-                    f"pubsub: {len(batch)} messages sent, {len(response.message_ids)} accepted"
-                )
+            ids: Sequence[str] = pubsub_types.PublishResponse.pb(response).message_ids
+            if len(ids) != len(batch):
+                raise errors.BrokerError(f"pubsub: {len(batch)} messages sent, {len(ids)} accepted")
+            return ids
 
-        await self.retrying(send, "publish", self.link)
+        ids = await self.retrying(send, "publish", self.link)
+        if not own_ids:
+            for m, server_id in zip(sent, ids, strict=True):
+                if not m.explicit_id:
+                    m.id = server_id
 
     def consumer(
         self,
@@ -267,7 +301,21 @@ class PubSubConsumer:
 
     def _message(self, received: Any) -> message_.Message:
         pubsub_message = received.message
-        wire = dict(pubsub_message.attributes)
+        attributes = pubsub_message.attributes
+        if not attributes:
+            # The common case since the id is Pub/Sub's own: nothing to split.
+            return message_.Message(
+                data=pubsub_message.data,
+                headers={},
+                id=pubsub_message.message_id,
+                content_type=message_.OCTET_STREAM,
+                topic=self._tag,
+                subscription=self._subscription,
+                settler=self,
+                token=received.ack_id,
+                delivery_count=received.delivery_attempt or None,
+            )
+        wire = dict(attributes)
         key = wire.pop(KEY_ATTRIBUTE, None)
         return message_.make_message(
             data=bytes(pubsub_message.data),
