@@ -278,13 +278,18 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         # ones are picked out, the others are the application's.
         headers: dict[str, str] = {}
         message_id = content_type = None
-        for name, value in record.headers or ():
-            if name == _ID_HEADER:
-                message_id = value.decode()
-            elif name == _CONTENT_TYPE_HEADER:
-                content_type = value.decode()
-            elif not name.startswith(_RESERVED_PREFIX):
-                headers[name] = value.decode("utf-8", "replace")
+        wire: Sequence[tuple[str, bytes]] = record.headers or ()
+        if len(wire) == 1 and wire[0][0] == _ID_HEADER:
+            # What the client publishes without application headers: the id alone.
+            message_id = wire[0][1].decode()
+        else:
+            for name, value in wire:
+                if name == _ID_HEADER:
+                    message_id = value.decode()
+                elif name == _CONTENT_TYPE_HEADER:
+                    content_type = value.decode()
+                elif not name.startswith(_RESERVED_PREFIX):
+                    headers[name] = value.decode("utf-8", "replace")
         key = record.key
         offset = record.offset
         # Positional: a call by keywords costs twice as much.
@@ -330,10 +335,14 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def ack_many(self, messages: list[message_.Message]) -> None:
         # Every message marked first, then each partition's commit point moved once.
         touched = set()
+        last = None
         for message in messages:
             token = message.token
             token[_DONE] = True
-            touched.add(token[_TP])
+            tp = token[_TP]
+            if tp is not last:  # a batch is mostly one partition: hashed once, not per message
+                touched.add(tp)
+                last = tp
         partitions = self._partitions
         for tp in touched:
             state = partitions.get(tp)
@@ -342,12 +351,12 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _advance(self, tp: aiokafka.TopicPartition, state: _Partition) -> None:
         """Drop the done messages at the front; the offset after them is the next commit."""
-        advanced = None
+        last = None
         inflight = state.inflight
         while inflight and inflight[0].token[_DONE]:
-            advanced = inflight.popleft().token[_OFFSET] + 1
-        if advanced is not None:
-            state.commit = advanced
+            last = inflight.popleft()
+        if last is not None:
+            state.commit = last.token[_OFFSET] + 1
             self._commits.add(tp)
 
     def _committable(self, tps: set[aiokafka.TopicPartition]) -> dict[Any, int]:
