@@ -302,7 +302,8 @@ class Subscription:
             # `receive` inlined for what nearly every step finds, a message fetched
             # already: one coroutine per message instead of two.
             message = buffer.popleft()
-            metrics_.delivered(message.topic, message.subscription)
+            if metrics_.enabled():
+                metrics_.delivered(message.topic, message.subscription)
             if self._consumer.client_redelivery:
                 self._arm(message)
             return message
@@ -475,7 +476,10 @@ class Subscription:
         loop = self._loop or self._running_loop()
         due = loop.time() + self._options.redelivery_timeout
         watch = self._watch
-        self._prune()
+        if watch:
+            front = watch[0]
+            if front.messages[front.start].settled:  # else nothing to drop
+                self._prune()
         if watch and due - watch[-1].opened < _WATCH_GROUP:
             last = watch[-1]
             last.messages.append(message)

@@ -221,9 +221,14 @@ class Message:
             return
         self._settled = True
         await self._settler.settle(self, ack=True, requeue=False)
-        metrics.settled(
-            self.topic, self.subscription, ack=True, requeue=False, received_at=self._received_at
-        )
+        if metrics.enabled():  # checked first: the call with its arguments costs more
+            metrics.settled(
+                self.topic,
+                self.subscription,
+                ack=True,
+                requeue=False,
+                received_at=self._received_at,
+            )
 
     async def nack(self, requeue: bool = True) -> None:
         """Give the message back: delivered again soon, or dropped (dead-lettered) with
@@ -261,6 +266,40 @@ class Message:
             f"Message(id={self.id!r}, topic={self.topic!r}, subscription={self.subscription!r}, "
             f"content_type={self.content_type!r}, size={len(self.data)})"
         )
+
+
+_new = object.__new__
+
+
+def received(
+    data: bytes,
+    headers: dict[str, str],
+    id: str,
+    content_type: str,
+    topic: str,
+    subscription: str,
+    settler: Settler,
+    token: Any,
+    key: str | None,
+    delivery_count: int | None,
+    received_at: float,
+) -> Message:
+    """`Message(...)` for a transport's hot path, as the constructor builds it minus the
+    call through the class (a third of the cost): this runs for every record received."""
+    message: Message = _new(Message)
+    message.data = data
+    message.headers = headers
+    message.id = id
+    message.content_type = content_type
+    message.topic = topic
+    message.subscription = subscription
+    message.key = key
+    message.delivery_count = delivery_count
+    message.token = token
+    message._settler = settler
+    message._settled = False
+    message._received_at = received_at
+    return message
 
 
 def make_message(
