@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections import OrderedDict, deque
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -53,7 +54,7 @@ _REBALANCED = (
 #: the consumer about as much as a fetch). A crash redelivers at most that much more.
 COMMIT_LINGER = 0.1
 # Module attributes looked up once: `_message` runs for every record.
-_Message = message_.Message
+_received = message_.received
 _ID_HEADER = message_.ID_HEADER
 _CONTENT_TYPE_HEADER = message_.CONTENT_TYPE_HEADER
 _RESERVED_PREFIX = message_.RESERVED_PREFIX
@@ -167,12 +168,17 @@ class KafkaTransport:
         return KafkaConsumer(self, route, subscription, physical, options)
 
 
+#: A message's token: [partition, offset, done], done once it was acked or dropped (its
+#: offset may be committed). A list, not an object: one is made for every record.
+_TP, _OFFSET, _DONE = 0, 1, 2
+
+
 @dataclasses.dataclass
 class _Partition:
-    """Delivered, not yet committed offsets of one assigned partition, in order."""
+    """Delivered, not yet committed messages of one assigned partition."""
 
-    #: offset -> [message, acked]; ordered, and popped from the front as acks arrive.
-    inflight: OrderedDict[int, list[Any]] = dataclasses.field(default_factory=OrderedDict)
+    #: In offset order; popped from the front as they are done.
+    inflight: deque[message_.Message] = dataclasses.field(default_factory=deque)
     #: The next offset to commit, once it moved past the last commit.
     commit: int | None = None
 
@@ -252,6 +258,7 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             self._buffer.extend((tp, records, 0) for tp, records in batches.items() if records)
         # Per partition rather than per record: this runs for every message.
         out: list[message_.Message] = []
+        now = time.monotonic()
         while self._buffer and len(out) < max_messages:
             tp, records, start = self._buffer.popleft()
             state = self._partitions.get(tp)
@@ -260,53 +267,62 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             end = min(len(records), start + max_messages - len(out))
             if end < len(records):
                 self._buffer.appendleft((tp, records, end))
-            inflight = state.inflight
             make = self._message
-            for i in range(start, end):
-                record = records[i]
-                message = make(record, tp)
-                inflight[record.offset] = [message, False]
-                out.append(message)
+            if start or end < len(records):
+                records = records[start:end]
+            new = [make(record, tp, now) for record in records]
+            state.inflight.extend(new)
+            out.extend(new)
         return out
 
-    def _message(self, record: Any, tp: aiokafka.TopicPartition) -> message_.Message:
+    def _message(self, record: Any, tp: aiokafka.TopicPartition, now: float) -> message_.Message:
         # One pass over the record headers (this runs for every message): reserved
         # ones are picked out, the others are the application's.
         headers: dict[str, str] = {}
         message_id = content_type = None
-        for name, value in record.headers or ():
-            if name == _ID_HEADER:
-                message_id = value.decode()
-            elif name == _CONTENT_TYPE_HEADER:
-                content_type = value.decode()
-            elif not name.startswith(_RESERVED_PREFIX):
-                headers[name] = value.decode("utf-8", "replace")
+        wire: Sequence[tuple[str, bytes]] = record.headers or ()
+        if len(wire) == 1 and wire[0][0] == _ID_HEADER:
+            # What the client publishes without application headers: the id alone.
+            message_id = wire[0][1].decode()
+        else:
+            for name, value in wire:
+                if name == _ID_HEADER:
+                    message_id = value.decode()
+                elif name == _CONTENT_TYPE_HEADER:
+                    content_type = value.decode()
+                elif not name.startswith(_RESERVED_PREFIX):
+                    headers[name] = value.decode("utf-8", "replace")
         key = record.key
-        return _Message(
-            data=record.value or b"",
-            headers=headers,
-            id=message_id or f"{record.topic}:{record.partition}:{record.offset}",
-            content_type=content_type or _OCTET_STREAM,
-            topic=self._tag,
-            subscription=self._subscription,
-            settler=self,
-            token=(tp, record.offset),
-            key=key.decode("utf-8", "replace") if key is not None else None,
+        offset = record.offset
+        return _received(
+            record.value or b"",
+            headers,
+            message_id or f"{record.topic}:{record.partition}:{offset}",
+            content_type or _OCTET_STREAM,
+            self._tag,
+            self._subscription,
+            self,
+            [tp, offset, False],
+            key.decode("utf-8", "replace") if key is not None else None,
+            None,
+            now,
         )
 
     async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
-        tp, offset = message.token
+        token = message.token
+        tp, offset = token[_TP], token[_OFFSET]
         state = self._partitions.get(tp)
-        entry = state.inflight.get(offset) if state is not None else None
-        if state is None or entry is None or entry[0] is not message:
-            return  # revoked or rewound since: it will be delivered again
+        if state is None:
+            return  # revoked since: it will be delivered again
         if ack or not requeue:
-            entry[1] = True
+            # Marked even if it was rewound since: then no partition holds it any more.
+            token[_DONE] = True
             self._advance(tp, state)
             return
+        if not any(m is message for m in state.inflight):
+            return  # rewound since: it will be delivered again
         # Rewind: this message and everything after it in the partition come again.
-        for pending in [o for o in state.inflight if o >= offset]:
-            del state.inflight[pending]
+        state.inflight = deque(m for m in state.inflight if m.token[_OFFSET] < offset)
         kept: deque[tuple[aiokafka.TopicPartition, list[Any], int]] = deque()
         for held, records, start in self._buffer:
             if held == tp:
@@ -318,33 +334,30 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer.seek(tp, offset)
 
     async def ack_many(self, messages: list[message_.Message]) -> None:
-        # Every entry marked first, then each partition's commit point moved once.
-        touched: dict[aiokafka.TopicPartition, _Partition] = {}
-        partitions = self._partitions
+        # Every message marked first, then each partition's commit point moved once.
+        touched = set()
+        last = None
         for message in messages:
-            tp, offset = message.token
+            token = message.token
+            token[_DONE] = True
+            tp = token[_TP]
+            if tp is not last:  # a batch is mostly one partition: hashed once, not per message
+                touched.add(tp)
+                last = tp
+        partitions = self._partitions
+        for tp in touched:
             state = partitions.get(tp)
-            if state is None:
-                continue
-            entry = state.inflight.get(offset)
-            if entry is not None and entry[0] is message:
-                entry[1] = True
-                touched[tp] = state
-        for tp, state in touched.items():
-            self._advance(tp, state)
+            if state is not None:
+                self._advance(tp, state)
 
     def _advance(self, tp: aiokafka.TopicPartition, state: _Partition) -> None:
-        """Drop the acked offsets at the front; what follows them is the next commit."""
-        advanced = None
+        """Drop the done messages at the front; the offset after them is the next commit."""
+        last = None
         inflight = state.inflight
-        while inflight:
-            first = next(iter(inflight))
-            if not inflight[first][1]:
-                break
-            inflight.popitem(last=False)
-            advanced = first + 1
-        if advanced is not None:
-            state.commit = advanced
+        while inflight and inflight[0].token[_DONE]:
+            last = inflight.popleft()
+        if last is not None:
+            state.commit = last.token[_OFFSET] + 1
             self._commits.add(tp)
 
     def _committable(self, tps: set[aiokafka.TopicPartition]) -> dict[Any, int]:

@@ -40,6 +40,9 @@ from ductape_operator.messaging import message as message_
 DATA_FIELD = b"data"
 KEY_FIELD = b"ductape-key"
 HEADER_PREFIX = b"h:"
+_HEADER_PREFIX_LEN = len(HEADER_PREFIX)
+_ID_FIELD = message_.ID_HEADER.encode()
+_CONTENT_TYPE_FIELD = message_.CONTENT_TYPE_HEADER.encode()
 #: Seconds one connection attempt may take (retries go on up to `retry_timeout`).
 CONNECT_TIMEOUT = 10.0
 
@@ -244,8 +247,10 @@ class RedisConsumer:
             self._group, self._name, {self._stream: ">"}, count=max_messages, block=block
         )
         out: list[message_.Message] = []
+        now = time.monotonic()
+        make = self._message
         for _stream, entries in response or []:
-            out.extend(self._message(i, f, count=1) for i, f in entries if f)
+            out.extend([make(i, f, count=1, now=now) for i, f in entries if f])
         return out
 
     async def _delivery_counts(self, client: aioredis.Redis, ids: list[Any]) -> dict[Any, int]:
@@ -266,25 +271,42 @@ class RedisConsumer:
         }
 
     def _message(
-        self, entry_id: bytes, fields: dict[bytes, bytes], *, count: int | None
+        self,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        *,
+        count: int | None,
+        now: float | None = None,
     ) -> message_.Message:
-        wire: dict[str, str] = {}
+        # One pass over the fields (this runs for every message): the payload, the
+        # application's headers, the reserved ones picked out.
+        headers: dict[str, str] = {}
+        data = b""
+        message_id = content_type = key = None
         for name, value in fields.items():
-            if name.startswith(HEADER_PREFIX):
-                wire[name[len(HEADER_PREFIX) :].decode()] = value.decode()
-            elif name.startswith(message_.RESERVED_PREFIX.encode()):
-                wire[name.decode()] = value.decode()
-        key = fields.get(KEY_FIELD)
-        return message_.make_message(
-            data=fields.get(DATA_FIELD, b""),
-            wire_headers=wire,
-            topic=self._tag,
-            subscription=self._subscription,
-            settler=self,
-            token=entry_id,
-            fallback_id=entry_id.decode(),
-            key=key.decode() if key is not None else None,
-            delivery_count=count,
+            if name == DATA_FIELD:
+                data = value
+            elif name.startswith(HEADER_PREFIX):
+                headers[name[_HEADER_PREFIX_LEN:].decode()] = value.decode()
+            elif name == _ID_FIELD:
+                message_id = value.decode()
+            elif name == _CONTENT_TYPE_FIELD:
+                content_type = value.decode()
+            elif name == KEY_FIELD:
+                key = value.decode()
+        # Positional: a call by keywords costs twice as much.
+        return message_.Message(
+            data,
+            headers,
+            message_id or entry_id.decode(),
+            content_type or message_.OCTET_STREAM,
+            self._tag,
+            self._subscription,
+            self,
+            entry_id,
+            key,
+            count,
+            now,
         )
 
     async def ack_many(self, messages: list[message_.Message]) -> None:
