@@ -2,9 +2,17 @@
 
 Each subscription's queue `<topic>.<subscription>` is bound to the exchange
 with `#`, so it gets every message published to the topic from the moment it
-exists, consumed or not. Every operation opens its own channel: a refused
-declare closes the channel it ran on, and that must not break the next one.
-The connection is reopened on use after the broker dropped it.
+exists, consumed or not.
+
+Operations take a channel from a small pool of long-lived ones (opening and
+closing a channel per operation cost two round trips and the broker's own
+work, twice what the declarations cost). A channel the broker closed (a refused
+declare, a passive miss) is never handed out again, so a failure stays the
+failure of the resource that caused it. A topic's declarations are pipelined
+on its channel: every frame but the last goes out with AMQP's no-wait flag, and
+the broker handles one channel's frames in order, so the last answer stands for
+all of them, and a refusal closes the channel with a reason naming the exchange
+or queue. The connection is reopened on use after the broker dropped it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,11 @@ logger = logging.getLogger(__name__)
 
 #: A subscription's queue gets every message of its topic.
 ROUTING_KEY = "#"
+#: Operations at once on the one connection (and so at most this many pooled
+#: channels): each holds its channel for about one round trip, and the broker, not
+#: the number of channels, is the limit well below this (docs/operations.md,
+#: "Limits of our own are not outages").
+CONCURRENCY = 32
 
 
 def queue_name(topic: str, subscription: str) -> str:
@@ -58,8 +71,9 @@ class RabbitMQProvider(_common.ProviderBase):
         secrets: base.SecretValues,
         *,
         timeout: float = _common.DEFAULT_TIMEOUT,
+        concurrency: int = CONCURRENCY,
     ) -> None:
-        super().__init__(config, secrets, timeout=timeout)
+        super().__init__(config, secrets, timeout=timeout, concurrency=concurrency)
         settings = config.narrow(RabbitMQConfig)
         if not settings.host:
             raise errors.InvalidConfigError("RABBITMQ: config.host is required")
@@ -74,6 +88,9 @@ class RabbitMQProvider(_common.ProviderBase):
         self._tls_material, self._ssl_context = self._tls_setup(self._tls)
         self._connection: aio_pika_abc.AbstractConnection | None = None
         self._connect_lock = asyncio.Lock()
+        #: Idle channels, each with the connection it was opened on.
+        self._idle: list[tuple[aio_pika_abc.AbstractConnection, aio_pika_abc.AbstractChannel]] = []
+        self._pool_size = concurrency
 
     # --- naming and binding -------------------------------------------------
 
@@ -114,6 +131,7 @@ class RabbitMQProvider(_common.ProviderBase):
                 # and its `is_closed` stays False, so it is replaced here.
                 logger.info("the AMQP connection to %s was closed; reopening", self.endpoint)
                 self._connection = None
+                self._idle.clear()  # channels of the closed connection
                 with contextlib.suppress(Exception):
                     await current.close()
             login, password = self._entries.login
@@ -132,6 +150,7 @@ class RabbitMQProvider(_common.ProviderBase):
 
     async def _close(self) -> None:
         connection, self._connection = self._connection, None
+        self._idle.clear()  # closed with their connection
         if connection is not None:
             try:
                 await connection.close()
@@ -140,12 +159,38 @@ class RabbitMQProvider(_common.ProviderBase):
 
     @contextlib.asynccontextmanager
     async def _channel(self) -> AsyncIterator[aio_pika_abc.AbstractChannel]:
-        channel = await self._open_channel()
+        """A pooled channel, back in the pool after a use that went through.
+
+        After a failure (the broker closed the channel, or an operation was cut off
+        with frames sent without waiting still in flight) it is closed and dropped.
+        """
+        connection, channel = await self._take_channel()
         try:
             yield channel
-        finally:
+        except BaseException:
             if not channel.is_closed:
-                await channel.close()
+                # The error that got us here is the one to report, not the close's.
+                with contextlib.suppress(Exception):
+                    await channel.close()
+            raise
+        if channel.is_closed or connection is not self._connection:
+            return
+        if len(self._idle) < self._pool_size:
+            self._idle.append((connection, channel))
+        else:
+            await channel.close()
+
+    async def _take_channel(
+        self,
+    ) -> tuple[aio_pika_abc.AbstractConnection, aio_pika_abc.AbstractChannel]:
+        connection = await self._connect()
+        while self._idle:
+            owner, channel = self._idle.pop()
+            if owner is connection and not channel.is_closed:
+                return connection, channel
+        channel = await self._open_channel()
+        assert self._connection is not None  # just (re)opened by _open_channel
+        return self._connection, channel
 
     async def _open_channel(self) -> aio_pika_abc.AbstractChannel:
         """A new channel; the connection is reopened once if it died under us."""
@@ -167,16 +212,9 @@ class RabbitMQProvider(_common.ProviderBase):
         arguments = queue_arguments(topic)
         async with self.guard(f"ensuring exchange {exchange}", self._map):
             try:
-                # The usual case in one channel: exchange, queues and bindings.
+                # The usual case in one round trip: exchange, queues and bindings.
                 async with self._channel() as channel:
-                    await channel.declare_exchange(
-                        exchange, aio_pika.ExchangeType.TOPIC, durable=True
-                    )
-                    for queue in queues.values():
-                        declared = await channel.declare_queue(
-                            queue, durable=True, arguments=arguments
-                        )
-                        await declared.bind(exchange, routing_key=ROUTING_KEY)
+                    await _declare(channel, exchange, list(queues.values()), arguments)
             except amqp_errors.ChannelPreconditionFailed:
                 # Something exists with other arguments and closed that channel:
                 # sort it out one declaration per channel.
@@ -249,9 +287,20 @@ class RabbitMQProvider(_common.ProviderBase):
     async def delete_topic(self, topic: base.TopicPlan) -> None:
         await self._ensure_started()
         exchange = topic.name
+        queues = [queue_name(exchange, sub) for sub in topic.subscriptions]
         async with self.guard(f"deleting exchange {exchange}", self._map):
-            for sub in topic.subscriptions:
-                await self._delete("queue", queue_name(exchange, sub))
+            try:
+                # One round trip, pipelined like the declarations.
+                async with self._channel() as channel:
+                    amqp = await channel.get_underlay_channel()
+                    for queue in queues:
+                        await amqp.queue_delete(queue, nowait=True)
+                    await amqp.exchange_delete(exchange)
+                return
+            except amqp_errors.ChannelNotFoundEntity:
+                pass  # a broker that refuses to delete what is gone: one at a time
+            for queue in queues:
+                await self._delete("queue", queue)
             await self._delete("exchange", exchange)
 
     async def delete_subscription(self, topic: base.TopicPlan, subscription: str) -> None:
@@ -272,54 +321,41 @@ class RabbitMQProvider(_common.ProviderBase):
 
     async def topic_exists(self, topic: base.TopicPlan) -> bool:
         await self._ensure_started()
-        exchange = topic.name
-        async with self.guard(f"looking up exchange {exchange}", self._map):
-            try:
-                async with self._channel() as channel:
-                    await channel.get_exchange(exchange, ensure=True)
-                for sub in topic.subscriptions:
-                    async with self._channel() as channel:
-                        await channel.get_queue(queue_name(exchange, sub), ensure=True)
-            except amqp_errors.ChannelNotFoundEntity:
-                return False
+        async with self.guard(f"looking up exchange {topic.name}", self._map):
+            return await self._exists(topic)
+
+    async def _exists(self, topic: base.TopicPlan) -> bool:
+        """Passive declarations of the exchange and its queues, in one round trip."""
+        queues = [queue_name(topic.name, sub) for sub in topic.subscriptions]
+        try:
+            async with self._channel() as channel:
+                amqp = await channel.get_underlay_channel()
+                if not queues:
+                    await amqp.exchange_declare(topic.name, passive=True)
+                    return True
+                await amqp.exchange_declare(topic.name, passive=True, nowait=True)
+                for queue in queues[:-1]:
+                    await amqp.queue_declare(queue, passive=True, nowait=True)
+                await amqp.queue_declare(queues[-1], passive=True)
+        except amqp_errors.ChannelNotFoundEntity:
+            return False
         return True
 
     async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
-        """Passive declarations on one channel, a new channel only after a miss.
+        """Passive declarations on pooled channels, one round trip per topic.
 
         AMQP has no listing (the management API is a plugin with a port of its
-        own), but passive declarations on one open channel cost one round trip
-        each, not a channel open each.
+        own); a miss closes its channel, and the next topic takes another one.
         """
         await self._ensure_started()
-        present: set[base.TopicPlan] = set()
         async with self.guard(f"looking up {len(topics)} exchange(s)", self._map):
-            channel = await self._open_channel()
-            try:
-                for topic in topics:
-                    names = [("exchange", topic.name)] + [
-                        ("queue", queue_name(topic.name, sub)) for sub in topic.subscriptions
-                    ]
-                    try:
-                        for kind, name in names:
-                            if kind == "exchange":
-                                await channel.get_exchange(name, ensure=True)
-                            else:
-                                await channel.get_queue(name, ensure=True)
-                    except amqp_errors.ChannelNotFoundEntity:
-                        channel = await self._open_channel()
-                        continue
-                    present.add(topic)
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
-        return frozenset(present)
+            return frozenset([topic for topic in topics if await self._exists(topic)])
 
     async def backlog(
         self, topics: Collection[base.TopicPlan]
     ) -> dict[base.TopicPlan, base.TopicBacklog]:
-        """Each subscription queue's ready messages, from passive declarations on one
-        channel (a new channel only after a miss), like `inventory`.
+        """Each subscription queue's ready messages, from passive declarations on a
+        pooled channel (another one after a miss), like `inventory`.
 
         AMQP's declare-ok counts only the messages ready for delivery: those delivered
         to a consumer and not acked yet are not in it (only the management plugin's
@@ -332,21 +368,16 @@ class RabbitMQProvider(_common.ProviderBase):
         )
         ready: dict[str, int] = {}
         async with self.guard(f"reading the backlog of {len(queues)} queue(s)", self._map):
-            channel = await self._open_channel()
-            try:
-                for name in queues:
-                    try:
+            for name in queues:
+                try:
+                    async with self._channel() as channel:
                         declared = await channel.get_queue(name, ensure=True)
-                    except amqp_errors.ChannelNotFoundEntity:
-                        channel = await self._open_channel()
-                        continue
-                    result = getattr(declared, "declaration_result", None)
-                    count = getattr(result, "message_count", None)
-                    if count is not None:
-                        ready[name] = int(count)
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
+                except amqp_errors.ChannelNotFoundEntity:
+                    continue
+                result = getattr(declared, "declaration_result", None)
+                count = getattr(result, "message_count", None)
+                if count is not None:
+                    ready[name] = int(count)
         return {
             plan: base.TopicBacklog(
                 subscriptions={
@@ -361,13 +392,32 @@ class RabbitMQProvider(_common.ProviderBase):
     async def probe(self, timeout: float) -> None:
         async with self.guard("probing", self._map, timeout=timeout, limited=False):
             await self._ensure_started()
-            async with self._channel():
-                pass
+            # A new channel, not a pooled one: the broker's answer to opening one is
+            # the probe (docs/operations.md).
+            channel = await self._open_channel()
+            await channel.close()
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
         """The operator side's error for an SDK exception (`errors.classify`, shared with
         the client side)."""
         return _common.from_failure(classify(exc), self.endpoint, what, exc)
+
+
+async def _declare(
+    channel: aio_pika_abc.AbstractChannel, exchange: str, queues: list[str], arguments: FieldTable
+) -> None:
+    """The topic exchange, its queues and their bindings, pipelined: all but the last
+    frame with no-wait; the last one's answer (or the channel's close) covers all."""
+    amqp = await channel.get_underlay_channel()
+    if not queues:
+        await amqp.exchange_declare(exchange, exchange_type="topic", durable=True)
+        return
+    await amqp.exchange_declare(exchange, exchange_type="topic", durable=True, nowait=True)
+    for queue in queues:
+        await amqp.queue_declare(queue, durable=True, arguments=arguments, nowait=True)
+    for queue in queues[:-1]:
+        await amqp.queue_bind(queue, exchange, routing_key=ROUTING_KEY, nowait=True)
+    await amqp.queue_bind(queues[-1], exchange, routing_key=ROUTING_KEY)
 
 
 def _usable(connection: aio_pika_abc.AbstractConnection) -> bool:
