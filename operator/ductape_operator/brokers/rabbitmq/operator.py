@@ -4,15 +4,15 @@ Each subscription's queue `<topic>.<subscription>` is bound to the exchange
 with `#`, so it gets every message published to the topic from the moment it
 exists, consumed or not.
 
-Operations take a channel from a small pool of long-lived ones (opening and
-closing a channel per operation cost two round trips and the broker's own
-work, twice what the declarations cost). A channel the broker closed (a refused
-declare, a passive miss) is never handed out again, so a failure stays the
-failure of the resource that caused it. A topic's declarations are pipelined
-on its channel: every frame but the last goes out with AMQP's no-wait flag, and
-the broker handles one channel's frames in order, so the last answer stands for
-all of them, and a refusal closes the channel with a reason naming the exchange
-or queue. The connection is reopened on use after the broker dropped it.
+Operations take a channel from a small pool of long-lived ones: opening and
+closing a channel per operation cost two more round trips and as much of the
+broker's time as the declarations themselves. A channel the broker closed (a
+refused declare, a passive miss) is never handed out again, so a failure stays
+the failure of the resource that caused it. Every method waits for its answer
+before the next is sent, on purpose: a frame still queued for a channel that the
+broker has just closed reaches it as a frame on no channel, and the broker then
+closes the whole connection (seen with AMQP's no-wait flag and 32 operations at
+once). The connection is reopened on use after the broker dropped it.
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ logger = logging.getLogger(__name__)
 #: A subscription's queue gets every message of its topic.
 ROUTING_KEY = "#"
 #: Operations at once on the one connection (and so at most this many pooled
-#: channels): each holds its channel for about one round trip, and the broker, not
-#: the number of channels, is the limit well below this (docs/operations.md,
-#: "Limits of our own are not outages").
+#: channels). The broker's own work on durable declarations is the limit well
+#: before this; 32 rather than 16 hides the operator's event-loop lag under a
+#: burst (docs/operations.md, "Limits of our own are not outages").
 CONCURRENCY = 32
+#: The highest channel number AMQP 0-9-1 has (a `channel_max` of 0 means this).
+MAX_CHANNEL = 65535
 
 
 def queue_name(topic: str, subscription: str) -> str:
@@ -91,6 +93,7 @@ class RabbitMQProvider(_common.ProviderBase):
         #: Idle channels, each with the connection it was opened on.
         self._idle: list[tuple[aio_pika_abc.AbstractConnection, aio_pika_abc.AbstractChannel]] = []
         self._pool_size = concurrency
+        self._last_channel = 0  # see _next_channel_number
 
     # --- naming and binding -------------------------------------------------
 
@@ -196,12 +199,41 @@ class RabbitMQProvider(_common.ProviderBase):
         """A new channel; the connection is reopened once if it died under us."""
         connection = await self._connect()
         try:
-            return await connection.channel(publisher_confirms=False)
+            return await self._new_channel(connection)
         except (RuntimeError, amqp_errors.AMQPConnectionError, ConnectionError):
             if _usable(connection):
                 raise
             connection = await self._connect()
-            return await connection.channel(publisher_confirms=False)
+            return await self._new_channel(connection)
+
+    async def _new_channel(
+        self, connection: aio_pika_abc.AbstractConnection
+    ) -> aio_pika_abc.AbstractChannel:
+        number = self._next_channel_number(connection)
+        return await connection.channel(channel_number=number, publisher_confirms=False)
+
+    def _next_channel_number(self, connection: aio_pika_abc.AbstractConnection) -> int | None:
+        """Channel numbers count up through the broker's `channel_max`, round and round.
+
+        aiormq takes the lowest free number, and frees a number as soon as the
+        broker's Close arrives, before our CloseOk is written (or at all, when its
+        write queue is full): a channel opened on that number in between makes the
+        broker close the whole connection ("CHANNEL_ERROR - second 'channel.open'
+        seen", seen here with a few refused declarations among 60 at once; the same
+        class of bug as pika/pika#84). Counting up keeps a number that was just
+        closed unused until `channel_max` other channels were opened. None
+        (aio-pika's own choice) when not connected.
+        """
+        underlay = connection.transport
+        if underlay is None:
+            return None
+        amqp = underlay.connection
+        limit = min(amqp.connection_tune.channel_max or MAX_CHANNEL, MAX_CHANNEL)
+        for _ in range(limit):
+            self._last_channel = self._last_channel % limit + 1
+            if self._last_channel not in amqp.channels:
+                return self._last_channel
+        return None
 
     # --- the interface ------------------------------------------------------
 
@@ -212,7 +244,7 @@ class RabbitMQProvider(_common.ProviderBase):
         arguments = queue_arguments(topic)
         async with self.guard(f"ensuring exchange {exchange}", self._map):
             try:
-                # The usual case in one round trip: exchange, queues and bindings.
+                # The usual case on one channel: exchange, queues and bindings.
                 async with self._channel() as channel:
                     await _declare(channel, exchange, list(queues.values()), arguments)
             except amqp_errors.ChannelPreconditionFailed:
@@ -290,11 +322,10 @@ class RabbitMQProvider(_common.ProviderBase):
         queues = [queue_name(exchange, sub) for sub in topic.subscriptions]
         async with self.guard(f"deleting exchange {exchange}", self._map):
             try:
-                # One round trip, pipelined like the declarations.
                 async with self._channel() as channel:
                     amqp = await channel.get_underlay_channel()
                     for queue in queues:
-                        await amqp.queue_delete(queue, nowait=True)
+                        await amqp.queue_delete(queue)
                     await amqp.exchange_delete(exchange)
                 return
             except amqp_errors.ChannelNotFoundEntity:
@@ -325,24 +356,19 @@ class RabbitMQProvider(_common.ProviderBase):
             return await self._exists(topic)
 
     async def _exists(self, topic: base.TopicPlan) -> bool:
-        """Passive declarations of the exchange and its queues, in one round trip."""
-        queues = [queue_name(topic.name, sub) for sub in topic.subscriptions]
+        """Passive declarations of the exchange and its queues, on one pooled channel."""
         try:
             async with self._channel() as channel:
                 amqp = await channel.get_underlay_channel()
-                if not queues:
-                    await amqp.exchange_declare(topic.name, passive=True)
-                    return True
-                await amqp.exchange_declare(topic.name, passive=True, nowait=True)
-                for queue in queues[:-1]:
-                    await amqp.queue_declare(queue, passive=True, nowait=True)
-                await amqp.queue_declare(queues[-1], passive=True)
+                await amqp.exchange_declare(topic.name, passive=True)
+                for sub in topic.subscriptions:
+                    await amqp.queue_declare(queue_name(topic.name, sub), passive=True)
         except amqp_errors.ChannelNotFoundEntity:
             return False
         return True
 
     async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
-        """Passive declarations on pooled channels, one round trip per topic.
+        """Passive declarations on pooled channels, one topic after the other.
 
         AMQP has no listing (the management API is a plugin with a port of its
         own); a miss closes its channel, and the next topic takes another one.
@@ -406,18 +432,13 @@ class RabbitMQProvider(_common.ProviderBase):
 async def _declare(
     channel: aio_pika_abc.AbstractChannel, exchange: str, queues: list[str], arguments: FieldTable
 ) -> None:
-    """The topic exchange, its queues and their bindings, pipelined: all but the last
-    frame with no-wait; the last one's answer (or the channel's close) covers all."""
+    """The topic exchange, its queues and their bindings, through aiormq's channel
+    (aio-pika's objects for each exchange and queue would be built for nothing)."""
     amqp = await channel.get_underlay_channel()
-    if not queues:
-        await amqp.exchange_declare(exchange, exchange_type="topic", durable=True)
-        return
-    await amqp.exchange_declare(exchange, exchange_type="topic", durable=True, nowait=True)
+    await amqp.exchange_declare(exchange, exchange_type="topic", durable=True)
     for queue in queues:
-        await amqp.queue_declare(queue, durable=True, arguments=arguments, nowait=True)
-    for queue in queues[:-1]:
-        await amqp.queue_bind(queue, exchange, routing_key=ROUTING_KEY, nowait=True)
-    await amqp.queue_bind(queues[-1], exchange, routing_key=ROUTING_KEY)
+        await amqp.queue_declare(queue, durable=True, arguments=arguments)
+        await amqp.queue_bind(queue, exchange, routing_key=ROUTING_KEY)
 
 
 def _usable(connection: aio_pika_abc.AbstractConnection) -> bool:
