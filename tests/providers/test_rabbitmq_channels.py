@@ -21,6 +21,7 @@ from ductape_operator import errors, models
 from ductape_operator.brokers.rabbitmq import operator as rabbitmq
 from ductape_operator.providers import base, build_provider
 from tests.providers.conftest import stack_config, unique_topic
+from tests.providers.test_reconnect import close_all_connections
 
 RABBITMQ = models.MessageBrokerTypes.RABBITMQ
 
@@ -101,3 +102,26 @@ async def test_waiting_for_a_slot_of_our_own_is_not_an_outage(stack: dict[str, s
         assert await checker.inventory(plans) == frozenset(plans)
         await asyncio.gather(*(provider.delete_topic(plan) for plan in plans))
         assert await checker.inventory(plans) == frozenset()
+
+
+async def test_an_inventory_cut_off_by_the_broker_fails_as_one_broker_error(
+    stack: dict[str, str],
+) -> None:
+    """The inventory's lookups run a few at once; when the broker drops the connection
+    under them, the listing fails with the project's error (not a group of them), and
+    the next listing, on a reopened connection, is exact."""
+    config, secrets = stack_config(RABBITMQ, stack)
+    plans = [unique_topic(subscriptions=("billing",)) for _ in range(300)]
+    async with build_provider(RABBITMQ, config, secrets) as provider:
+        await asyncio.gather(*(provider.ensure_topic(plan) for plan in plans))
+        missing = unique_topic()
+        listing = asyncio.create_task(provider.inventory([*plans, missing]))
+        await asyncio.to_thread(close_all_connections)
+        try:
+            outcome: object = await listing
+        except errors.DuctapeError as exc:
+            outcome = exc
+        # Finished before the close (then exact), or cut off by it: never half a listing.
+        assert outcome == frozenset(plans) or isinstance(outcome, errors.BrokerError), outcome
+        assert await provider.inventory([*plans, missing]) == frozenset(plans)
+        await asyncio.gather(*(provider.delete_topic(plan) for plan in plans))

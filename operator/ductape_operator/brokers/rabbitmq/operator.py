@@ -42,6 +42,9 @@ ROUTING_KEY = "#"
 #: before this; 32 rather than 16 hides the operator's event-loop lag under a
 #: burst (docs/operations.md, "Limits of our own are not outages").
 CONCURRENCY = 32
+#: Topics an inventory looks up at once, each an operation: a quarter of the
+#: slots, so that creates still find most of them free during a health round.
+INVENTORY_LOOKUPS = 8
 #: The highest channel number AMQP 0-9-1 has (a `channel_max` of 0 means this).
 MAX_CHANNEL = 65535
 
@@ -164,8 +167,8 @@ class RabbitMQProvider(_common.ProviderBase):
     async def _channel(self) -> AsyncIterator[aio_pika_abc.AbstractChannel]:
         """A pooled channel, back in the pool after a use that went through.
 
-        After a failure (the broker closed the channel, or an operation was cut off
-        with frames sent without waiting still in flight) it is closed and dropped.
+        After a failure (the broker closed the channel, or a timeout cut an operation
+        off with an answer still due on it) it is closed and dropped.
         """
         connection, channel = await self._take_channel()
         try:
@@ -215,9 +218,10 @@ class RabbitMQProvider(_common.ProviderBase):
     def _next_channel_number(self, connection: aio_pika_abc.AbstractConnection) -> int | None:
         """Channel numbers count up through the broker's `channel_max`, round and round.
 
-        aiormq takes the lowest free number, and frees a number as soon as the
-        broker's Close arrives, before our CloseOk is written (or at all, when its
-        write queue is full): a channel opened on that number in between makes the
+        aiormq takes the number after the highest one in use, and frees a number as
+        soon as the broker's Close arrives, before our CloseOk is written (or at all,
+        when its write queue is full): a channel opened on that number in between
+        makes the
         broker close the whole connection ("CHANNEL_ERROR - second 'channel.open'
         seen", seen here with a few refused declarations among 60 at once; the same
         class of bug as pika/pika#84). Counting up keeps a number that was just
@@ -368,14 +372,31 @@ class RabbitMQProvider(_common.ProviderBase):
         return True
 
     async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
-        """Passive declarations on pooled channels, one topic after the other.
+        """Passive declarations on pooled channels, a few topics at once.
 
         AMQP has no listing (the management API is a plugin with a port of its
-        own); a miss closes its channel, and the next topic takes another one.
+        own). Each topic's lookup is an operation of its own (a slot, a timeout):
+        the resources of this endpoint wait for this listing in their health round,
+        so a thousand topics must not be looked up one after the other, nor fail
+        together for taking longer than one operation may.
         """
         await self._ensure_started()
-        async with self.guard(f"looking up {len(topics)} exchange(s)", self._map):
-            return frozenset([topic for topic in topics if await self._exists(topic)])
+        pending = iter(topics)
+        present: set[base.TopicPlan] = set()
+
+        async def lookups() -> None:
+            for topic in pending:
+                if await self.topic_exists(topic):
+                    present.add(topic)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(INVENTORY_LOOKUPS):
+                    group.create_task(lookups())
+        except ExceptionGroup as failed:
+            # The first lookup's error stands for the listing, as it did when alone.
+            raise failed.exceptions[0] from None
+        return frozenset(present)
 
     async def backlog(
         self, topics: Collection[base.TopicPlan]
