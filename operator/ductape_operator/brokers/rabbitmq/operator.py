@@ -221,11 +221,10 @@ class RabbitMQProvider(_common.ProviderBase):
         aiormq takes the number after the highest one in use, and frees a number as
         soon as the broker's Close arrives, before our CloseOk is written (or at all,
         when its write queue is full): a channel opened on that number in between
-        makes the
-        broker close the whole connection ("CHANNEL_ERROR - second 'channel.open'
-        seen", seen here with a few refused declarations among 60 at once; the same
-        class of bug as pika/pika#84). Counting up keeps a number that was just
-        closed unused until `channel_max` other channels were opened. None
+        makes the broker close the whole connection ("CHANNEL_ERROR - second
+        'channel.open' seen", seen here with a few refused declarations among 60 at
+        once; the same class of bug as pika/pika#84). Counting up keeps a number that
+        was just closed unused until `channel_max` other channels were opened. None
         (aio-pika's own choice) when not connected.
         """
         underlay = connection.transport
