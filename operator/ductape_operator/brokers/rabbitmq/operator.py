@@ -2,9 +2,17 @@
 
 Each subscription's queue `<topic>.<subscription>` is bound to the exchange
 with `#`, so it gets every message published to the topic from the moment it
-exists, consumed or not. Every operation opens its own channel: a refused
-declare closes the channel it ran on, and that must not break the next one.
-The connection is reopened on use after the broker dropped it.
+exists, consumed or not.
+
+Operations take a channel from a small pool of long-lived ones: opening and
+closing a channel per operation cost two more round trips and as much of the
+broker's time as the declarations themselves. A channel the broker closed (a
+refused declare, a passive miss) is never handed out again, so a failure stays
+the failure of the resource that caused it. Every method waits for its answer
+before the next is sent, on purpose: a frame still queued for a channel that the
+broker has just closed reaches it as a frame on no channel, and the broker then
+closes the whole connection (seen with AMQP's no-wait flag and 32 operations at
+once). The connection is reopened on use after the broker dropped it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,16 @@ logger = logging.getLogger(__name__)
 
 #: A subscription's queue gets every message of its topic.
 ROUTING_KEY = "#"
+#: Operations at once on the one connection (and so at most this many pooled
+#: channels). The broker's own work on durable declarations is the limit well
+#: before this; 32 rather than 16 hides the operator's event-loop lag under a
+#: burst (docs/operations.md, "Limits of our own are not outages").
+CONCURRENCY = 32
+#: Topics an inventory looks up at once, each an operation: a quarter of the
+#: slots, so that creates still find most of them free during a health round.
+INVENTORY_LOOKUPS = 8
+#: The highest channel number AMQP 0-9-1 has (a `channel_max` of 0 means this).
+MAX_CHANNEL = 65535
 
 
 def queue_name(topic: str, subscription: str) -> str:
@@ -58,8 +76,9 @@ class RabbitMQProvider(_common.ProviderBase):
         secrets: base.SecretValues,
         *,
         timeout: float = _common.DEFAULT_TIMEOUT,
+        concurrency: int = CONCURRENCY,
     ) -> None:
-        super().__init__(config, secrets, timeout=timeout)
+        super().__init__(config, secrets, timeout=timeout, concurrency=concurrency)
         settings = config.narrow(RabbitMQConfig)
         if not settings.host:
             raise errors.InvalidConfigError("RABBITMQ: config.host is required")
@@ -74,6 +93,10 @@ class RabbitMQProvider(_common.ProviderBase):
         self._tls_material, self._ssl_context = self._tls_setup(self._tls)
         self._connection: aio_pika_abc.AbstractConnection | None = None
         self._connect_lock = asyncio.Lock()
+        #: Idle channels, each with the connection it was opened on.
+        self._idle: list[tuple[aio_pika_abc.AbstractConnection, aio_pika_abc.AbstractChannel]] = []
+        self._pool_size = concurrency
+        self._last_channel = 0  # see _next_channel_number
 
     # --- naming and binding -------------------------------------------------
 
@@ -114,6 +137,7 @@ class RabbitMQProvider(_common.ProviderBase):
                 # and its `is_closed` stays False, so it is replaced here.
                 logger.info("the AMQP connection to %s was closed; reopening", self.endpoint)
                 self._connection = None
+                self._idle.clear()  # channels of the closed connection
                 with contextlib.suppress(Exception):
                     await current.close()
             login, password = self._entries.login
@@ -132,6 +156,7 @@ class RabbitMQProvider(_common.ProviderBase):
 
     async def _close(self) -> None:
         connection, self._connection = self._connection, None
+        self._idle.clear()  # closed with their connection
         if connection is not None:
             try:
                 await connection.close()
@@ -140,23 +165,78 @@ class RabbitMQProvider(_common.ProviderBase):
 
     @contextlib.asynccontextmanager
     async def _channel(self) -> AsyncIterator[aio_pika_abc.AbstractChannel]:
-        channel = await self._open_channel()
+        """A pooled channel, back in the pool after a use that went through.
+
+        After a failure (the broker closed the channel, or a timeout cut an operation
+        off with an answer still due on it) it is closed and dropped.
+        """
+        connection, channel = await self._take_channel()
         try:
             yield channel
-        finally:
+        except BaseException:
             if not channel.is_closed:
-                await channel.close()
+                # The error that got us here is the one to report, not the close's.
+                with contextlib.suppress(Exception):
+                    await channel.close()
+            raise
+        if channel.is_closed or connection is not self._connection:
+            return
+        if len(self._idle) < self._pool_size:
+            self._idle.append((connection, channel))
+        else:
+            await channel.close()
+
+    async def _take_channel(
+        self,
+    ) -> tuple[aio_pika_abc.AbstractConnection, aio_pika_abc.AbstractChannel]:
+        connection = await self._connect()
+        while self._idle:
+            owner, channel = self._idle.pop()
+            if owner is connection and not channel.is_closed:
+                return connection, channel
+        channel = await self._open_channel()
+        assert self._connection is not None  # just (re)opened by _open_channel
+        return self._connection, channel
 
     async def _open_channel(self) -> aio_pika_abc.AbstractChannel:
         """A new channel; the connection is reopened once if it died under us."""
         connection = await self._connect()
         try:
-            return await connection.channel(publisher_confirms=False)
+            return await self._new_channel(connection)
         except (RuntimeError, amqp_errors.AMQPConnectionError, ConnectionError):
             if _usable(connection):
                 raise
             connection = await self._connect()
-            return await connection.channel(publisher_confirms=False)
+            return await self._new_channel(connection)
+
+    async def _new_channel(
+        self, connection: aio_pika_abc.AbstractConnection
+    ) -> aio_pika_abc.AbstractChannel:
+        number = self._next_channel_number(connection)
+        return await connection.channel(channel_number=number, publisher_confirms=False)
+
+    def _next_channel_number(self, connection: aio_pika_abc.AbstractConnection) -> int | None:
+        """Channel numbers count up through the broker's `channel_max`, round and round.
+
+        aiormq takes the number after the highest one in use, and frees a number as
+        soon as the broker's Close arrives, before our CloseOk is written (or at all,
+        when its write queue is full): a channel opened on that number in between
+        makes the broker close the whole connection ("CHANNEL_ERROR - second
+        'channel.open' seen", seen here with a few refused declarations among 60 at
+        once; the same class of bug as pika/pika#84). Counting up keeps a number that
+        was just closed unused until `channel_max` other channels were opened. None
+        (aio-pika's own choice) when not connected.
+        """
+        underlay = connection.transport
+        if underlay is None:
+            return None
+        amqp = underlay.connection
+        limit = min(amqp.connection_tune.channel_max or MAX_CHANNEL, MAX_CHANNEL)
+        for _ in range(limit):
+            self._last_channel = self._last_channel % limit + 1
+            if self._last_channel not in amqp.channels:
+                return self._last_channel
+        return None
 
     # --- the interface ------------------------------------------------------
 
@@ -167,16 +247,9 @@ class RabbitMQProvider(_common.ProviderBase):
         arguments = queue_arguments(topic)
         async with self.guard(f"ensuring exchange {exchange}", self._map):
             try:
-                # The usual case in one channel: exchange, queues and bindings.
+                # The usual case on one channel: exchange, queues and bindings.
                 async with self._channel() as channel:
-                    await channel.declare_exchange(
-                        exchange, aio_pika.ExchangeType.TOPIC, durable=True
-                    )
-                    for queue in queues.values():
-                        declared = await channel.declare_queue(
-                            queue, durable=True, arguments=arguments
-                        )
-                        await declared.bind(exchange, routing_key=ROUTING_KEY)
+                    await _declare(channel, exchange, list(queues.values()), arguments)
             except amqp_errors.ChannelPreconditionFailed:
                 # Something exists with other arguments and closed that channel:
                 # sort it out one declaration per channel.
@@ -249,9 +322,19 @@ class RabbitMQProvider(_common.ProviderBase):
     async def delete_topic(self, topic: base.TopicPlan) -> None:
         await self._ensure_started()
         exchange = topic.name
+        queues = [queue_name(exchange, sub) for sub in topic.subscriptions]
         async with self.guard(f"deleting exchange {exchange}", self._map):
-            for sub in topic.subscriptions:
-                await self._delete("queue", queue_name(exchange, sub))
+            try:
+                async with self._channel() as channel:
+                    amqp = await channel.get_underlay_channel()
+                    for queue in queues:
+                        await amqp.queue_delete(queue)
+                    await amqp.exchange_delete(exchange)
+                return
+            except amqp_errors.ChannelNotFoundEntity:
+                pass  # a broker that refuses to delete what is gone: one at a time
+            for queue in queues:
+                await self._delete("queue", queue)
             await self._delete("exchange", exchange)
 
     async def delete_subscription(self, topic: base.TopicPlan, subscription: str) -> None:
@@ -272,54 +355,53 @@ class RabbitMQProvider(_common.ProviderBase):
 
     async def topic_exists(self, topic: base.TopicPlan) -> bool:
         await self._ensure_started()
-        exchange = topic.name
-        async with self.guard(f"looking up exchange {exchange}", self._map):
-            try:
-                async with self._channel() as channel:
-                    await channel.get_exchange(exchange, ensure=True)
+        async with self.guard(f"looking up exchange {topic.name}", self._map):
+            return await self._exists(topic)
+
+    async def _exists(self, topic: base.TopicPlan) -> bool:
+        """Passive declarations of the exchange and its queues, on one pooled channel."""
+        try:
+            async with self._channel() as channel:
+                amqp = await channel.get_underlay_channel()
+                await amqp.exchange_declare(topic.name, passive=True)
                 for sub in topic.subscriptions:
-                    async with self._channel() as channel:
-                        await channel.get_queue(queue_name(exchange, sub), ensure=True)
-            except amqp_errors.ChannelNotFoundEntity:
-                return False
+                    await amqp.queue_declare(queue_name(topic.name, sub), passive=True)
+        except amqp_errors.ChannelNotFoundEntity:
+            return False
         return True
 
     async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
-        """Passive declarations on one channel, a new channel only after a miss.
+        """Passive declarations on pooled channels, a few topics at once.
 
         AMQP has no listing (the management API is a plugin with a port of its
-        own), but passive declarations on one open channel cost one round trip
-        each, not a channel open each.
+        own). Each topic's lookup is an operation of its own (a slot, a timeout):
+        the resources of this endpoint wait for this listing in their health round,
+        so a thousand topics must not be looked up one after the other, nor fail
+        together for taking longer than one operation may.
         """
         await self._ensure_started()
+        pending = iter(topics)
         present: set[base.TopicPlan] = set()
-        async with self.guard(f"looking up {len(topics)} exchange(s)", self._map):
-            channel = await self._open_channel()
-            try:
-                for topic in topics:
-                    names = [("exchange", topic.name)] + [
-                        ("queue", queue_name(topic.name, sub)) for sub in topic.subscriptions
-                    ]
-                    try:
-                        for kind, name in names:
-                            if kind == "exchange":
-                                await channel.get_exchange(name, ensure=True)
-                            else:
-                                await channel.get_queue(name, ensure=True)
-                    except amqp_errors.ChannelNotFoundEntity:
-                        channel = await self._open_channel()
-                        continue
+
+        async def lookups() -> None:
+            for topic in pending:
+                if await self.topic_exists(topic):
                     present.add(topic)
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(INVENTORY_LOOKUPS):
+                    group.create_task(lookups())
+        except ExceptionGroup as failed:
+            # The first lookup's error stands for the listing, as it did when alone.
+            raise failed.exceptions[0] from None
         return frozenset(present)
 
     async def backlog(
         self, topics: Collection[base.TopicPlan]
     ) -> dict[base.TopicPlan, base.TopicBacklog]:
-        """Each subscription queue's ready messages, from passive declarations on one
-        channel (a new channel only after a miss), like `inventory`.
+        """Each subscription queue's ready messages, from passive declarations on a
+        pooled channel (another one after a miss), like `inventory`.
 
         AMQP's declare-ok counts only the messages ready for delivery: those delivered
         to a consumer and not acked yet are not in it (only the management plugin's
@@ -332,21 +414,16 @@ class RabbitMQProvider(_common.ProviderBase):
         )
         ready: dict[str, int] = {}
         async with self.guard(f"reading the backlog of {len(queues)} queue(s)", self._map):
-            channel = await self._open_channel()
-            try:
-                for name in queues:
-                    try:
+            for name in queues:
+                try:
+                    async with self._channel() as channel:
                         declared = await channel.get_queue(name, ensure=True)
-                    except amqp_errors.ChannelNotFoundEntity:
-                        channel = await self._open_channel()
-                        continue
-                    result = getattr(declared, "declaration_result", None)
-                    count = getattr(result, "message_count", None)
-                    if count is not None:
-                        ready[name] = int(count)
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
+                except amqp_errors.ChannelNotFoundEntity:
+                    continue
+                result = getattr(declared, "declaration_result", None)
+                count = getattr(result, "message_count", None)
+                if count is not None:
+                    ready[name] = int(count)
         return {
             plan: base.TopicBacklog(
                 subscriptions={
@@ -361,13 +438,27 @@ class RabbitMQProvider(_common.ProviderBase):
     async def probe(self, timeout: float) -> None:
         async with self.guard("probing", self._map, timeout=timeout, limited=False):
             await self._ensure_started()
-            async with self._channel():
-                pass
+            # A new channel, not a pooled one: the broker's answer to opening one is
+            # the probe (docs/operations.md).
+            channel = await self._open_channel()
+            await channel.close()
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
         """The operator side's error for an SDK exception (`errors.classify`, shared with
         the client side)."""
         return _common.from_failure(classify(exc), self.endpoint, what, exc)
+
+
+async def _declare(
+    channel: aio_pika_abc.AbstractChannel, exchange: str, queues: list[str], arguments: FieldTable
+) -> None:
+    """The topic exchange, its queues and their bindings, through aiormq's channel
+    (aio-pika's objects for each exchange and queue would be built for nothing)."""
+    amqp = await channel.get_underlay_channel()
+    await amqp.exchange_declare(exchange, exchange_type="topic", durable=True)
+    for queue in queues:
+        await amqp.queue_declare(queue, durable=True, arguments=arguments)
+        await amqp.queue_bind(queue, exchange, routing_key=ROUTING_KEY)
 
 
 def _usable(connection: aio_pika_abc.AbstractConnection) -> bool:
