@@ -39,8 +39,10 @@ logger = logging.getLogger(__name__)
 
 MANAGED_BY = "ductape-operator"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-#: API calls in flight at once: worker threads and pooled HTTP connections alike.
-API_CONCURRENCY = 32
+#: API calls in flight at once: worker threads and pooled HTTP connections alike. With
+#: 32, a burst of creates had each Secret and status write wait about 0.3 s for a thread
+#: before it even reached the API server (docs/operations.md, "A burst of creates").
+API_CONCURRENCY = 64
 
 
 #: Identity of one MessageBroker object (a plain value, defined with the models).
