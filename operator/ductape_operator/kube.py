@@ -495,6 +495,44 @@ async def patch_metadata(
     )
 
 
+async def add_finalizer(
+    ref: BrokerRef,
+    finalizers: list[str],
+    *,
+    resource_version: str,
+    labels: Mapping[str, str],
+) -> bool | None:
+    """Write the MessageBroker's finalizer list (and `labels`) as of `resource_version`.
+
+    True when written; False when the object is gone (or is another one of that name
+    now); None when it changed since `resource_version` (the API server refuses a merge
+    patch that carries a stale one: the list written is never based on an old list).
+    """
+    metadata: dict[str, Any] = {"resourceVersion": resource_version, "finalizers": finalizers}
+    if labels:
+        metadata["labels"] = dict(labels)
+    answer = await _call(
+        f"add the finalizer of MessageBroker {ref.namespace}/{ref.name}",
+        "PATCH",
+        _broker_path(ref),
+        {"metadata": metadata},
+        content_type=MERGE_PATCH,
+        missing_ok=True,
+        conflict_ok=True,
+    )
+    if answer is None:  # gone (404) or changed meanwhile (409): which one, a read tells
+        return None if await _exists(ref) else False
+    return ((answer.get("metadata") or {}).get("uid")) == ref.uid
+
+
+async def _exists(ref: BrokerRef) -> bool:
+    """Whether the MessageBroker `ref` (that very uid) still exists."""
+    body = await _call(
+        f"read MessageBroker {ref.namespace}/{ref.name}", "GET", _broker_path(ref), missing_ok=True
+    )
+    return body is not None and ((body.get("metadata") or {}).get("uid")) == ref.uid
+
+
 #: Events being posted; kept so that the tasks are not garbage-collected mid-flight.
 _posting: set[asyncio.Task[None]] = set()
 #: Events posted at once. An Event is news, never on a resource's path to Ready: a burst

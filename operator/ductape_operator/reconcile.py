@@ -621,6 +621,28 @@ class Reconciler:
         self.forget(obj.ref)
         return True
 
+    async def removed(self, obj: BrokerObject) -> bool:
+        """The object is gone while it still held the finalizer, and was never finalized
+        here: apply its deletionPolicy now, giving up at once on an unreachable broker
+        (there is nothing left to retry on). True when it had to.
+
+        The API server can accept a finalizer and a concurrent DELETE both, and remove
+        the object without ever marking it for deletion (kubernetes/kubernetes#77988):
+        a create handler that provisioned after its finalizer patch succeeded would
+        otherwise leave the broker's topics behind (docs/operations.md, "A burst of
+        creates").
+        """
+        if obj.ref.uid in self._finalized:
+            return False
+        logger.info(
+            "%s/%s was removed without being marked for deletion first; applying its"
+            " deletionPolicy now",
+            obj.ref.namespace,
+            obj.ref.name,
+        )
+        await self.finalize(obj, elapsed=0.0, namespace_terminating=True)
+        return True
+
     async def _delete_everything(
         self,
         obj: BrokerObject,
