@@ -106,14 +106,13 @@ class AppliedEnv:
 
 
 def label_before_handling(body: Mapping[str, Any], finalizer: str) -> str | None:
-    """The tag label to write with the finalizer, before any handler runs; else None.
+    """The tag label to write with the finalizer, before anything is provisioned; else None.
 
-    kopf adds its finalizer in a patch of its own before the create handler runs; a
-    missing tag label goes into that same patch, so that a new resource costs one API
-    write less and its handler starts with the label already there (it must be there
-    before the status says Ready: docs/operations.md, "A burst of creates"). Only while
-    the finalizer is still missing (a new resource), and only for a valid spec, as
-    `gate` would label it.
+    The create handler adds the finalizer in a patch of its own before it provisions
+    anything; a missing tag label goes into that same patch, so that a new resource
+    costs one API write less and is labelled before its status says Ready
+    (docs/operations.md, "A burst of creates"). Only while the finalizer is still
+    missing (a new resource), and only for a valid spec, as `gate` would label it.
     """
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp") or finalizer in (meta.get("finalizers") or []):
@@ -126,15 +125,6 @@ def label_before_handling(body: Mapping[str, Any], finalizer: str) -> str | None
     except pydantic.ValidationError:
         return None
     return tag
-
-
-def set_tag_label(body: dict[str, Any], tag: str) -> None:
-    """Put the tag label on a raw body, in place (a kopf patch function)."""
-    metadata = body.setdefault("metadata", {})
-    labels = metadata.get("labels")
-    if not isinstance(labels, dict):
-        labels = metadata["labels"] = {}
-    labels[TAG_LABEL] = tag
 
 
 def trimmed_body(body: Mapping[str, Any]) -> dict[str, Any]:

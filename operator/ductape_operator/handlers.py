@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
-import functools
+import gc
 import logging
 import secrets
 from collections import Counter
@@ -114,6 +115,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     reconciler = reconcile.Reconciler(app)
     memo["reconciler"] = reconciler
     memo["summary_task"] = asyncio.create_task(_log_summaries(reconciler, app))
+    # Everything alive now lives as long as the process: keep it out of every later
+    # collection (see `__main__._fewer_collections`).
+    gc.collect()
+    gc.freeze()
 
 
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -192,11 +197,58 @@ async def reconcile_broker(
     owner = tag_owner(kwargs, obj)
     delay = min(_app_settings(memo).health_interval, 15.0)
     try:
-        outcome = await _reconciler(memo).reconcile(obj, tag_owner=owner, patch=patch)
+        held = await _block_deletion(body, obj)
+        if held is None:
+            return
+        outcome = await _reconciler(memo).reconcile(held, tag_owner=owner, patch=patch)
     except errors.DuctapeError as exc:  # the API server failing us: retry, no traceback
         raise kopf.TemporaryError(exc.message, delay=delay) from exc
     if outcome.retry:
         raise kopf.TemporaryError(outcome.message or "not ready yet", delay=delay)
+
+
+#: Seconds before a create retries a finalizer patch refused because the object had
+#: changed meanwhile (the watch brings the newer body shortly).
+CONFLICT_RETRY = 0.5
+
+
+def holds_finalizer(body: kopf.Body, **_: Any) -> bool:
+    """The resource carries the operator's finalizer (a filter of the delete handler and
+    of the health timer: kopf adds no finalizer of its own, see `_block_deletion`)."""
+    return FINALIZER in (body.get("metadata", {}).get("finalizers") or [])
+
+
+async def _block_deletion(
+    body: kopf.Body, obj: reconcile.BrokerObject
+) -> reconcile.BrokerObject | None:
+    """Put the finalizer (and a missing tag label) on the resource before anything is
+    provisioned; the object to reconcile, or None when it is gone.
+
+    kopf would add its finalizer in a patch of its own and run the create handler only
+    once the watch brought the patched object back: one more watch round trip on every
+    new resource's way to Ready, the longest step of a burst of creates. The delete
+    handler and the timer only match a resource that holds the finalizer, so kopf
+    requires none before the first handler, and this patch, sent and confirmed before
+    any broker is touched, protects the resource just as kopf's did: deleted before it,
+    the resource is gone and nothing was provisioned; deleted after it, the delete
+    handler runs (docs/operations.md, "A burst of creates").
+    """
+    if holds_finalizer(body):
+        return obj
+    meta = body.get("metadata", {})
+    tag = core.label_before_handling(body, FINALIZER)
+    labels = {core.TAG_LABEL: tag} if tag is not None else {}
+    held = await kube.add_finalizer(
+        obj.ref,
+        [*(meta.get("finalizers") or []), FINALIZER],
+        resource_version=str(meta.get("resourceVersion") or ""),
+        labels=labels,
+    )
+    if held is None:
+        raise kopf.TemporaryError("changed while adding the finalizer", delay=CONFLICT_RETRY)
+    if not held:
+        return None
+    return dataclasses.replace(obj, labels={**obj.labels, **labels})
 
 
 async def health_round(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any) -> None:
@@ -219,23 +271,21 @@ async def health_round(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kw
         logger.debug("health round of %s/%s: %s", obj.ref.namespace, obj.ref.name, exc.message)
 
 
-async def pause_changed(
-    body: kopf.Body,
-    memo: kopf.Memo,
-    type: str,
-    patch: kopf.Patch,
-    **kwargs: Any,
-) -> None:
+async def pause_changed(body: kopf.Body, memo: kopf.Memo, type: str, **kwargs: Any) -> None:
     """kopf ignores its own prefix's annotations in diffs: watch the paused flag here.
 
-    A new resource's tag label is written here too, in the patch that adds kopf's
-    finalizer (see `core.label_before_handling`): kopf runs event handlers before it
-    decides on the finalizer, in the same processing cycle, and adds its finalizer
-    with a patch function, so the label must be one too for both to be one request.
-    """
-    tag = core.label_before_handling(body, FINALIZER)
-    if tag is not None:
-        patch.fns.append(functools.partial(core.set_tag_label, tag=tag))
+    Also the last word on a resource removed while it still held the finalizer
+    (`Reconciler.removed`)."""
+    if type == "DELETED" and holds_finalizer(body):
+        gone = reconcile.BrokerObject.from_body(body)
+        try:
+            await _reconciler(memo).removed(gone)
+        except errors.DuctapeError as exc:
+            logger.warning(
+                "%s/%s: deletionPolicy not applied: %s", gone.ref.namespace, gone.ref.name,
+                exc.message,
+            )  # fmt: skip
+        return
     if type in (None, "DELETED") or body.get("metadata", {}).get("deletionTimestamp"):
         return
     obj = reconcile.BrokerObject.from_body(body)
@@ -462,14 +512,19 @@ def register(registry: kopf.OperatorRegistry, app: Settings) -> None:
     kopf.on.update(*RESOURCE, registry=registry, id="update")(reconcile_broker)
     kopf.on.resume(*RESOURCE, registry=registry, id="resume")(reconcile_broker)
     kopf.on.event(*RESOURCE, registry=registry, id="paused")(pause_changed)
+    # Both only for a resource that holds the finalizer: kopf then adds none of its own
+    # before the create handler, which adds it itself (see `_block_deletion`).
     kopf.timer(
         *RESOURCE,
         registry=registry,
         id="health",
         interval=app.health_interval,
         initial_delay=app.health_interval,
+        when=holds_finalizer,
     )(health_round)
-    kopf.on.delete(*RESOURCE, registry=registry, id="finalize")(finalize_broker)
+    kopf.on.delete(*RESOURCE, registry=registry, id="finalize", when=holds_finalizer)(
+        finalize_broker
+    )
     kopf.on.event("", "v1", "secrets", registry=registry, id="secret")(secret_changed)
     if not app.namespaces:
         # Cluster-wide only: CRDs are cluster-scoped, and namespaced mode has no

@@ -39,8 +39,10 @@ logger = logging.getLogger(__name__)
 
 MANAGED_BY = "ductape-operator"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-#: API calls in flight at once: worker threads and pooled HTTP connections alike.
-API_CONCURRENCY = 32
+#: API calls in flight at once: worker threads and pooled HTTP connections alike. With
+#: 32, a burst of creates had each Secret and status write wait about 0.3 s for a thread
+#: before it even reached the API server (docs/operations.md, "A burst of creates").
+API_CONCURRENCY = 64
 
 
 #: Identity of one MessageBroker object (a plain value, defined with the models).
@@ -491,6 +493,44 @@ async def patch_metadata(
         content_type=MERGE_PATCH,
         missing_ok=True,
     )
+
+
+async def add_finalizer(
+    ref: BrokerRef,
+    finalizers: list[str],
+    *,
+    resource_version: str,
+    labels: Mapping[str, str],
+) -> bool | None:
+    """Write the MessageBroker's finalizer list (and `labels`) as of `resource_version`.
+
+    True when written; False when the object is gone (or is another one of that name
+    now); None when it changed since `resource_version` (the API server refuses a merge
+    patch that carries a stale one: the list written is never based on an old list).
+    """
+    metadata: dict[str, Any] = {"resourceVersion": resource_version, "finalizers": finalizers}
+    if labels:
+        metadata["labels"] = dict(labels)
+    answer = await _call(
+        f"add the finalizer of MessageBroker {ref.namespace}/{ref.name}",
+        "PATCH",
+        _broker_path(ref),
+        {"metadata": metadata},
+        content_type=MERGE_PATCH,
+        missing_ok=True,
+        conflict_ok=True,
+    )
+    if answer is None:  # gone (404) or changed meanwhile (409): which one, a read tells
+        return None if await _exists(ref) else False
+    return ((answer.get("metadata") or {}).get("uid")) == ref.uid
+
+
+async def _exists(ref: BrokerRef) -> bool:
+    """Whether the MessageBroker `ref` (that very uid) still exists."""
+    body = await _call(
+        f"read MessageBroker {ref.namespace}/{ref.name}", "GET", _broker_path(ref), missing_ok=True
+    )
+    return body is not None and ((body.get("metadata") or {}).get("uid")) == ref.uid
 
 
 #: Events being posted; kept so that the tasks are not garbage-collected mid-flight.

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from typing import Any, Protocol
 
 from ductape_operator import core, errors, health, kube, metrics, models, providers
@@ -73,9 +74,9 @@ logger = logging.getLogger(__name__)
 #: first, so that users see progress; a quick one writes only its final status.
 PROVISIONING_NOTICE_SECONDS = 2.0
 #: Reconciles in flight at once (controller-runtime's MaxConcurrentReconciles): a burst
-#: of a thousand creates waits here, first come first served, instead of holding a
-#: thousand half-done reconciles (and their memory) at once. The API server is the
-#: bottleneck of such a burst either way.
+#: of a thousand creates waits here instead of holding a thousand half-done reconciles
+#: (and their memory) at once. The API server is the bottleneck of such a burst either
+#: way. Changes go first, health rounds after (see `Slots`).
 MAX_CONCURRENT_RECONCILES = 64
 #: Deleted resources' uids remembered (see `Reconciler._finalized`).
 FINALIZED_KEPT = 10_000
@@ -118,6 +119,55 @@ class KubeCluster:
     emit_event = staticmethod(kube.emit_event)
 
 
+class Slots:
+    """A semaphore whose urgent waiters go first, each kind first come first served.
+
+    In a burst of creates longer than a health interval, the resources already Ready
+    have their health rounds come due: with one plain queue each of those took a slot
+    ahead of the creates still waiting, and a new resource's time to Ready grew by
+    rounds that had nothing to write (docs/operations.md, "A burst of creates").
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._later: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, *, urgent: bool) -> AsyncIterator[None]:
+        await self._acquire(urgent)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, urgent: bool) -> None:
+        if self._free > 0:  # then nobody waits: a released slot goes to a waiter first
+            self._free -= 1
+            return
+        queue = self._urgent if urgent else self._later
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._release()  # handed a slot, then cancelled: pass it on
+            else:
+                queue.remove(granted)
+            raise
+
+    def _release(self) -> None:
+        """Hand the slot to the next waiter, urgent first; else it is free again."""
+        for queue in (self._urgent, self._later):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1
+
+
 class Reconciler:
     """Reconciles MessageBrokers; one per operator process, shared by all handlers."""
 
@@ -135,7 +185,7 @@ class Reconciler:
             round_seconds=settings.health_interval, probe_timeout=settings.probe_timeout
         )
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._in_flight = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
+        self._in_flight = Slots(MAX_CONCURRENT_RECONCILES)
         self._written: dict[tuple[str, str], Written] = {}
         #: The Ready condition's reason per resource, for the periodic summary.
         self.ready_reasons: dict[tuple[str, str], str] = {}
@@ -180,7 +230,7 @@ class Reconciler:
         as kopf's own bookkeeping), metadata changes go there instead of a patch of
         their own: one API write less per created resource.
         """
-        async with self._in_flight, self.lock(obj.ref):
+        async with self._in_flight.hold(urgent=trigger != HEALTH), self.lock(obj.ref):
             if obj.ref.uid in self._finalized:
                 return Outcome(obj.current_status(), ready=False, retry=False, message="deleted")
             written = self._written_for(obj.ref)
@@ -569,6 +619,28 @@ class Reconciler:
             while len(self._finalized) > FINALIZED_KEPT:
                 self._finalized.popitem(last=False)
         self.forget(obj.ref)
+        return True
+
+    async def removed(self, obj: BrokerObject) -> bool:
+        """The object is gone while it still held the finalizer, and was never finalized
+        here: apply its deletionPolicy now, giving up at once on an unreachable broker
+        (there is nothing left to retry on). True when it had to.
+
+        The API server can accept a finalizer and a concurrent DELETE both, and remove
+        the object without ever marking it for deletion (kubernetes/kubernetes#77988):
+        a create handler that provisioned after its finalizer patch succeeded would
+        otherwise leave the broker's topics behind (docs/operations.md, "A burst of
+        creates").
+        """
+        if obj.ref.uid in self._finalized:
+            return False
+        logger.info(
+            "%s/%s was removed without being marked for deletion first; applying its"
+            " deletionPolicy now",
+            obj.ref.namespace,
+            obj.ref.name,
+        )
+        await self.finalize(obj, elapsed=0.0, namespace_terminating=True)
         return True
 
     async def _delete_everything(

@@ -100,6 +100,41 @@ async def test_delete_applies_policy_and_secrets_are_collected(
         assert not await raw.exists("REDIS", entry)
 
 
+async def test_a_resource_deleted_right_after_its_create_leaves_nothing_behind(
+    kube: kit.Kube, namespace: str
+) -> None:
+    """Deleted while its create is being handled, with deletionPolicy Delete: whether the
+    deletion comes before the operator's finalizer or after it, the resource goes and
+    no stream of it is left on the broker (docs/operations.md, "A burst of creates")."""
+    control = kit.unique("kept")
+    kube.apply(
+        namespace,
+        kit.broker_manifest(control, envs=[("dev", "REDIS")], topics=kit.topics_for(control)),
+    )
+    names = [kit.unique("quick") for _ in range(8)]
+    for name in names:
+        manifest = kit.broker_manifest(
+            name, envs=[("dev", "REDIS")], topics=kit.topics_for(name), deletion_policy="Delete"
+        )
+        kube.apply(namespace, manifest)
+        kube.delete(namespace, name)
+    for name in names:
+        kit.wait_until(
+            lambda name=name: kube.get(namespace, name) is None, timeout=60, what=f"{name} gone"
+        )
+    # The lookup below finds a stream that exists: its negative answers mean something.
+    kube.wait_condition(namespace, control, "True", "AllEnvsReady")
+    for topic in kit.topics_for(control):
+        assert await raw.exists("REDIS", {"name": topic["name"]})
+    left = [
+        topic["name"]
+        for name in names
+        for topic in kit.topics_for(name)
+        if await raw.exists("REDIS", {"name": topic["name"]})
+    ]
+    assert left == []
+
+
 def test_missing_secret_then_created_then_rotated(
     kube: kit.Kube, namespace: str, private_redis: kit.PrivateRedis
 ) -> None:

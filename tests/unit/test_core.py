@@ -204,15 +204,6 @@ def test_a_new_resource_is_labelled_with_the_finalizer(mutate: Any, label: str |
     assert core.label_before_handling(raw, FINALIZER) == label
 
 
-def test_set_tag_label_keeps_other_labels_and_makes_the_map_if_missing() -> None:
-    raw = fakes.body(labels={"team": "a"})
-    core.set_tag_label(raw, "bus")
-    assert raw["metadata"]["labels"] == {"team": "a", core.TAG_LABEL: "bus"}
-    bare: dict[str, Any] = {"metadata": {"labels": None}}
-    core.set_tag_label(bare, "bus")
-    assert bare["metadata"]["labels"] == {core.TAG_LABEL: "bus"}
-
-
 def topic(tag: str, *subs: str, name: str | None = None) -> models.TopicSpec:
     return models.TopicSpec(tag=tag, name=name, subscriptions=list(subs))
 

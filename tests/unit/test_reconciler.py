@@ -301,6 +301,30 @@ async def test_delete_removes_the_topics_of_a_reachable_broker() -> None:
     assert brokers["r1"].topics == {}
 
 
+async def test_an_object_removed_unfinalized_gets_its_policy_from_what_was_provisioned() -> None:
+    """The API server removed the object although its finalizer was added (a DELETE that
+    raced the finalizer patch): the topics provisioned meanwhile go, per deletionPolicy.
+    The body is the one created, without the applied record that never reached it."""
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    created = fakes.body(policy="Delete")
+    await run(rec, created)
+    assert brokers["r1"].topics
+    assert await rec.removed(core.BrokerObject.from_body(created))
+    assert brokers["r1"].topics == {}
+    assert not await rec.removed(core.BrokerObject.from_body(created)), "only once"
+
+
+async def test_an_object_finalized_here_is_left_alone_once_removed() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    settled = await ready_body(rec, cluster, fakes.body())
+    assert await finalize(rec, settled)
+    brokers["r1"].calls.clear()
+    assert not await rec.removed(core.BrokerObject.from_body(settled))
+    assert brokers["r1"].calls == []
+
+
 @pytest.mark.parametrize(
     ("elapsed", "terminating", "lets_go"),
     [(10.0, False, False), (301.0, False, True), (0.0, True, True)],
