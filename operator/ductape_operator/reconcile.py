@@ -627,7 +627,7 @@ class Reconciler:
         (there is nothing left to retry on). True when it had to.
 
         The API server can accept a finalizer and a concurrent DELETE both, and remove
-        the object without ever marking it for deletion (kubernetes/kubernetes#77988):
+        the object without ever marking it for deletion (an API server race):
         a create handler that provisioned after its finalizer patch succeeded would
         otherwise leave the broker's topics behind (docs/operations.md, "A burst of
         creates").

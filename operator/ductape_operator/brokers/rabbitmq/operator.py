@@ -223,9 +223,9 @@ class RabbitMQProvider(_common.ProviderBase):
         when its write queue is full): a channel opened on that number in between
         makes the broker close the whole connection ("CHANNEL_ERROR - second
         'channel.open' seen", seen here with a few refused declarations among 60 at
-        once; the same class of bug as pika/pika#84). Counting up keeps a number that
-        was just closed unused until `channel_max` other channels were opened. None
-        (aio-pika's own choice) when not connected.
+        once; docs/operations.md, "Limits of our own are not outages"). Counting up
+        keeps a number that was just closed unused until `channel_max` other channels
+        were opened. None (aio-pika's own choice) when not connected.
         """
         underlay = connection.transport
         if underlay is None:
