@@ -85,11 +85,12 @@ async def test_a_refused_declaration_fails_its_own_topic_only(
 
 
 async def test_waiting_for_a_slot_of_our_own_is_not_an_outage(stack: dict[str, str]) -> None:
-    """One slot and a 1.5 s timeout for 200 topics: the queue on our side takes longer
-    than the timeout, and still nothing is reported as unreachable."""
+    """One slot and a 1.5 s timeout for 600 topics: the queue on our side takes longer
+    than the timeout (200 took 1.4 s on a quiet machine: too few), and still nothing is
+    reported as unreachable."""
     config, secrets = stack_config(RABBITMQ, stack)
     timeout = 1.5
-    plans = [unique_topic() for _ in range(200)]
+    plans = [unique_topic() for _ in range(600)]
     provider = rabbitmq.RabbitMQProvider(config, secrets, timeout=timeout, concurrency=1)
     # An inventory is one operation under one timeout: the checker has the usual one.
     checker = build_provider(RABBITMQ, config, secrets)
