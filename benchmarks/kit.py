@@ -322,9 +322,18 @@ def other_operators(own: set[int]) -> dict[int, str]:
 
 
 def tracebacks(log_path: pathlib.Path) -> int | None:
+    return _count_lines(log_path, lambda line: line.startswith("Traceback"))
+
+
+def warning_lines(log_path: pathlib.Path) -> int | None:
+    """WARNING and ERROR lines: a healthy run, teardown included, has none."""
+    return _count_lines(log_path, lambda line: "[WARNING " in line or "[ERROR " in line)
+
+
+def _count_lines(log_path: pathlib.Path, matches: Callable[[str], bool]) -> int | None:
     try:
         with log_path.open(errors="replace") as log:
-            return sum(1 for line in log if line.startswith("Traceback"))
+            return sum(1 for line in log if matches(line))
     except OSError:
         return None
 

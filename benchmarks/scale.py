@@ -14,7 +14,7 @@ default) from 16 concurrent clients against the local stack and reports:
   every broker stayed up (false outages);
 - the operator's peak RSS, sampled every 0.5 s, and its VmHWM;
 - how long deleting the namespace takes until it is gone;
-- how many tracebacks the operator logged.
+- how many tracebacks, and how many WARNING or ERROR lines, the operator logged.
 
 It prints a table and writes the same figures as JSON to
 `.bench/scale-<provider>-<N>.json`. Figures only: nothing is asserted.
@@ -535,6 +535,7 @@ def _print_table(result: dict[str, Any]) -> None:
         ("operator CPU, steady window", _fmt(rss["steady_cpu_percent"], " %", 1)),
         ("teardown", "timeout" if teardown is None else _fmt(teardown, " s")),
         ("tracebacks in the log", _fmt(result["tracebacks"])),
+        ("WARNING/ERROR lines in the log", _fmt(result["warnings"])),
     ]
     floor = result.get("api_floor")
     if floor:
@@ -743,6 +744,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     result["operator"]["exit_status"] = exit_status
     result["tracebacks"] = kit.tracebacks(args.operator_log) if args.operator_log else None
+    result["warnings"] = kit.warning_lines(args.operator_log) if args.operator_log else None
     # With --no-operator, another operator is the point: nothing to compare with.
     result["other_operators"] = (
         {str(pid): cmd for pid, cmd in sampler.others.items()} if sampler else None

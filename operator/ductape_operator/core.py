@@ -199,9 +199,15 @@ def _collect_secret_names(node: Mapping[str, Any], names: set[str]) -> None:
 
 
 def shows_paused(obj: BrokerObject) -> bool:
-    """Whether the status already says Paused."""
-    ready = conditions.find(obj.current_status().conditions, conditions.READY)
-    return ready is not None and ready.reason == Reason.PAUSED
+    """Whether the status already says Paused.
+
+    Read from the raw status, not the validated model: it is asked on every watch event
+    of every resource (a burst of creates delivers four per resource).
+    """
+    for condition in obj.status.get("conditions") or ():
+        if isinstance(condition, Mapping) and condition.get("type") == conditions.READY:
+            return bool(condition.get("reason") == Reason.PAUSED)
+    return False
 
 
 def broker_identity(env: models.EnvSpec) -> str:

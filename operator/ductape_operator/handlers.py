@@ -107,6 +107,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # kopf re-checks a stopping timer this often; its default (60 s) delays deletions.
     settings.background.cancellation_polling = 1.0
     settings.watching.server_timeout = 300
+    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT
     settings.networking.request_timeout = 60
     settings.networking.error_backoffs = API_BACKOFFS
     kube.configure()
@@ -207,6 +208,14 @@ async def reconcile_broker(
         raise kopf.TemporaryError(outcome.message or "not ready yet", delay=delay)
 
 
+#: How long kopf waits for the watch to bring back its own last patch before it handles an
+#: older version of the object as if it were current. In a burst of creates the watch lags
+#: by several seconds; with kopf's default of 5 s it handled the versions written by the
+#: create handler itself (finalizer, status) as new creates: a second reconcile and a
+#: second bookkeeping patch per resource, at the worst moment (docs/operations.md, "A burst
+#: of creates").
+CONSISTENCY_TIMEOUT = 15.0
+
 #: Seconds before a create retries a finalizer patch refused because the object had
 #: changed meanwhile (the watch brings the newer body shortly).
 CONFLICT_RETRY = 0.5
@@ -240,12 +249,13 @@ async def _block_deletion(
     labels = {core.TAG_LABEL: tag} if tag is not None else {}
     held = await kube.add_finalizer(
         obj.ref,
-        [*(meta.get("finalizers") or []), FINALIZER],
+        FINALIZER,
+        finalizers=list(meta.get("finalizers") or []),
         resource_version=str(meta.get("resourceVersion") or ""),
         labels=labels,
     )
-    if held is None:
-        raise kopf.TemporaryError("changed while adding the finalizer", delay=CONFLICT_RETRY)
+    if held is None:  # changed under every attempt: the watch brings the newer body
+        raise kopf.TemporaryError("kept changing while adding the finalizer", delay=CONFLICT_RETRY)
     if not held:
         return None
     return dataclasses.replace(obj, labels={**obj.labels, **labels})
@@ -458,6 +468,11 @@ async def secret_changed(
     if kube.connection_secret_seen(namespace, name, None if gone else body):
         refs = body.get("metadata", {}).get("ownerReferences") or []
         owners.update(ref["name"] for ref in refs if ref.get("kind") == models.KIND)
+        if gone and owners and await _namespace_going(namespace):
+            # Deleting a namespace deletes the Secrets before the MessageBrokers are
+            # marked: writing them again would only be refused (403), and each refusal
+            # reported as a failure (docs/operations.md, "Deleting a namespace").
+            return
     brokers: kopf.Index[Any, Any] = kwargs["brokers_index"]
     for broker_name in sorted(owners):
         bodies = list(brokers.get((namespace, broker_name), []))
@@ -470,6 +485,13 @@ async def secret_changed(
             await _reconciler(memo).reconcile(obj, tag_owner=owner)
         except errors.DuctapeError as exc:
             raise kopf.TemporaryError(exc.message, delay=10) from exc
+
+
+async def _namespace_going(namespace: str) -> bool:
+    try:
+        return await kube.namespace_terminating(namespace)
+    except errors.DuctapeError:  # unknown: reconcile, as for any other change
+        return False
 
 
 #: HTTP connections kopf keeps to the API server (its watches included). kopf's own

@@ -495,42 +495,91 @@ async def patch_metadata(
     )
 
 
+#: Attempts at the finalizer patch: each refusal (the object changed since the body the
+#: handler had) is answered by a read, and the next attempt is based on what it read.
+FINALIZER_ATTEMPTS = 5
+
+
 async def add_finalizer(
     ref: BrokerRef,
-    finalizers: list[str],
+    finalizer: str,
     *,
+    finalizers: list[str],
     resource_version: str,
     labels: Mapping[str, str],
 ) -> bool | None:
-    """Write the MessageBroker's finalizer list (and `labels`) as of `resource_version`.
+    """Append `finalizer` to the MessageBroker's `finalizers` (and write `labels`), as of
+    `resource_version`.
 
     True when written; False when the object is gone (or is another one of that name
-    now); None when it changed since `resource_version` (the API server refuses a merge
-    patch that carries a stale one: the list written is never based on an old list).
+    now, or is being deleted); None when it kept changing under every attempt. The merge
+    patch carries the `resourceVersion` it is based on, so a list written is never based
+    on an old list: when the API server refuses it (409), the object is read and the patch
+    retried at once on what was read, rather than waiting for the watch to bring the newer body
+    (docs/operations.md, "A burst of creates").
     """
-    metadata: dict[str, Any] = {"resourceVersion": resource_version, "finalizers": finalizers}
-    if labels:
-        metadata["labels"] = dict(labels)
-    answer = await _call(
-        f"add the finalizer of MessageBroker {ref.namespace}/{ref.name}",
-        "PATCH",
-        _broker_path(ref),
-        {"metadata": metadata},
-        content_type=MERGE_PATCH,
-        missing_ok=True,
-        conflict_ok=True,
+    for _ in range(FINALIZER_ATTEMPTS):
+        metadata: dict[str, Any] = {
+            "resourceVersion": resource_version,
+            "finalizers": [*finalizers, finalizer],
+        }
+        if labels:
+            metadata["labels"] = dict(labels)
+        answer = await _call(
+            f"add the finalizer of MessageBroker {ref.namespace}/{ref.name}",
+            "PATCH",
+            _broker_path(ref),
+            {"metadata": metadata},
+            content_type=MERGE_PATCH,
+            missing_ok=True,
+            conflict_ok=True,
+        )
+        if answer is not None:
+            return ((answer.get("metadata") or {}).get("uid")) == ref.uid
+        # Gone (404) or changed meanwhile (409): which one, a read tells.
+        current = await _read_broker(ref)
+        meta = (current or {}).get("metadata") or {}
+        if current is None or meta.get("deletionTimestamp"):
+            return False  # gone, or going before anything was provisioned for it
+        logger.debug(
+            "%s/%s changed since resourceVersion %s (now %s, last written by %s): finalizer"
+            " patch retried on the current object",
+            ref.namespace, ref.name, resource_version, meta.get("resourceVersion"),
+            _last_writers(meta),
+        )  # fmt: skip
+        finalizers = [f for f in meta.get("finalizers") or [] if f != finalizer]
+        held = len(finalizers) != len(meta.get("finalizers") or [])
+        current_labels = meta.get("labels") or {}
+        if held and all(current_labels.get(k) == v for k, v in labels.items()):
+            return True
+        resource_version = str(meta.get("resourceVersion") or "")
+    return None
+
+
+def _last_writers(metadata: Mapping[str, Any]) -> str:
+    """Who wrote the object, newest first, from its managedFields (for a debug line)."""
+    entries = sorted(
+        metadata.get("managedFields") or [], key=lambda e: str(e.get("time")), reverse=True
     )
-    if answer is None:  # gone (404) or changed meanwhile (409): which one, a read tells
-        return None if await _exists(ref) else False
-    return ((answer.get("metadata") or {}).get("uid")) == ref.uid
+    return (
+        ", ".join(
+            f"{e.get('manager')} {e.get('operation')}"
+            + (f" {e['subresource']}" if e.get("subresource") else "")
+            + f" at {e.get('time')}"
+            for e in entries
+        )
+        or "(unknown)"
+    )
 
 
-async def _exists(ref: BrokerRef) -> bool:
-    """Whether the MessageBroker `ref` (that very uid) still exists."""
+async def _read_broker(ref: BrokerRef) -> dict[str, Any] | None:
+    """The MessageBroker `ref` (that very uid) as the API server has it, or None."""
     body = await _call(
         f"read MessageBroker {ref.namespace}/{ref.name}", "GET", _broker_path(ref), missing_ok=True
     )
-    return body is not None and ((body.get("metadata") or {}).get("uid")) == ref.uid
+    if body is None or ((body.get("metadata") or {}).get("uid")) != ref.uid:
+        return None
+    return body
 
 
 #: Events being posted; kept so that the tasks are not garbage-collected mid-flight.
@@ -675,15 +724,10 @@ async def remove_finalizer(ref: BrokerRef, finalizer: str) -> None:
     added or removed meanwhile is never removed or restored by mistake.
     """
     for _ in range(5):
-        body = await _call(
-            f"read MessageBroker {ref.namespace}/{ref.name}",
-            "GET",
-            _broker_path(ref),
-            missing_ok=True,
-        )
+        body = await _read_broker(ref)
         meta = (body or {}).get("metadata") or {}
         finalizers = list(meta.get("finalizers") or [])
-        if body is None or meta.get("uid") != ref.uid or finalizer not in finalizers:
+        if body is None or finalizer not in finalizers:
             return
         at = f"/metadata/finalizers/{finalizers.index(finalizer)}"
         try:

@@ -420,3 +420,34 @@ def test_namespace_deletion_is_not_held_hostage(
     # pace sets the floor, so allow it generous time but less than timeout + slack.
     kit.wait_until(gone, timeout=90, what=f"namespace {ns} to be deleted")
     operator.assert_alive()
+
+
+def test_deleting_a_namespace_writes_no_secret_again_and_reports_no_failure(
+    kube: kit.Kube, operator: OperatorProcess
+) -> None:
+    """The namespace controller deletes the connection Secrets before it marks the
+    MessageBrokers: writing them again is refused (403), and must not be reported as a
+    failure of each resource on its way out (docs/operations.md, "Deleting a namespace")."""
+    ns = f"e2e-ns-{uuid.uuid4().hex[:6]}"
+    kube.create_namespace(ns)
+    names = [kit.unique("going") for _ in range(5)]
+    for name in names:
+        kube.apply(ns, kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=[]))
+    for name in names:
+        kube.wait_condition(ns, name, "True", "AllEnvsReady")
+    since = operator.log_size()
+
+    kube.delete_namespace(ns)
+    kit.wait_until(
+        lambda: ns not in kube.namespace_names() or None,
+        timeout=90,
+        what=f"namespace {ns} to be deleted",
+    )
+    log = operator.log(since)
+    for name in names:
+        assert f"{ns}/{name}: deleted (deletionPolicy Retain)" in log
+    assert not [line for line in log.splitlines() if ns in line and "WARNING" in line], log
+    rewritten = [
+        line for line in log.splitlines() if f"Secret {ns}/" in line and "reconciling" in line
+    ]
+    assert not rewritten, "a connection Secret was written again:\n" + "\n".join(rewritten)

@@ -354,3 +354,20 @@ def test_events_name_what_happened_on_the_broker() -> None:
     assert "deleted" in core.env_removed(models.DeletionPolicy.DELETE, prev).message
     assert core.secret_written(env, "bus-dev").reason == Reason.SECRET_WRITTEN
     assert "re-created" in core.drift_repaired(env, topic("orders"), "redis://r").message
+
+
+@pytest.mark.parametrize(
+    ("status", "paused"),
+    [
+        ({}, False),
+        ({"conditions": []}, False),
+        ({"conditions": [{"type": "Ready", "status": "False", "reason": "Paused"}]}, True),
+        ({"conditions": [{"type": "Ready", "status": "True", "reason": "AllEnvsReady"}]}, False),
+        ({"conditions": [{"type": "Healthy", "reason": "Paused"}]}, False),
+        ({"conditions": ["garbage", {"type": "Ready", "reason": "Paused"}]}, True),
+        ({"conditions": "garbage"}, False),
+    ],
+)
+def test_shows_paused_reads_the_ready_reason(status: dict[str, Any], paused: bool) -> None:
+    body = {"metadata": {"namespace": "ns", "name": "bus", "uid": "u"}, "status": status}
+    assert core.shows_paused(core.BrokerObject.from_body(body)) is paused
