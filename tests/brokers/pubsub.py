@@ -139,28 +139,38 @@ async def publish(
     await asyncio.to_thread(send)
 
 
+def pull_raw(
+    emulator: str, project: str, physical: str, *, count: int, timeout: float
+) -> list[Any]:
+    """Pull subscription `physical` until `count` messages came (whole pulls, so the last
+    may bring more) or `timeout` passed, acknowledging each pull; the messages as the SDK
+    hands them over (data, attributes, message_id). Blocking: run it in a thread."""
+    end = time.monotonic() + timeout
+    got: list[Any] = []
+    with clients(emulator) as (_pub, sub):
+        path = sub.subscription_path(project, physical)
+        while len(got) < count and time.monotonic() < end:
+            reply = sub.pull(request={"subscription": path, "max_messages": 10}, timeout=5)
+            if reply.received_messages:
+                sub.acknowledge(
+                    request={
+                        "subscription": path,
+                        "ack_ids": [m.ack_id for m in reply.received_messages],
+                    }
+                )
+                got += [m.message for m in reply.received_messages]
+    return got
+
+
 async def receive(
     entries: Mapping[str, str], name: str | None, physical: str, timeout: float
 ) -> list[bytes]:
-    end = time.monotonic() + timeout
-
-    def pull() -> list[bytes]:
-        with clients(entries["emulator-host"]) as (_pub, sub):
-            path = sub.subscription_path(entries["project-id"], physical)
-            while True:
-                reply = sub.pull(request={"subscription": path, "max_messages": 10}, timeout=5)
-                if reply.received_messages:
-                    sub.acknowledge(
-                        request={
-                            "subscription": path,
-                            "ack_ids": [m.ack_id for m in reply.received_messages],
-                        }
-                    )
-                    return [m.message.data for m in reply.received_messages]
-                if time.monotonic() > end:
-                    return []
-
-    return await asyncio.to_thread(pull)
+    """The payloads of the first pull that brings any, or [] after `timeout`."""
+    messages = await asyncio.to_thread(
+        pull_raw, entries["emulator-host"], entries["project-id"], physical,
+        count=1, timeout=timeout,
+    )  # fmt: skip
+    return [m.data for m in messages]
 
 
 async def read_settings(

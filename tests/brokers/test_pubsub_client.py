@@ -39,26 +39,10 @@ async def topic() -> Any:
 
 async def _pull_raw(topic: stack.Provisioned, count: int) -> list[Any]:
     """`count` messages of subscription `raw` as the SDK hands them over, acked."""
-    end = time.monotonic() + DEADLINE
     emulator, project = os.environ["PUBSUB_EMULATOR_HOST"], os.environ["PUBSUB_PROJECT_ID"]
-
-    def pull() -> list[Any]:
-        got: list[Any] = []
-        with raw.clients(emulator) as (_pub, sub):
-            path = sub.subscription_path(project, topic.subscription("raw"))
-            while len(got) < count and time.monotonic() < end:
-                reply = sub.pull(request={"subscription": path, "max_messages": 10}, timeout=5)
-                if reply.received_messages:
-                    sub.acknowledge(
-                        request={
-                            "subscription": path,
-                            "ack_ids": [m.ack_id for m in reply.received_messages],
-                        }
-                    )
-                    got += [m.message for m in reply.received_messages]
-        return got
-
-    return await asyncio.to_thread(pull)
+    return await asyncio.to_thread(
+        raw.pull_raw, emulator, project, topic.subscription("raw"), count=count, timeout=DEADLINE
+    )
 
 
 async def test_the_id_is_the_servers_unless_the_application_chose_one(
