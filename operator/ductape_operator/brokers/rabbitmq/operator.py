@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from typing import TypeVar
 
 import aio_pika
 from aio_pika import abc as aio_pika_abc
@@ -45,6 +46,7 @@ CONCURRENCY = 32
 #: Topics an inventory looks up at once, each an operation: a quarter of the
 #: slots, so that creates still find most of them free during a health round.
 INVENTORY_LOOKUPS = 8
+_T = TypeVar("_T")
 #: The highest channel number AMQP 0-9-1 has (a `channel_max` of 0 means this).
 MAX_CHANNEL = 65535
 
@@ -371,37 +373,25 @@ class RabbitMQProvider(_common.ProviderBase):
         return True
 
     async def inventory(self, topics: Collection[base.TopicPlan]) -> frozenset[base.TopicPlan]:
-        """Passive declarations on pooled channels, a few topics at once.
+        """Passive declarations on pooled channels, a few topics at once (`_each`).
 
-        AMQP has no listing (the management API is a plugin with a port of its
-        own). Each topic's lookup is an operation of its own (a slot, a timeout):
-        the resources of this endpoint wait for this listing in their health round,
-        so a thousand topics must not be looked up one after the other, nor fail
-        together for taking longer than one operation may.
+        AMQP has no listing (the management API is a plugin with a port of its own).
         """
         await self._ensure_started()
-        pending = iter(topics)
         present: set[base.TopicPlan] = set()
 
-        async def lookups() -> None:
-            for topic in pending:
-                if await self.topic_exists(topic):
-                    present.add(topic)
+        async def look_up(topic: base.TopicPlan) -> None:
+            if await self.topic_exists(topic):
+                present.add(topic)
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(INVENTORY_LOOKUPS):
-                    group.create_task(lookups())
-        except ExceptionGroup as failed:
-            # The first lookup's error stands for the listing, as it did when alone.
-            raise failed.exceptions[0] from None
+        await _each(topics, look_up)
         return frozenset(present)
 
     async def backlog(
         self, topics: Collection[base.TopicPlan]
     ) -> dict[base.TopicPlan, base.TopicBacklog]:
-        """Each subscription queue's ready messages, from passive declarations on a
-        pooled channel (another one after a miss), like `inventory`.
+        """Each subscription queue's ready messages, from passive declarations on
+        pooled channels, a few queues at once, like `inventory`.
 
         AMQP's declare-ok counts only the messages ready for delivery: those delivered
         to a consumer and not acked yet are not in it (only the management plugin's
@@ -413,17 +403,13 @@ class RabbitMQProvider(_common.ProviderBase):
             {queue_name(plan.name, sub) for plan in topics for sub in plan.subscriptions}
         )
         ready: dict[str, int] = {}
-        async with self.guard(f"reading the backlog of {len(queues)} queue(s)", self._map):
-            for name in queues:
-                try:
-                    async with self._channel() as channel:
-                        declared = await channel.get_queue(name, ensure=True)
-                except amqp_errors.ChannelNotFoundEntity:
-                    continue
-                result = getattr(declared, "declaration_result", None)
-                count = getattr(result, "message_count", None)
-                if count is not None:
-                    ready[name] = int(count)
+
+        async def read(queue: str) -> None:
+            count = await self._ready_messages(queue)
+            if count is not None:
+                ready[queue] = count
+
+        await _each(queues, read)
         return {
             plan: base.TopicBacklog(
                 subscriptions={
@@ -434,6 +420,18 @@ class RabbitMQProvider(_common.ProviderBase):
             )
             for plan in topics
         }
+
+    async def _ready_messages(self, queue: str) -> int | None:
+        """A queue's ready messages from a passive declaration; None when it is gone."""
+        async with self.guard(f"reading the backlog of queue {queue}", self._map):
+            try:
+                async with self._channel() as channel:
+                    declared = await channel.get_queue(queue, ensure=True)
+            except amqp_errors.ChannelNotFoundEntity:
+                return None
+        result = getattr(declared, "declaration_result", None)
+        count = getattr(result, "message_count", None)
+        return None if count is None else int(count)
 
     async def probe(self, timeout: float) -> None:
         async with self.guard("probing", self._map, timeout=timeout, limited=False):
@@ -447,6 +445,25 @@ class RabbitMQProvider(_common.ProviderBase):
         """The operator side's error for an SDK exception (`errors.classify`, shared with
         the client side)."""
         return _common.from_failure(classify(exc), self.endpoint, what, exc)
+
+
+async def _each(items: Iterable[_T], work: Callable[[_T], Awaitable[None]]) -> None:
+    """`work` on every item, `INVENTORY_LOOKUPS` at a time, each an operation of its own
+    (a slot, a timeout): an endpoint's listing or backlog reading of a thousand queues is
+    neither done one after the other nor failed as a whole for taking longer than one
+    operation may. The first failure stands for the whole, as it would alone."""
+    pending = iter(items)
+
+    async def worker() -> None:
+        for item in pending:
+            await work(item)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(INVENTORY_LOOKUPS):
+                group.create_task(worker())
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
 
 
 async def _declare(
