@@ -61,12 +61,10 @@ TOPICS, SUBSCRIPTION = ("a", "b"), "s"
 RETRY_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
 CREATE_ATTEMPTS = 5
 #: What the watch shows of a resource on its way to Ready, in the order it usually comes:
-#: the operator's finalizer, the tag label, a first status, Ready=True, and kopf's record
-#: that the create was handled (its diff-base annotation). See `StageTracker`.
-STAGES = ("seen", "finalizer", "label", "status", "ready", "handled")
+#: the operator's finalizer, the tag label, a first status, Ready=True. See `StageTracker`.
+STAGES = ("seen", "finalizer", "label", "status", "ready")
 FINALIZER = "ductape.app/finalizer"
 TAG_LABEL = "ductape.app/tag"
-HANDLED_ANNOTATION = "ductape.app/last-handled-configuration"
 
 
 # --- the resources ----------------------------------------------------------
@@ -163,7 +161,7 @@ class StageTracker:
 
     Where a resource's time goes between its create call and Ready: waiting for
     the operator to pick up its ADDED event (the finalizer), the handler's own
-    writes (label, status), and what comes after Ready (kopf's bookkeeping).
+    writes (label, status).
     """
 
     def __init__(self) -> None:
@@ -182,7 +180,6 @@ class StageTracker:
             "label": TAG_LABEL in (meta.get("labels") or {}),
             "status": bool(obj.get("status")),
             "ready": kit.is_ready(obj),
-            "handled": HANDLED_ANNOTATION in (meta.get("annotations") or {}),
         }
         stages = self.first[name]
         for stage, yes in reached.items():

@@ -150,16 +150,24 @@ def trimmed_body(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_applied(annotations: Mapping[str, str]) -> dict[str, AppliedEnv]:
+def applied_record(obj: BrokerObject) -> str | None:
+    """The applied record as written: in the status (`status.applied`), or in the
+    annotation where operators before it kept it (docs/reference.md, "Annotations")."""
+    raw = obj.status.get("applied")
+    if isinstance(raw, str):
+        return raw
+    return obj.annotations.get(APPLIED_ANNOTATION)
+
+
+def load_applied(raw: str | None) -> dict[str, AppliedEnv]:
     """The applied record; an unreadable one counts as empty (nothing known provisioned)."""
-    raw = annotations.get(APPLIED_ANNOTATION)
     if not raw:
         return {}
     try:
         data = json.loads(raw)
         return {slug: AppliedEnv.from_json(entry) for slug, entry in data.items()}
     except (ValueError, KeyError, TypeError, AttributeError, pydantic.ValidationError):
-        logger.warning("ignoring an unreadable %s annotation", APPLIED_ANNOTATION)
+        logger.warning("ignoring an unreadable applied record (status.applied)")
         return {}
 
 
@@ -294,12 +302,12 @@ class EnvResult:
 
 @dataclasses.dataclass
 class Written:
-    """What this process last wrote on one MessageBroker (status, label, applied record)."""
+    """What this process last wrote on one MessageBroker (status, applied record and
+    handled spec included, and the tag label)."""
 
     uid: str
     status: Mapping[str, Any] | None = None
     tag_label: str | None = None
-    applied: str | None = None
     #: The newest generation reconciled: a trigger holding an older body (a timer
     #: that waited for the lock while an update went through) must not undo it.
     generation: int = 0
@@ -308,13 +316,10 @@ class Written:
         """`obj` (of this uid) as it is after our own writes, whether or not the watch
         saw them yet."""
         labels = dict(obj.labels)
-        annotations = dict(obj.annotations)
         if self.tag_label is not None:
             labels[TAG_LABEL] = self.tag_label
-        if self.applied is not None:
-            annotations[APPLIED_ANNOTATION] = self.applied
         status = obj.status if self.status is None else self.status
-        return dataclasses.replace(obj, labels=labels, annotations=annotations, status=status)
+        return dataclasses.replace(obj, labels=labels, status=status)
 
 
 Trigger = str

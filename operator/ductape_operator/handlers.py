@@ -13,10 +13,11 @@ import contextlib
 import dataclasses
 import datetime
 import gc
+import json
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -38,9 +39,12 @@ PREFIX = "ductape.app"
 RESOURCE = (models.GROUP, models.VERSION, models.PLURAL)
 CRD = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
-#: kopf's record of the spec it last handled (its diff base); absent until the create
-#: handler has succeeded once.
+#: The annotation where operators before `HandledSpec` kept kopf's record of the spec it
+#: last handled (its diff base); still read for resources they handled.
 DIFFBASE_KEY = "last-handled-configuration"
+#: What counts as a change is the spec alone: the tag label we add ourselves, or a
+#: user's label, must not cost a reconcile.
+DIFFBASE_IGNORED = ["metadata.labels", "metadata.annotations"]
 #: kopf's retries of a failed API request, in seconds: about five minutes in all, so
 #: that an API server outage shorter than that never ends a watch (kopf's default
 #: gives up after a minute, and a watch that gives up stops the operator).
@@ -49,6 +53,63 @@ API_BACKOFFS = (1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30, 30, 30, 30, 30)
 RELEASE_CONCURRENCY = 16
 #: Seconds to keep releasing MessageBrokers of a terminating CRD, at least.
 CRD_RELEASE_MIN = 60.0
+
+
+class HandledSpec(kopf.DiffBaseStorage):
+    """kopf's record of the spec it last handled, kept in `status.handledSpec`.
+
+    The reconciler writes it with the status, in the same request, once it is done with
+    a spec (`Reconciler.reconcile(handled=...)`); kopf's own storage, an annotation,
+    cost a patch of the resource of its own after every handled change: one write in
+    four on a new resource's way to Ready (docs/operations.md, "A burst of creates").
+    What this process wrote comes first (the watch may not have brought it yet), then
+    the status, then the annotation of operators before this one.
+    """
+
+    def __init__(self, written: Callable[[Mapping[str, Any]], str | None]) -> None:
+        super().__init__(ignored_fields=DIFFBASE_IGNORED)
+        self._written = written
+        self._legacy = kopf.AnnotationsDiffBaseStorage(
+            prefix=PREFIX, key=DIFFBASE_KEY, ignored_fields=DIFFBASE_IGNORED
+        )
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        raw = self._written(body) or (body.get("status") or {}).get("handledSpec")
+        if isinstance(raw, str):
+            try:
+                essence: kopf.BodyEssence = json.loads(raw)
+                return essence
+            except ValueError:
+                logger.warning("ignoring an unreadable status.handledSpec")
+        return self._legacy.fetch(body=body)
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        """Nothing to write: the reconciler wrote it with the status."""
+
+    def essence(self, body: kopf.Body) -> str:
+        """The record of `body`'s spec, as the reconciler writes it."""
+        return json.dumps(self.build(body=body), separators=(",", ":"), sort_keys=True)
+
+
+class HandlerProgress(kopf.AnnotationsProgressStorage):
+    """kopf's progress of a handler that is retried, in annotations, without kopf's
+    `<prefix>/kopf-managed` marker.
+
+    kopf adds the marker (so that other kopf operators ignore our annotations) in the
+    first patch after any handler ran, successful ones included: with the handled spec
+    in the status (`HandledSpec`), that marker alone would still cost every new resource
+    a patch of its own. Our annotations need no marking: the diff base ignores all
+    annotations. `_store_marker` is kopf's private hook (kopf is pinned in
+    requirements.lock; a test fails if the marker comes back).
+    """
+
+    def _store_marker(self, prefix: str, patch: kopf.Patch, body: kopf.Body) -> None:
+        return
+
+
+def _handled_spec(memo: kopf.Memo) -> HandledSpec:
+    storage: HandledSpec = memo["handled_spec"]
+    return storage
 
 
 def _reconciler(memo: kopf.Memo) -> reconcile.Reconciler:
@@ -82,13 +143,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     app = _app_settings(memo)
     memo["kopf_settings"] = settings
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    # What counts as a change is the spec alone: the tag label we add ourselves, or a
-    # user's label, must not cost a reconcile and a diff-base write per resource.
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX,
-        key=DIFFBASE_KEY,
-        ignored_fields=["metadata.labels", "metadata.annotations"],
+    settings.persistence.progress_storage = HandlerProgress(prefix=PREFIX)
+    reconciler = reconcile.Reconciler(app)
+    memo["reconciler"] = reconciler
+    memo["handled_spec"] = settings.persistence.diffbase_storage = HandledSpec(
+        reconciler.handled_spec
     )
     # Events come from one place, the reconciler, on transitions only: kopf posts none
     # of its own (a handler retrying is already in the status and in one Event).
@@ -113,8 +172,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     kube.configure()
     if app.metrics_port:
         metrics.serve(app.metrics_port, app.bind_address)
-    reconciler = reconcile.Reconciler(app)
-    memo["reconciler"] = reconciler
     memo["summary_task"] = asyncio.create_task(_log_summaries(reconciler, app))
     # Everything alive now lives as long as the process: keep it out of every later
     # collection (see `__main__._fewer_collections`).
@@ -190,9 +247,7 @@ async def brokers_index(
 # --- MessageBroker handlers -------------------------------------------------
 
 
-async def reconcile_broker(
-    body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any
-) -> None:
+async def reconcile_broker(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """create / update / resume: the same level-based reconcile."""
     obj = reconcile.BrokerObject.from_body(body)
     owner = tag_owner(kwargs, obj)
@@ -201,7 +256,9 @@ async def reconcile_broker(
         held = await _block_deletion(body, obj)
         if held is None:
             return
-        outcome = await _reconciler(memo).reconcile(held, tag_owner=owner, patch=patch)
+        outcome = await _reconciler(memo).reconcile(
+            held, tag_owner=owner, handled=_handled_spec(memo).essence(body)
+        )
     except errors.DuctapeError as exc:  # the API server failing us: retry, no traceback
         raise kopf.TemporaryError(exc.message, delay=delay) from exc
     if outcome.retry:
@@ -261,22 +318,20 @@ async def _block_deletion(
     return dataclasses.replace(obj, labels={**obj.labels, **labels})
 
 
-async def health_round(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any) -> None:
+async def health_round(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Timer: this resource's share of the per-endpoint round (probe, drift, retry).
 
     A resource whose create handler has not succeeded yet is left to that handler
     (kopf retries it): in a burst of creates its timer can fire while it still waits
     its turn, and reconciling it here too would only add API writes to the queue.
     """
-    if f"{PREFIX}/{DIFFBASE_KEY}" not in body.get("metadata", {}).get("annotations", {}):
+    if _handled_spec(memo).fetch(body=body) is None:
         return
     obj = reconcile.BrokerObject.from_body(body)
     logger.debug("health round for %s/%s", obj.ref.namespace, obj.ref.name)
     owner = tag_owner(kwargs, obj)
     try:
-        await _reconciler(memo).reconcile(
-            obj, tag_owner=owner, trigger=reconcile.HEALTH, patch=patch
-        )
+        await _reconciler(memo).reconcile(obj, tag_owner=owner, trigger=reconcile.HEALTH)
     except errors.DuctapeError as exc:
         logger.debug("health round of %s/%s: %s", obj.ref.namespace, obj.ref.name, exc.message)
 

@@ -648,6 +648,20 @@ class MessageBrokerStatus(_Model):
         Binding | None,
         Field(description="Service Binding: the connection Secret when one env is reconciled."),
     ] = None
+    applied: Annotated[
+        str | None,
+        Field(
+            description="The operator's record of what it provisioned per env (JSON): where"
+            " each env's topics are, for moves and removals. Not for users to edit."
+        ),
+    ] = None
+    handled_spec: Annotated[
+        str | None,
+        Field(
+            description="The spec last reconciled to the end (JSON): a change of spec is a"
+            " difference from it. Not for users to edit."
+        ),
+    ] = None
 
     model_config: ClassVar[ConfigDict] = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True

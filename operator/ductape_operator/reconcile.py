@@ -34,7 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Protocol
 
 from ductape_operator import core, errors, health, kube, metrics, models, providers
@@ -208,6 +208,15 @@ class Reconciler:
         self.ready_reasons.pop(key, None)
         metrics.forget(ref.namespace, ref.name)
 
+    def handled_spec(self, body: Mapping[str, Any]) -> str | None:
+        """The `status.handledSpec` this process last wrote on `body`'s object, if any."""
+        meta = body.get("metadata") or {}
+        written = self._written.get((str(meta.get("namespace")), str(meta.get("name"))))
+        if written is None or written.uid != meta.get("uid") or written.status is None:
+            return None
+        handled = written.status.get("handledSpec")
+        return handled if isinstance(handled, str) else None
+
     def _written_for(self, ref: BrokerRef) -> Written:
         written = self._written.get((ref.namespace, ref.name))
         if written is None or written.uid != ref.uid:
@@ -222,13 +231,14 @@ class Reconciler:
         *,
         tag_owner: str | None = None,
         trigger: Trigger = CHANGE,
-        patch: MutableMapping[str, Any] | None = None,
+        handled: str | None = None,
     ) -> Outcome:
         """Bring one MessageBroker to its desired state; never raises for user errors.
 
-        With `patch` (kopf's, applied when the handler returns, in the same request
-        as kopf's own bookkeeping), metadata changes go there instead of a patch of
-        their own: one API write less per created resource.
+        `handled` is kopf's record of the spec this reconcile handles (a change
+        handler's): written with the status when the reconcile is done with that spec
+        (no retry), in the same request, so that kopf needs no bookkeeping patch of
+        its own (docs/operations.md, "A burst of creates").
         """
         async with self._in_flight.hold(urgent=trigger != HEALTH), self.lock(obj.ref):
             if obj.ref.uid in self._finalized:
@@ -242,7 +252,7 @@ class Reconciler:
             started = time.monotonic()
             try:
                 outcome = await self._reconcile(
-                    obj, tag_owner=tag_owner, trigger=trigger, patch=patch
+                    obj, tag_owner=tag_owner, trigger=trigger, handled=handled
                 )
             except Exception:
                 metrics.observe_reconcile(time.monotonic() - started, "error")
@@ -259,22 +269,25 @@ class Reconciler:
         *,
         tag_owner: str | None,
         trigger: Trigger,
-        patch: MutableMapping[str, Any] | None,
+        handled: str | None,
     ) -> Outcome:
         current = obj.current_status()
         verdict = core.gate(obj, tag_owner)
         if verdict.spec is None:
             logger.warning("%s/%s is invalid: %s", obj.ref.namespace, obj.ref.name, verdict.message)
         elif verdict.label:
-            unchanged = obj.annotations.get(core.APPLIED_ANNOTATION, core.dump_applied({}))
-            await self._write_metadata(obj, verdict.spec.tag, unchanged, patch)
+            await self._write_label(obj, verdict.spec.tag)
         if verdict.reason is not None:
-            return await self._stop(obj, current, verdict)
+            return await self._stop(obj, current, verdict, handled)
         assert verdict.spec is not None
-        return await self._provision(obj, current, verdict.spec, trigger, patch)
+        return await self._provision(obj, current, verdict.spec, trigger, handled)
 
     async def _stop(
-        self, obj: BrokerObject, current: models.MessageBrokerStatus, verdict: core.Gate
+        self,
+        obj: BrokerObject,
+        current: models.MessageBrokerStatus,
+        verdict: core.Gate,
+        handled: str | None,
     ) -> Outcome:
         """A resource that is not reconciled: its status says why."""
         envs = (
@@ -283,7 +296,7 @@ class Reconciler:
             else []
         )
         status = core.unreconciled_status(obj, current, verdict, envs)
-        await self._write_status(obj, current, status)
+        status = await self._write_status(obj, current, status, handled=handled)
         return Outcome(status=status, ready=False, retry=False, message=verdict.message)
 
     async def _provision(
@@ -292,13 +305,13 @@ class Reconciler:
         current: models.MessageBrokerStatus,
         spec: models.MessageBrokerSpec,
         trigger: Trigger,
-        patch: MutableMapping[str, Any] | None,
+        handled: str | None,
     ) -> Outcome:
-        applied = core.load_applied(obj.annotations)
+        applied = core.load_applied(core.applied_record(obj))
         reconciled = [env for env in spec.envs if self.settings.reconciles_env(env.slug)]
         # A missing tag label is written while the brokers are provisioned, not after:
         # it must be there before the status says Ready, and it needs nothing from them.
-        labelling = self._label(obj, spec.tag) if patch is not None else None
+        labelling = self._label(obj, spec.tag)
         tasks = [
             asyncio.ensure_future(
                 self._reconcile_env(obj, spec, env, applied.get(env.slug), trigger)
@@ -310,8 +323,7 @@ class Reconciler:
                 _, pending = await asyncio.wait(tasks, timeout=PROVISIONING_NOTICE_SECONDS)
                 if pending:
                     provisioning = core.provisioning_status(obj, reconciled)
-                    await self._write_status(obj, current, provisioning)
-                    current = provisioning
+                    current = await self._write_status(obj, current, provisioning)
             results = list(await asyncio.gather(*tasks))
         finally:
             if labelling is not None:
@@ -323,14 +335,20 @@ class Reconciler:
             if result.applied is not None:
                 new_applied[result.slug] = result.applied
         retire_failures = await self._retire_removed_envs(obj, spec, applied, new_applied)
-        await self._write_metadata(obj, spec.tag, core.dump_applied(new_applied), patch)
 
         status = core.status_from_results(obj.generation, current, results, retire_failures)
-        await self._write_status(obj, current, status)
+        outcome = core.outcome(status, results, retire_failures)
+        await self._write_status(
+            obj,
+            current,
+            status,
+            applied=core.dump_applied(new_applied),
+            handled=None if outcome.retry else handled,
+        )
         for result in results:
             for event in result.events:
                 self._post(obj.ref, event)
-        return core.outcome(status, results, retire_failures)
+        return outcome
 
     async def _retire_removed_envs(
         self,
@@ -592,7 +610,7 @@ class Reconciler:
         async with self.lock(obj.ref):
             obj = self._written_for(obj.ref).overlay(obj)
             policy = core.deletion_policy(obj)
-            applied = core.load_applied(obj.annotations)
+            applied = core.load_applied(core.applied_record(obj))
             left = await self._delete_everything(obj, policy, applied)
             verdict = core.release(
                 left,
@@ -673,14 +691,25 @@ class Reconciler:
         obj: BrokerObject,
         current: models.MessageBrokerStatus,
         status: models.MessageBrokerStatus,
-    ) -> None:
-        """Patch the status only when it changed; log and post a change of Ready."""
+        *,
+        applied: str | None = None,
+        handled: str | None = None,
+    ) -> models.MessageBrokerStatus:
+        """Patch the status only when it changed; log and post a change of Ready. The
+        applied record and the handled spec are kept as they are unless given. The
+        status as it is now."""
+        status = status.model_copy(
+            update={
+                "applied": current.applied if applied is None else applied,
+                "handled_spec": current.handled_spec if handled is None else handled,
+            }
+        )
         reason = core.ready_reason(status)
         if reason is not None:
             self.ready_reasons[(obj.ref.namespace, obj.ref.name)] = reason
         new = core.status_to_json(status)
         if new == core.status_to_json(current) and obj.status:
-            return
+            return status
         await self.cluster.patch_status(obj.ref, new)
         self._written_for(obj.ref).status = new
         change = core.transition(obj, current, status)
@@ -688,6 +717,7 @@ class Reconciler:
             logger.log(change.level, "%s", change.line)
             if change.event is not None:
                 self._post(obj.ref, change.event)
+        return status
 
     def _label(self, obj: BrokerObject, tag: str) -> asyncio.Future[None] | None:
         """Start writing the tag label when it is missing; None when it is there."""
@@ -700,27 +730,8 @@ class Reconciler:
 
         return asyncio.ensure_future(write())
 
-    async def _write_metadata(
-        self,
-        obj: BrokerObject,
-        tag: str,
-        applied: str,
-        patch: MutableMapping[str, Any] | None = None,
-    ) -> None:
-        """The tag label and the applied record, in one patch, only when either changed."""
-        labels = {TAG_LABEL: tag} if obj.labels.get(TAG_LABEL) != tag else None
-        changed = applied != obj.annotations.get(core.APPLIED_ANNOTATION, core.dump_applied({}))
-        annotations = {core.APPLIED_ANNOTATION: applied} if changed else None
-        if labels is None and annotations is None:
-            return
-        if patch is not None and labels is None:
-            # Only the applied record changes: it rides in kopf's own patch. A missing
-            # label is written at once instead, before the status can say Ready: tools
-            # that wait for Ready and then select by `ductape.app/tag` must find it.
-            metadata = patch.setdefault("metadata", {})
-            metadata.setdefault("annotations", {}).update(annotations or {})
-        else:
-            await self.cluster.patch_metadata(obj.ref, labels=labels, annotations=annotations)
-        written = self._written_for(obj.ref)
-        written.tag_label = tag
-        written.applied = applied
+    async def _write_label(self, obj: BrokerObject, tag: str) -> None:
+        """The tag label, when it is missing."""
+        labelling = self._label(obj, tag)
+        if labelling is not None:
+            await labelling

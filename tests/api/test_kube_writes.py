@@ -4,7 +4,8 @@ The finalizer patch carries the `resourceVersion` of the body the create handler
 never writes a finalizer list based on an old one; when the object changed meanwhile, it
 reads the object and retries at once on what it read. These tests change the object between
 the read and the write, as another writer would. They use a finalizer name of their own, so
-an operator running on the same stack (the e2e layer's) cannot satisfy them by accident.
+an operator running on the same stack (the e2e layer's, which adds its own finalizer) can
+neither satisfy nor break them.
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ def test_finalizer_is_added_on_the_body_the_handler_had(
 ) -> None:
     assert _add(created) is True
     meta = _read(api_objects, created)["metadata"]
-    assert meta["finalizers"] == [FINALIZER]
-    assert meta["labels"] == LABEL
+    assert FINALIZER in meta["finalizers"]
+    assert meta["labels"].items() >= LABEL.items()
 
 
 def test_a_changed_object_is_read_and_the_finalizer_added_to_its_current_list(
@@ -102,8 +103,8 @@ def test_a_changed_object_is_read_and_the_finalizer_added_to_its_current_list(
     )  # fmt: skip
     assert _add(created) is True
     now = _read(api_objects, created)["metadata"]
-    assert now["finalizers"] == [OTHER, FINALIZER]
-    assert now["labels"] == LABEL
+    assert {OTHER, FINALIZER} <= set(now["finalizers"])
+    assert now["labels"].items() >= LABEL.items()
     assert now["annotations"]["example.com/touched"] == "yes"
 
 
@@ -120,7 +121,7 @@ def test_an_object_deleted_meanwhile_is_reported_gone(
         {k: created[k] for k in ("apiVersion", "kind", "spec")} | {"metadata": {"name": "writes"}},
     )  # fmt: skip
     assert _add(created) is False
-    assert _read(api_objects, recreated)["metadata"].get("finalizers") is None
+    assert FINALIZER not in (_read(api_objects, recreated)["metadata"].get("finalizers") or [])
 
 
 def test_an_object_being_deleted_gets_no_finalizer(
@@ -135,4 +136,4 @@ def test_an_object_being_deleted_gets_no_finalizer(
     assert _add(created) is False
     now = _read(api_objects, created)["metadata"]
     assert now["deletionTimestamp"]
-    assert now["finalizers"] == [OTHER]
+    assert OTHER in now["finalizers"] and FINALIZER not in now["finalizers"]

@@ -45,14 +45,21 @@ def kube() -> kit.Kube:
     return kit.Kube(kubernetes.client.ApiClient())
 
 
+CRD_NAME = "messagebrokers.ductape.app"
+
+
 def apply_crd() -> None:
     """Apply the MessageBroker CRD and wait until it is served."""
     kit.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kit.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/messagebrokers.ductape.app",
+    # Polled, not `kubectl wait`: right after a (re)create the CRD has no conditions at
+    # all yet, and `kubectl wait` fails on that at once instead of waiting.
+    established = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+    kit.wait_until(
+        lambda: (
+            "True" in kit.kubectl("get", f"crd/{CRD_NAME}", "--ignore-not-found", "-o", established)
+        ),
+        timeout=60,
+        what="the MessageBroker CRD to be Established",
     )
 
 

@@ -366,6 +366,34 @@ def test_healthy_unchanged_resource_causes_no_writes(
     assert kube.secret_object(namespace, f"{name}-dev").metadata.resource_version == secret_version
 
 
+def test_a_new_resource_is_written_twice_by_the_operator_and_never_by_kopf(
+    kube: kit.Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    """The finalizer patch (with the tag label) and the status, which carries kopf's record
+    of the handled spec: no bookkeeping patch, no kopf annotation (docs/operations.md,
+    "A burst of creates")."""
+    name = kit.unique("lean")
+    kube.apply(namespace, kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=[]))
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+    marker = f"health round for {namespace}/{name}"
+    kit.wait_until(lambda: operator.log().count(marker) >= 1, timeout=60, what="a health round")
+
+    obj = kube.get(namespace, name)
+    assert obj is not None
+    writers = sorted(
+        (f["manager"], f.get("subresource") or "") for f in obj["metadata"]["managedFields"]
+    )
+    assert [w for w in writers if w[0] != "kubectl-client-side-apply"] == [
+        ("OpenAPI-Generator", ""),
+        ("OpenAPI-Generator", "status"),
+    ], writers
+    ours = [k for k in obj["metadata"].get("annotations") or {} if k.startswith("ductape.app/")]
+    assert ours == []
+    assert obj["metadata"]["finalizers"] == ["ductape.app/finalizer"]
+    assert json.loads(obj["status"]["handledSpec"])["spec"]["tag"] == name
+    assert "dev" in json.loads(obj["status"]["applied"])
+
+
 def test_finalizer_gives_up_on_an_unreachable_broker(
     kube: kit.Kube, namespace: str, private_redis: kit.PrivateRedis
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import json
 import uuid
 from collections.abc import Collection, Iterable, Mapping
 from types import TracebackType
@@ -239,8 +240,13 @@ def body(
     }
 
 
-def after(obj: core.BrokerObject, cluster: FakeCluster, patch: Mapping[str, Any]) -> dict[str, Any]:
-    """The body the next watch event would deliver: our writes and kopf's patch applied."""
+def handled_spec(raw: Mapping[str, Any]) -> str:
+    """The record of a body's spec a change handler passes (`HandledSpec.essence`)."""
+    return json.dumps({"spec": raw.get("spec") or {}}, separators=(",", ":"), sort_keys=True)
+
+
+def after(obj: core.BrokerObject, cluster: FakeCluster) -> dict[str, Any]:
+    """The body the next watch event would deliver: our writes applied."""
     meta: dict[str, Any] = {
         "namespace": obj.ref.namespace,
         "name": obj.ref.name,
@@ -256,5 +262,4 @@ def after(obj: core.BrokerObject, cluster: FakeCluster, patch: Mapping[str, Any]
         elif kind == "metadata":
             meta["labels"].update(data["labels"] or {})
             meta["annotations"].update(data["annotations"] or {})
-    meta["annotations"].update((patch.get("metadata") or {}).get("annotations") or {})
     return {"metadata": meta, "spec": dict(obj.spec), "status": status}

@@ -48,14 +48,23 @@ def test_applied_record_round_trips() -> None:
         )
     }
     text = core.dump_applied(applied)
-    loaded = core.load_applied({core.APPLIED_ANNOTATION: text})
+    loaded = core.load_applied(text)
     assert loaded == applied
     assert core.dump_applied(loaded) == text
 
 
+def test_the_applied_record_is_read_from_the_status_before_the_old_annotation() -> None:
+    meta = {"namespace": "ns", "name": "bus", "uid": "u"}
+    legacy = {"metadata": {**meta, "annotations": {core.APPLIED_ANNOTATION: "old"}}}
+    assert core.applied_record(core.BrokerObject.from_body(legacy)) == "old"
+    both = {**legacy, "status": {"applied": "new"}}
+    assert core.applied_record(core.BrokerObject.from_body(both)) == "new"
+    assert core.applied_record(core.BrokerObject.from_body({"metadata": meta})) is None
+
+
 @pytest.mark.parametrize("junk", ["", "not json", '{"prd": {"env": {}}}', "[]"])
 def test_unreadable_applied_record_counts_as_empty(junk: str) -> None:
-    assert core.load_applied({core.APPLIED_ANNOTATION: junk}) == {}
+    assert core.load_applied(junk) == {}
 
 
 def test_referenced_secrets_tolerates_invalid_specs() -> None:

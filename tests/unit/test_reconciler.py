@@ -1,7 +1,8 @@
 """The reconcile loop end to end in memory: fake Kubernetes side, fake brokers, no network.
 
-Each test drives `Reconciler` the way kopf's handlers do (a body, a patch to
-fill) and checks what it wrote, posted and did on the brokers.
+Each test drives `Reconciler` the way kopf's handlers do (a body, and for a change
+the record of its spec to write once handled) and checks what it wrote, posted and did
+on the brokers.
 """
 
 from __future__ import annotations
@@ -35,20 +36,19 @@ async def run(
     *,
     trigger: str = core.CHANGE,
     tag_owner: str | None = None,
-) -> tuple[core.Outcome, dict[str, Any]]:
-    patch: dict[str, Any] = {}
+) -> core.Outcome:
     obj = core.BrokerObject.from_body(raw)
-    outcome = await rec.reconcile(obj, tag_owner=tag_owner, trigger=trigger, patch=patch)
-    return outcome, patch
+    handled = fakes.handled_spec(raw) if trigger == core.CHANGE else None
+    return await rec.reconcile(obj, tag_owner=tag_owner, trigger=trigger, handled=handled)
 
 
 async def ready_body(
     rec: reconcile.Reconciler, cluster: FakeCluster, raw: dict[str, Any]
 ) -> dict[str, Any]:
     """Reconcile `raw` to Ready; the body the watch would deliver next."""
-    outcome, patch = await run(rec, raw)
+    outcome = await run(rec, raw)
     assert outcome.ready, outcome.message
-    return fakes.after(core.BrokerObject.from_body(raw), cluster, patch)
+    return fakes.after(core.BrokerObject.from_body(raw), cluster)
 
 
 def reasons(status: Any) -> dict[str, str]:
@@ -58,7 +58,7 @@ def reasons(status: Any) -> dict[str, str]:
 async def test_create_provisions_writes_the_secret_label_and_status() -> None:
     cluster, brokers = FakeCluster(), FakeBrokers()
     rec = fakes.reconciler(cluster, brokers)
-    outcome, patch = await run(rec, fakes.body())
+    outcome = await run(rec, fakes.body())
 
     assert outcome.ready and not outcome.retry
     assert reasons(outcome.status) == {
@@ -71,10 +71,12 @@ async def test_create_provisions_writes_the_secret_label_and_status() -> None:
     assert secret["type"] == "redis" and secret["broker-tag"] == "bus"
     assert '"billing": "orders.billing"' in secret["topics.json"]
     kinds = [kind for kind, _ in cluster.writes]
-    # The label is written before the status that says Ready; the applied record rides
-    # in kopf's patch.
-    assert kinds.index("metadata") < kinds.index("status")
-    assert core.APPLIED_ANNOTATION in patch["metadata"]["annotations"]
+    # The label is written before the status that says Ready; the applied record and
+    # the handled spec ride in the status write: no other write.
+    assert kinds == ["metadata", "secret", "status"]
+    written = cluster.writes[-1][1]
+    assert core.load_applied(written["applied"])["dev"].secret_name == "bus-dev"
+    assert written["handledSpec"] == fakes.handled_spec(fakes.body())
     assert cluster.event_reasons() == ["AllEnvsReady"]  # a new env's Secret is no news
     assert outcome.status.binding is not None and outcome.status.binding.name == "bus-dev"
 
@@ -88,9 +90,8 @@ async def test_an_unchanged_resource_causes_no_write_and_no_broker_change() -> N
     brokers["r1"].calls.clear()
 
     for trigger in (core.CHANGE, core.HEALTH, core.HEALTH):
-        outcome, patch = await run(rec, settled, trigger=trigger)
+        outcome = await run(rec, settled, trigger=trigger)
         assert outcome.ready
-        assert patch == {}
     assert cluster.writes == [] and cluster.events == []
     assert not [c for c in brokers["r1"].calls if c.startswith(("ensure", "delete"))]
 
@@ -103,7 +104,7 @@ async def test_a_broker_outage_is_degraded_then_recovered() -> None:
 
     brokers["r1"].down = True
     clock.now += 31  # the next round
-    outcome, _ = await run(rec, settled, trigger=core.HEALTH)
+    outcome = await run(rec, settled, trigger=core.HEALTH)
     assert not outcome.ready and outcome.retry
     assert reasons(outcome.status)["Ready"] == "BrokerUnreachable"
     assert outcome.status.envs[0].phase == "Degraded"
@@ -111,8 +112,8 @@ async def test_a_broker_outage_is_degraded_then_recovered() -> None:
 
     brokers["r1"].down = False
     clock.now += 31
-    down = fakes.after(core.BrokerObject.from_body(settled), cluster, {})
-    outcome, _ = await run(rec, down, trigger=core.HEALTH)
+    down = fakes.after(core.BrokerObject.from_body(settled), cluster)
+    outcome = await run(rec, down, trigger=core.HEALTH)
     assert outcome.ready
     assert cluster.events[-1][:2] == ("Normal", "AllEnvsReady")
 
@@ -125,14 +126,14 @@ async def test_a_missing_secret_is_pending_and_retried() -> None:
         "type": "REDIS",
         "config": {"host": "r1", "password": {"secretKeyRef": {"name": "pw", "key": "p"}}},
     }
-    outcome, _ = await run(rec, fakes.body(envs=[env]))
+    outcome = await run(rec, fakes.body(envs=[env]))
     assert not outcome.ready and outcome.retry
     assert reasons(outcome.status)["Ready"] == "SecretNotFound"
     assert outcome.status.envs[0].phase == "Pending"
     assert brokers.by_host == {}, "no broker is contacted without its credentials"
 
     cluster.secrets[("ns", "pw")] = {"p": "hunter22"}
-    outcome, _ = await run(rec, fakes.body(envs=[env]))
+    outcome = await run(rec, fakes.body(envs=[env]))
     assert outcome.ready
 
 
@@ -154,7 +155,7 @@ async def test_a_resource_that_is_not_reconciled_says_why(
     rec = fakes.reconciler(cluster, brokers)
     raw = fakes.body()
     mutate(raw)
-    outcome, _ = await run(rec, raw)
+    outcome = await run(rec, raw)
     assert not outcome.ready and not outcome.retry
     assert reasons(outcome.status)["Ready"] == reason
     assert brokers.by_host == {} and cluster.connection_secrets == {}
@@ -166,7 +167,7 @@ async def test_a_resource_that_is_not_reconciled_says_why(
 async def test_the_newer_of_two_resources_with_one_tag_is_not_provisioned() -> None:
     cluster, brokers = FakeCluster(), FakeBrokers()
     rec = fakes.reconciler(cluster, brokers)
-    outcome, _ = await run(rec, fakes.body("newer"), tag_owner="older")
+    outcome = await run(rec, fakes.body("newer"), tag_owner="older")
     assert reasons(outcome.status)["Ready"] == "TagConflict"
     assert "older" in outcome.message
     assert brokers.by_host == {}
@@ -186,7 +187,7 @@ async def test_a_swap_provisions_the_new_broker_switches_the_secret_then_applies
     moved["status"] = settled["status"]
     cluster.writes.clear()
 
-    outcome, _ = await run(rec, moved)
+    outcome = await run(rec, moved)
     assert outcome.ready
     assert brokers["r2"].topics == {"orders": {"billing", "shipping"}}
     assert cluster.connection_secrets[("ns", "bus-dev")]["host"] == "r2"
@@ -214,7 +215,7 @@ async def test_removing_a_topic_and_a_subscription_with_delete() -> None:
         policy="Delete", topics=[{"tag": "orders", "subscriptions": ["billing"]}], generation=2
     )
     fewer["metadata"]["annotations"] = settled["metadata"]["annotations"]
-    outcome, _ = await run(rec, fewer)
+    outcome = await run(rec, fewer)
     assert outcome.ready
     assert brokers["r1"].topics == {"orders": {"billing"}}
 
@@ -227,7 +228,7 @@ async def test_removing_an_env_deletes_its_secret_and_applies_the_policy() -> No
     assert ("ns", "bus-qa") in cluster.connection_secrets
     one = fakes.body(policy="Delete", envs=two[:1], generation=2)
     one["metadata"]["annotations"] = settled["metadata"]["annotations"]
-    outcome, _ = await run(rec, one)
+    outcome = await run(rec, one)
     assert outcome.ready
     assert ("ns", "bus-qa") not in cluster.connection_secrets
     assert brokers["r2"].topics == {}
@@ -243,7 +244,7 @@ async def test_a_topic_deleted_out_of_band_is_recreated_from_the_round_inventory
     brokers["r1"].calls.clear()
     clock.now += 31
 
-    outcome, _ = await run(rec, settled, trigger=core.HEALTH)
+    outcome = await run(rec, settled, trigger=core.HEALTH)
     assert outcome.ready
     assert brokers["r1"].topics == {"orders": {"billing", "shipping"}}
     assert brokers["r1"].calls.count("inventory") == 1
@@ -256,7 +257,7 @@ async def test_an_older_generation_never_undoes_a_newer_one() -> None:
     rec = fakes.reconciler(cluster, brokers)
     await ready_body(rec, cluster, fakes.body(envs=[REDIS_R2], generation=2))
     cluster.writes.clear()
-    outcome, _ = await run(rec, fakes.body(generation=1))
+    outcome = await run(rec, fakes.body(generation=1))
     assert outcome.message == "stale"
     assert cluster.writes == [] and "r1" not in brokers.by_host
 
@@ -267,7 +268,7 @@ async def test_a_slow_first_reconcile_shows_provisioning_first(
     monkeypatch.setattr(reconcile, "PROVISIONING_NOTICE_SECONDS", 0.0)
     cluster, brokers = FakeCluster(), FakeBrokers()
     rec = fakes.reconciler(cluster, brokers)
-    outcome, _ = await run(rec, fakes.body())
+    outcome = await run(rec, fakes.body())
     statuses = [data for kind, data in cluster.writes if kind == "status"]
     assert [s["conditions"][0]["reason"] for s in statuses] == ["Provisioning", "AllEnvsReady"]
     assert outcome.ready
@@ -359,7 +360,7 @@ async def test_retention_is_applied_and_set_back_after_a_change_out_of_band() ->
 
     brokers["r1"].settings["orders"] = (60, None)  # changed on the broker by someone
     clock.now += 31
-    outcome, _ = await run(rec, settled, trigger=core.HEALTH)
+    outcome = await run(rec, settled, trigger=core.HEALTH)
     assert outcome.ready
     assert brokers["r1"].settings == {"orders": (3600, None)}
     assert "set back" in next(m for _, r, m in cluster.events if r == "DriftRepaired")
@@ -379,3 +380,24 @@ async def test_the_dead_letter_topic_is_in_topics_json() -> None:
     await ready_body(rec, cluster, fakes.body(topics=topics))
     entry = cluster.connection_secrets[("ns", "bus-dev")]["topics.json"]
     assert '"deadLetter": {"maxDeliveryAttempts": 5, "topic": "dead"}' in entry
+
+
+async def test_the_handled_spec_moves_only_once_a_change_is_done() -> None:
+    """kopf compares each body with `status.handledSpec`: a change the reconcile could not
+    finish keeps the old record, so kopf keeps retrying it as a change."""
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    settled = await ready_body(rec, cluster, fakes.body())
+    first = settled["status"]["handledSpec"]
+    moved = fakes.body(envs=[REDIS_R2], generation=2)
+    moved["status"] = settled["status"]
+    brokers["r2"].down = True
+
+    outcome = await run(rec, moved)
+    assert outcome.retry
+    assert cluster.writes[-1][1]["handledSpec"] == first
+
+    brokers["r2"].down = False
+    outcome = await run(rec, fakes.after(core.BrokerObject.from_body(moved), cluster))
+    assert outcome.ready
+    assert cluster.writes[-1][1]["handledSpec"] == fakes.handled_spec(moved) != first
