@@ -268,13 +268,6 @@ class Message:
         """`time.monotonic()` when the transport handed it over."""
         return self._received_at
 
-    def mark_settled(self) -> bool:
-        """Mark settled by a batch call (`Subscription.ack_many`); False if it was already."""
-        if self._settled:
-            return False
-        self._settled = True
-        return True
-
     def expire(self) -> bool:
         """Mark settled by the redelivery timeout; False if the application settled it."""
         if self._settled:
