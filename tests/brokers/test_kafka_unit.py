@@ -54,16 +54,49 @@ async def test_a_publish_raises_the_first_failure_and_retrieves_the_others() -> 
         loop.set_exception_handler(previous)
 
 
-async def test_a_record_becomes_the_message_received_builds() -> None:
+def _consumer() -> client.KafkaConsumer:
+    """A consumer that never connects: its bookkeeping only."""
     entries = {
         "type": "kafka",
         "provider": "ductape",
         "bootstrap-servers": "127.0.0.1:9",
         "topics.json": json.dumps({"orders": {"name": "t.orders", "subscriptions": {"b": "g"}}}),
     }
-    subscription = Broker.from_binding(mapping=entries).subscribe("orders", "b")
-    consumer = subscription._consumer
+    consumer = Broker.from_binding(mapping=entries).subscribe("orders", "b")._consumer
     assert isinstance(consumer, client.KafkaConsumer)
+    return consumer
+
+
+def _record(offset: int) -> Any:
+    return ConsumerRecord(
+        "t.orders", 1, offset, 0, 0, None, b"v", None, -1, 1, (("ductape-id", b"i"),)
+    )
+
+
+async def test_offsets_are_committed_up_to_the_first_unacked_message() -> None:
+    consumer = _consumer()
+    tp = aiokafka.TopicPartition("t.orders", 1)
+    await consumer.on_partitions_assigned({tp})
+    consumer._buffer.append((tp, [_record(offset) for offset in range(10, 15)], 0))
+    try:
+        got = await consumer.fetch(10, 0)  # what is buffered: no fetch from the broker
+        assert [m.token.offset for m in got] == [10, 11, 12, 13, 14]
+        await consumer.ack_many([got[1], got[2]])
+        assert consumer._committable({tp}) == {}  # 10 is not acked
+        await consumer.settle(got[0], ack=True, requeue=False)
+        assert consumer._committable({tp}) == {tp: 13}
+        await consumer.ack_many([got[2], got[4]])  # 12 again: nothing changes
+        assert consumer._committable({tp}) == {}  # 13 is not acked
+        await consumer.settle(got[3], ack=True, requeue=False)
+        assert consumer._committable({tp}) == {tp: 15}
+        assert not consumer._partitions[1].inflight
+    finally:
+        await consumer._commits.flush()
+        await consumer._consumer.stop()
+
+
+async def test_a_record_becomes_the_message_received_builds() -> None:
+    consumer = _consumer()
     tp = aiokafka.TopicPartition("t.orders", 1)
     records = [
         ConsumerRecord(
@@ -96,7 +129,7 @@ async def test_a_record_becomes_the_message_received_builds() -> None:
             "orders",
             "b",
             consumer,
-            [tp, 7, False],
+            records[0],
             "k",
             None,
             12.5,
@@ -109,7 +142,7 @@ async def test_a_record_becomes_the_message_received_builds() -> None:
             "orders",
             "b",
             consumer,
-            [tp, 8, False],
+            records[1],
             None,
             None,
             12.5,

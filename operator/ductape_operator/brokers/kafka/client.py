@@ -207,15 +207,20 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-#: A message's token: [partition, offset, done], done once it was acked or dropped (its
-#: offset may be committed). A list, not an object: one is made for every record.
-_TP, _OFFSET, _DONE = 0, 1, 2
+# A message's token is its record while it is in flight, and the record's offset (an int)
+# once it is done, acked or dropped (its offset may be committed): nothing is made per
+# record for it (README.md, "The messaging client: throughput").
+
+
+def _offset(token: Any) -> int:
+    return token if type(token) is int else token.offset
 
 
 @dataclasses.dataclass
 class _Partition:
     """Delivered, not yet committed messages of one assigned partition."""
 
+    tp: aiokafka.TopicPartition
     #: In offset order; popped from the front as they are done.
     inflight: deque[message_.Message] = dataclasses.field(default_factory=deque)
     #: The next offset to commit, once it moved past the last commit.
@@ -247,7 +252,8 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             auto_offset_reset="earliest",
             max_poll_records=options.prefetch,
         )
-        self._partitions: dict[aiokafka.TopicPartition, _Partition] = {}
+        #: By partition number (the consumer reads one topic): what a record says.
+        self._partitions: dict[int, _Partition] = {}
         #: Fetched, not yet handed out: (partition, records from `getmany`, next index).
         self._buffer: deque[tuple[aiokafka.TopicPartition, list[Any], int]] = deque()
         self._joined = asyncio.Event()
@@ -277,12 +283,13 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             except kafka_errors.KafkaError as exc:
                 log.warning("kafka: commit on revoke failed: %s", exc)
         for tp in revoked:
-            self._partitions.pop(tp, None)
+            self._partitions.pop(tp.partition, None)
         self._buffer = deque(b for b in self._buffer if b[0] not in revoked)
 
     async def on_partitions_assigned(self, assigned: set[aiokafka.TopicPartition]) -> None:
         for tp in assigned:
-            self._partitions.setdefault(tp, _Partition())
+            if tp.partition not in self._partitions:
+                self._partitions[tp.partition] = _Partition(tp)
         self._joined.set()
 
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
@@ -300,7 +307,7 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         now = time.monotonic()
         while self._buffer and len(out) < max_messages:
             tp, records, start = self._buffer.popleft()
-            state = self._partitions.get(tp)
+            state = self._partitions.get(tp.partition)
             if state is None:
                 continue  # revoked meanwhile
             end = min(len(records), start + max_messages - len(out))
@@ -353,7 +360,7 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             m.subscription = subscription
             m.key = key.decode("utf-8", "replace") if key is not None else None
             m.delivery_count = None
-            m.token = [tp, offset, False]
+            m.token = record
             m._settler = self
             m._settled = False
             m._received_at = now
@@ -361,20 +368,23 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         return out
 
     async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
-        token = message.token
-        tp, offset = token[_TP], token[_OFFSET]
-        state = self._partitions.get(tp)
+        record = message.token
+        if type(record) is int:
+            return  # done already
+        state = self._partitions.get(record.partition)
         if state is None:
             return  # revoked since: it will be delivered again
+        offset = record.offset
         if ack or not requeue:
             # Marked even if it was rewound since: then no partition holds it any more.
-            token[_DONE] = True
-            self._advance(tp, state)
+            message.token = offset
+            self._advance(state)
             return
         if not any(m is message for m in state.inflight):
             return  # rewound since: it will be delivered again
         # Rewind: this message and everything after it in the partition come again.
-        state.inflight = deque(m for m in state.inflight if m.token[_OFFSET] < offset)
+        state.inflight = deque(m for m in state.inflight if _offset(m.token) < offset)
+        tp = state.tp
         kept: deque[tuple[aiokafka.TopicPartition, list[Any], int]] = deque()
         for held, records, start in self._buffer:
             if held == tp:
@@ -386,44 +396,46 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer.seek(tp, offset)
 
     async def ack_many(self, messages: list[message_.Message]) -> None:
-        # Every message marked first, then each partition's commit point moved once.
+        # Every message marked done first, then each partition's commit point moved once.
         touched = set()
         last = None
         for message in messages:
-            token = message.token
-            token[_DONE] = True
-            tp = token[_TP]
-            if tp is not last:  # a batch is mostly one partition: hashed once, not per message
-                touched.add(tp)
-                last = tp
+            record = message.token
+            if type(record) is int:
+                continue  # done already
+            message.token = record.offset
+            partition = record.partition
+            if partition != last:  # a batch is mostly one partition: hashed once, not per message
+                touched.add(partition)
+                last = partition
         partitions = self._partitions
-        for tp in touched:
-            state = partitions.get(tp)
+        for partition in touched:
+            state = partitions.get(partition)
             if state is not None:
-                self._advance(tp, state)
+                self._advance(state)
 
-    def _advance(self, tp: aiokafka.TopicPartition, state: _Partition) -> None:
+    def _advance(self, state: _Partition) -> None:
         """Drop the done messages at the front; the offset after them is the next commit."""
         inflight = state.inflight
         done = 0
         for message in inflight:  # iterated, not popped one by one: per message
-            if not message.token[_DONE]:
+            if type(message.token) is not int:
                 break
             done += 1
         if not done:
             return
-        state.commit = inflight[done - 1].token[_OFFSET] + 1
+        state.commit = inflight[done - 1].token + 1
         if done == len(inflight):  # a batch acked whole: the usual case
             inflight.clear()
         else:
             for _ in range(done):
                 inflight.popleft()
-        self._commits.add(tp)
+        self._commits.add(state.tp)
 
     def _committable(self, tps: set[aiokafka.TopicPartition]) -> dict[Any, int]:
         offsets: dict[Any, int] = {}
         for tp in tps:
-            state = self._partitions.get(tp)
+            state = self._partitions.get(tp.partition)
             if state is not None and state.commit is not None:
                 offsets[tp] = state.commit
                 state.commit = None
