@@ -81,13 +81,13 @@ async def test_offsets_are_committed_up_to_the_first_unacked_message() -> None:
     try:
         got = await consumer.fetch(10, 0)  # what is buffered: no fetch from the broker
         assert [m.token.offset for m in got] == [10, 11, 12, 13, 14]
-        await consumer.ack_many([got[1], got[2]])
-        assert consumer._committable({tp}) == {}  # 10 is not acked
-        await consumer.settle(got[0], ack=True, requeue=False)
-        assert consumer._committable({tp}) == {tp: 13}
-        await consumer.ack_many([got[2], got[4]])  # 12 again: nothing changes
-        assert consumer._committable({tp}) == {}  # 13 is not acked
-        await consumer.settle(got[3], ack=True, requeue=False)
+        await consumer.settle(got[0], ack=True, requeue=False)  # in order
+        assert consumer._committable({tp}) == {tp: 11}
+        await consumer.ack_many([got[2], got[3]])
+        assert consumer._committable({tp}) == {}  # 11 is not acked
+        await consumer.settle(got[1], ack=True, requeue=False)
+        assert consumer._committable({tp}) == {tp: 14}
+        await consumer.ack_many([got[3], got[4]])  # 13 again: nothing changes for it
         assert consumer._committable({tp}) == {tp: 15}
         assert not consumer._partitions[1].inflight
     finally:

@@ -378,6 +378,13 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         if ack or not requeue:
             # Marked even if it was rewound since: then no partition holds it any more.
             message.token = offset
+            inflight = state.inflight
+            if inflight and inflight[0] is message:
+                # Acked in order, as one by one they mostly are: dropped without a scan.
+                inflight.popleft()
+                if not inflight or type(inflight[0].token) is not int:
+                    self._committed_up_to(state, offset + 1)
+                    return
             self._advance(state)
             return
         if not any(m is message for m in state.inflight):
@@ -424,13 +431,19 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             done += 1
         if not done:
             return
-        state.commit = inflight[done - 1].token + 1
+        self._committed_up_to(state, inflight[done - 1].token + 1)
         if done == len(inflight):  # a batch acked whole: the usual case
             inflight.clear()
         else:
             for _ in range(done):
                 inflight.popleft()
-        self._commits.add(state.tp)
+
+    def _committed_up_to(self, state: _Partition, offset: int) -> None:
+        """The partition's next commit; queued once until it is sent (not once per ack)."""
+        queued = state.commit is not None
+        state.commit = offset
+        if not queued:
+            self._commits.add(state.tp)
 
     def _committable(self, tps: set[aiokafka.TopicPartition]) -> dict[Any, int]:
         offsets: dict[Any, int] = {}
