@@ -180,7 +180,7 @@ class Broker:
         Returns their ids in order once the broker has every one of them; raises
         if any could not be delivered (some others may have been).
         """
-        batch = [message_.OutgoingMessage.build(m, key=key, headers=headers) for m in messages]
+        batch = message_.OutgoingMessage.build_many(messages, key=key, headers=headers)
         if batch:
             await self._publish(topic, batch)
         return [m.id for m in batch]
@@ -351,7 +351,12 @@ class Subscription:
     async def ack_many(self, messages: Iterable[message_.Message]) -> None:
         """Ack messages of this subscription, as `ack()` on each does, in one call;
         messages settled already are left alone."""
-        fresh = [m for m in messages if m.mark_settled()]
+        # Marked settled here rather than through a method: this runs for every message.
+        fresh = []
+        for m in messages:
+            if not m._settled:
+                m._settled = True
+                fresh.append(m)
         if not fresh:
             return
         if self._dead_letter is not None:
@@ -478,7 +483,7 @@ class Subscription:
         watch = self._watch
         if watch:
             front = watch[0]
-            if front.messages[front.start].settled:  # else nothing to drop
+            if front.messages[front.start]._settled:  # else nothing to drop
                 self._prune()
         if watch and due - watch[-1].opened < _WATCH_GROUP:
             last = watch[-1]
@@ -509,7 +514,7 @@ class Subscription:
             entry = watch[0]
             messages, start = entry.messages, entry.start
             end = len(messages)
-            while start < end and messages[start].settled:
+            while start < end and messages[start]._settled:  # the attribute: per message
                 start += 1
             if start < end:
                 entry.start = start

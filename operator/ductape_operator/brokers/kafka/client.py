@@ -53,8 +53,15 @@ _REBALANCED = (
 #: partition set at most this often, instead of one per batch of acks (each costs
 #: the consumer about as much as a fetch). A crash redelivers at most that much more.
 COMMIT_LINGER = 0.1
-# Module attributes looked up once: `_message` runs for every record.
-_received = message_.received
+#: Records taken from aiokafka per call, at least: it has read them ahead already (up to a
+#: MiB a partition), and they are handed out `prefetch` at a time from here. Each call
+#: goes through the retry wrapper (about 10 µs with `getmany`'s own): paid per call, so a
+#: few times per hundred messages rather than once (README.md, "The messaging client:
+#: throughput"). Nothing taken is committed before it was handed out and acked.
+TAKE = 500
+# Module attributes looked up once: `_messages` runs for every record.
+_new = object.__new__
+_Message = message_.Message
 _ID_HEADER = message_.ID_HEADER
 _CONTENT_TYPE_HEADER = message_.CONTENT_TYPE_HEADER
 _RESERVED_PREFIX = message_.RESERVED_PREFIX
@@ -144,17 +151,23 @@ class KafkaTransport:
             raise RuntimeError("broker is not started")
 
         async def send() -> None:
-            futures = []
+            futures: list[asyncio.Future[Any]] = []
+            append = futures.append
             for m in messages:
-                futures.append(
+                if m.headers or m.content_type != _OCTET_STREAM:
+                    headers = [(k, v.encode()) for k, v in m.wire_headers().items()]
+                else:  # what `wire_headers` gives then, without the dictionary
+                    headers = [(_ID_HEADER, m.id.encode())]
+                key = m.key
+                append(
                     await producer.send(
                         topic,
                         m.data,
-                        key=m.key.encode() if m.key is not None else None,
-                        headers=[(k, v.encode()) for k, v in m.wire_headers().items()],
+                        key=key.encode() if key is not None else None,
+                        headers=headers,
                     )
                 )
-            await asyncio.gather(*futures)
+            await _delivered(futures)
 
         await self.retrying(send, "publish", self.link)
 
@@ -168,15 +181,46 @@ class KafkaTransport:
         return KafkaConsumer(self, route, subscription, physical, options)
 
 
-#: A message's token: [partition, offset, done], done once it was acked or dropped (its
-#: offset may be committed). A list, not an object: one is made for every record.
-_TP, _OFFSET, _DONE = 0, 1, 2
+async def _delivered(futures: list[asyncio.Future[Any]]) -> None:
+    """Wait for every record's delivery; raise the first failure in send order.
+
+    Awaited one by one rather than gathered: the producer resolves a whole batch's
+    futures at once, so past the first of a batch they are done and cost no wait,
+    where `asyncio.gather` schedules a callback for every record (about 1 µs each,
+    README.md, "The messaging client: throughput").
+    """
+    try:
+        for future in futures:
+            await future
+    except BaseException:
+        # The failures after the first are retrieved too: asyncio would log each.
+        for future in futures:
+            if future.done():
+                _retrieve(future)
+            else:
+                future.add_done_callback(_retrieve)
+        raise
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+# A message's token is its record while it is in flight, and the record's offset (an int)
+# once it is done, acked or dropped (its offset may be committed): nothing is made per
+# record for it (README.md, "The messaging client: throughput").
+
+
+def _offset(token: Any) -> int:
+    return token if type(token) is int else token.offset
 
 
 @dataclasses.dataclass
 class _Partition:
     """Delivered, not yet committed messages of one assigned partition."""
 
+    tp: aiokafka.TopicPartition
     #: In offset order; popped from the front as they are done.
     inflight: deque[message_.Message] = dataclasses.field(default_factory=deque)
     #: The next offset to commit, once it moved past the last commit.
@@ -208,7 +252,8 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             auto_offset_reset="earliest",
             max_poll_records=options.prefetch,
         )
-        self._partitions: dict[aiokafka.TopicPartition, _Partition] = {}
+        #: By partition number (the consumer reads one topic): what a record says.
+        self._partitions: dict[int, _Partition] = {}
         #: Fetched, not yet handed out: (partition, records from `getmany`, next index).
         self._buffer: deque[tuple[aiokafka.TopicPartition, list[Any], int]] = deque()
         self._joined = asyncio.Event()
@@ -238,19 +283,20 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             except kafka_errors.KafkaError as exc:
                 log.warning("kafka: commit on revoke failed: %s", exc)
         for tp in revoked:
-            self._partitions.pop(tp, None)
+            self._partitions.pop(tp.partition, None)
         self._buffer = deque(b for b in self._buffer if b[0] not in revoked)
 
     async def on_partitions_assigned(self, assigned: set[aiokafka.TopicPartition]) -> None:
         for tp in assigned:
-            self._partitions.setdefault(tp, _Partition())
+            if tp.partition not in self._partitions:
+                self._partitions[tp.partition] = _Partition(tp)
         self._joined.set()
 
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
         if not self._buffer:
             batches = await self._transport.retrying(
                 lambda: self._consumer.getmany(
-                    timeout_ms=int(timeout * 1000), max_records=max_messages
+                    timeout_ms=int(timeout * 1000), max_records=max(max_messages, TAKE)
                 ),
                 "fetch",
                 self.link,
@@ -261,68 +307,91 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         now = time.monotonic()
         while self._buffer and len(out) < max_messages:
             tp, records, start = self._buffer.popleft()
-            state = self._partitions.get(tp)
+            state = self._partitions.get(tp.partition)
             if state is None:
                 continue  # revoked meanwhile
             end = min(len(records), start + max_messages - len(out))
             if end < len(records):
                 self._buffer.appendleft((tp, records, end))
-            make = self._message
             if start or end < len(records):
                 records = records[start:end]
-            new = [make(record, tp, now) for record in records]
+            new = self._messages(records, tp, now)
             state.inflight.extend(new)
             out.extend(new)
         return out
 
-    def _message(self, record: Any, tp: aiokafka.TopicPartition, now: float) -> message_.Message:
-        # One pass over the record headers (this runs for every message): reserved
-        # ones are picked out, the others are the application's.
-        headers: dict[str, str] = {}
-        message_id = content_type = None
-        wire: Sequence[tuple[str, bytes]] = record.headers or ()
-        if len(wire) == 1 and wire[0][0] == _ID_HEADER:
-            # What the client publishes without application headers: the id alone.
-            message_id = wire[0][1].decode()
-        else:
-            for name, value in wire:
-                if name == _ID_HEADER:
-                    message_id = value.decode()
-                elif name == _CONTENT_TYPE_HEADER:
-                    content_type = value.decode()
-                elif not name.startswith(_RESERVED_PREFIX):
-                    headers[name] = value.decode("utf-8", "replace")
-        key = record.key
-        offset = record.offset
-        return _received(
-            record.value or b"",
-            headers,
-            message_id or f"{record.topic}:{record.partition}:{offset}",
-            content_type or _OCTET_STREAM,
-            self._tag,
-            self._subscription,
-            self,
-            [tp, offset, False],
-            key.decode("utf-8", "replace") if key is not None else None,
-            None,
-            now,
-        )
+    def _messages(
+        self, records: list[Any], tp: aiokafka.TopicPartition, now: float
+    ) -> list[message_.Message]:
+        """Messages from one partition's records, in one loop with no call per record.
+
+        Each is built as `message_.received` builds it, slot by slot, with that call
+        inlined (half the cost of building a message: README.md, "The messaging
+        client: throughput"); tests/brokers/test_kafka_unit.py holds the two alike.
+        """
+        out: list[message_.Message] = []
+        append = out.append
+        tag, subscription = self._tag, self._subscription
+        for record in records:
+            headers: dict[str, str] = {}
+            content_type = None
+            wire: Sequence[tuple[str, bytes]] = record.headers or ()
+            if len(wire) == 1 and wire[0][0] == _ID_HEADER:
+                # What the client publishes without application headers: the id alone.
+                message_id: str | None = wire[0][1].decode()
+            else:
+                # One pass: the reserved headers picked out, the others the application's.
+                message_id = None
+                for name, value in wire:
+                    if name == _ID_HEADER:
+                        message_id = value.decode()
+                    elif name == _CONTENT_TYPE_HEADER:
+                        content_type = value.decode()
+                    elif not name.startswith(_RESERVED_PREFIX):
+                        headers[name] = value.decode("utf-8", "replace")
+            key = record.key
+            offset = record.offset
+            m = _new(_Message)
+            m.data = record.value or b""
+            m.headers = headers
+            m.id = message_id or f"{record.topic}:{record.partition}:{offset}"
+            m.content_type = content_type or _OCTET_STREAM
+            m.topic = tag
+            m.subscription = subscription
+            m.key = key.decode("utf-8", "replace") if key is not None else None
+            m.delivery_count = None
+            m.token = record
+            m._settler = self
+            m._settled = False
+            m._received_at = now
+            append(m)
+        return out
 
     async def settle(self, message: message_.Message, *, ack: bool, requeue: bool) -> None:
-        token = message.token
-        tp, offset = token[_TP], token[_OFFSET]
-        state = self._partitions.get(tp)
+        record = message.token
+        if type(record) is int:
+            return  # done already
+        state = self._partitions.get(record.partition)
         if state is None:
             return  # revoked since: it will be delivered again
+        offset = record.offset
         if ack or not requeue:
             # Marked even if it was rewound since: then no partition holds it any more.
-            token[_DONE] = True
-            self._advance(tp, state)
+            message.token = offset
+            inflight = state.inflight
+            if inflight and inflight[0] is message:
+                # Acked in order, as one by one they mostly are: dropped without a scan.
+                inflight.popleft()
+                if not inflight or type(inflight[0].token) is not int:
+                    self._committed_up_to(state, offset + 1)
+                    return
+            self._advance(state)
             return
         if not any(m is message for m in state.inflight):
             return  # rewound since: it will be delivered again
         # Rewind: this message and everything after it in the partition come again.
-        state.inflight = deque(m for m in state.inflight if m.token[_OFFSET] < offset)
+        state.inflight = deque(m for m in state.inflight if _offset(m.token) < offset)
+        tp = state.tp
         kept: deque[tuple[aiokafka.TopicPartition, list[Any], int]] = deque()
         for held, records, start in self._buffer:
             if held == tp:
@@ -334,36 +403,52 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer.seek(tp, offset)
 
     async def ack_many(self, messages: list[message_.Message]) -> None:
-        # Every message marked first, then each partition's commit point moved once.
+        # Every message marked done first, then each partition's commit point moved once.
         touched = set()
         last = None
         for message in messages:
-            token = message.token
-            token[_DONE] = True
-            tp = token[_TP]
-            if tp is not last:  # a batch is mostly one partition: hashed once, not per message
-                touched.add(tp)
-                last = tp
+            record = message.token
+            if type(record) is int:
+                continue  # done already
+            message.token = record.offset
+            partition = record.partition
+            if partition != last:  # a batch is mostly one partition: hashed once, not per message
+                touched.add(partition)
+                last = partition
         partitions = self._partitions
-        for tp in touched:
-            state = partitions.get(tp)
+        for partition in touched:
+            state = partitions.get(partition)
             if state is not None:
-                self._advance(tp, state)
+                self._advance(state)
 
-    def _advance(self, tp: aiokafka.TopicPartition, state: _Partition) -> None:
+    def _advance(self, state: _Partition) -> None:
         """Drop the done messages at the front; the offset after them is the next commit."""
-        last = None
         inflight = state.inflight
-        while inflight and inflight[0].token[_DONE]:
-            last = inflight.popleft()
-        if last is not None:
-            state.commit = last.token[_OFFSET] + 1
-            self._commits.add(tp)
+        done = 0
+        for message in inflight:  # iterated, not popped one by one: per message
+            if type(message.token) is not int:
+                break
+            done += 1
+        if not done:
+            return
+        self._committed_up_to(state, inflight[done - 1].token + 1)
+        if done == len(inflight):  # a batch acked whole: the usual case
+            inflight.clear()
+        else:
+            for _ in range(done):
+                inflight.popleft()
+
+    def _committed_up_to(self, state: _Partition, offset: int) -> None:
+        """The partition's next commit; queued once until it is sent (not once per ack)."""
+        queued = state.commit is not None
+        state.commit = offset
+        if not queued:
+            self._commits.add(state.tp)
 
     def _committable(self, tps: set[aiokafka.TopicPartition]) -> dict[Any, int]:
         offsets: dict[Any, int] = {}
         for tp in tps:
-            state = self._partitions.get(tp)
+            state = self._partitions.get(tp.partition)
             if state is not None and state.commit is not None:
                 offsets[tp] = state.commit
                 state.commit = None
