@@ -298,6 +298,9 @@ class EnvResult:
     probe_seconds: float | None = None
     applied: AppliedEnv | None = None
     events: list[Event] = dataclasses.field(default_factory=list)
+    #: The namespace is being deleted: the env's Secret could not be written, and that is
+    #: no failure to report (docs/operations.md, "Deleting a namespace").
+    namespace_terminating: bool = False
 
 
 @dataclasses.dataclass

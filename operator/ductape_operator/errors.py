@@ -1,6 +1,7 @@
 """The project's error types, sorted by what the caller should do about them.
 
     DuctapeError                 base; carries a condition `reason` and `retriable`
+    ├── NamespaceTerminatingError  the namespace is going: nothing in it can be created
     ├── InvalidConfigError       the resource or its config cannot work as written (no retry)
     ├── SecretNotFoundError      a referenced Secret or key is missing (retry; watch the Secret)
     ├── TagConflictError         another, older resource owns this tag (no retry)
@@ -44,6 +45,13 @@ class DuctapeError(Exception):
         self.message = message
         if retriable is not None:
             self.retriable = retriable
+
+
+class NamespaceTerminatingError(DuctapeError):
+    """The API server refused to create something (a connection Secret) in a namespace
+    that is being deleted: no failure of the resource, which is going too."""
+
+    retriable = False
 
 
 class InvalidConfigError(DuctapeError):

@@ -696,6 +696,10 @@ def _left_by_namesake(metadata: Mapping[str, Any], owner: BrokerRef) -> bool:
 
 
 def _api_error(exc: ApiException, action: str) -> errors.DuctapeError:
+    if exc.status == 403 and "being terminated" in str(exc.body):
+        return errors.NamespaceTerminatingError(
+            f"Kubernetes API: cannot {action}: the namespace is being deleted"
+        )
     retriable = exc.status is None or exc.status >= 500 or exc.status in (409, 429)
     return errors.DuctapeError(
         f"Kubernetes API: cannot {action}: {exc.status} {exc.reason}", retriable=retriable

@@ -334,6 +334,9 @@ class Reconciler:
         for result in results:
             if result.applied is not None:
                 new_applied[result.slug] = result.applied
+        if any(result.namespace_terminating for result in results):
+            logger.debug("%s/%s: its namespace is being deleted", obj.ref.namespace, obj.ref.name)
+            return Outcome(current, ready=False, retry=False, message="namespace terminating")
         retire_failures = await self._retire_removed_envs(obj, spec, applied, new_applied)
 
         status = core.status_from_results(obj.generation, current, results, retire_failures)
@@ -396,6 +399,8 @@ class Reconciler:
         )
         try:
             await self._provision_env(obj, spec, env, prev, trigger, result)
+        except errors.NamespaceTerminatingError:
+            result.namespace_terminating = True
         except errors.DuctapeError as exc:
             core.record_failure(result, exc, prev)
         except Exception as exc:  # an SDK error nobody mapped: report it, keep running

@@ -33,6 +33,8 @@ class FakeCluster:
     )
     writes: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
     events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    #: Namespaces being deleted: the API server refuses to create anything there.
+    terminating: set[str] = dataclasses.field(default_factory=set)
 
     async def read_secret_values(
         self, namespace: str, refs: Iterable[models.SecretKeySelector]
@@ -53,6 +55,8 @@ class FakeCluster:
         key = (owner.namespace, name)
         if self.connection_secrets.get(key) == dict(data):
             return False
+        if owner.namespace in self.terminating:
+            raise errors.NamespaceTerminatingError("the namespace is being deleted")
         self.connection_secrets[key] = dict(data)
         self.writes.append(("secret", name))
         return True

@@ -7,6 +7,7 @@ on the brokers.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -401,3 +402,24 @@ async def test_the_handled_spec_moves_only_once_a_change_is_done() -> None:
     outcome = await run(rec, fakes.after(core.BrokerObject.from_body(moved), cluster))
     assert outcome.ready
     assert cluster.writes[-1][1]["handledSpec"] == fakes.handled_spec(moved) != first
+
+
+async def test_a_secret_refused_in_a_terminating_namespace_is_no_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Deleting a namespace deletes the connection Secrets before it marks the resources: a
+    health round in between must not report the refused re-creation as a failure."""
+    cluster, brokers, clock = FakeCluster(), FakeBrokers(), Clock()
+    rec = fakes.reconciler(cluster, brokers)
+    manual_health(rec, clock)
+    settled = await ready_body(rec, cluster, fakes.body())
+    cluster.connection_secrets.clear()  # deleted with the namespace
+    cluster.terminating.add("ns")
+    cluster.writes.clear()
+    cluster.events.clear()
+    clock.now += 31
+
+    outcome = await run(rec, settled, trigger=core.HEALTH)
+    assert not outcome.retry
+    assert cluster.writes == [] and cluster.events == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
