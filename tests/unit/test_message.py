@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ductape_operator.messaging import message as message_
 
 
@@ -34,3 +36,20 @@ def test_received_builds_what_the_constructor_builds() -> None:
         name: getattr(built, name) for name in slots
     }
     assert not fast.settled and fast.received_at == 12.5
+
+
+def test_build_many_builds_what_build_builds() -> None:
+    payloads: list[Any] = [b"raw", bytearray(b"array"), "text", {"n": 1}]
+    many = message_.OutgoingMessage.build_many(payloads, key="k", headers={"trace": "t"})
+    one = [message_.OutgoingMessage.build(p, key="k", headers={"trace": "t"}) for p in payloads]
+    same = ("content_type", "data", "explicit_id", "headers", "key")
+    assert [{name: getattr(m, name) for name in same} for m in many] == [
+        {name: getattr(m, name) for name in same} for m in one
+    ]
+    assert all(type(m.data) is bytes for m in many)
+    assert len({m.id for m in many + one}) == 8, "every message its own id"
+    assert many[0].headers is not many[1].headers, "each message its own headers"
+    with pytest.raises(ValueError, match="reserved"):
+        message_.OutgoingMessage.build_many([b"x"], headers={"ductape-id": "mine"})
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        message_.OutgoingMessage.build_many([object()])

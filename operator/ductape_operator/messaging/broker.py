@@ -180,7 +180,7 @@ class Broker:
         Returns their ids in order once the broker has every one of them; raises
         if any could not be delivered (some others may have been).
         """
-        batch = [message_.OutgoingMessage.build(m, key=key, headers=headers) for m in messages]
+        batch = message_.OutgoingMessage.build_many(messages, key=key, headers=headers)
         if batch:
             await self._publish(topic, batch)
         return [m.id for m in batch]

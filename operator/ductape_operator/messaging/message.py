@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from ductape_operator.messaging import metrics
@@ -119,6 +119,29 @@ class OutgoingMessage:
             key=key,
             explicit_id=message_id is not None,
         )
+
+    @classmethod
+    def build_many(
+        cls,
+        messages: Iterable[Payload],
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[OutgoingMessage]:
+        """`build` for each message, with the same key and headers: what `publish_many`
+        sends. The headers are checked once, and bytes are taken as they are (half of
+        `build`'s 1.3 µs a message went to the calls around them)."""
+        checked = check_headers(headers)
+        batch = []
+        for message in messages:
+            if type(message) is bytes:
+                data, content_type = message, OCTET_STREAM
+            else:
+                data, content_type = encode(message)
+            batch.append(
+                cls(data, content_type=content_type, headers=checked.copy(), id=new_id(), key=key)
+            )
+        return batch
 
     def wire_headers(self) -> dict[str, str]:
         """Application headers plus the reserved ones (for transports without properties).
