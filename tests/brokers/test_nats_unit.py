@@ -137,7 +137,7 @@ def _received(headers: dict[str, str] | None) -> message_.Message:
     consumer = client.NatsConsumer.__new__(client.NatsConsumer)
     consumer._tag, consumer._subscription = "orders", "billing"
     msg = Msg(None, subject="orders.created", reply=_V2, data=b"{}", headers=headers)  # type: ignore[arg-type]
-    return consumer._message(msg)
+    return consumer._message(msg, 12.5)
 
 
 def test_the_id_travels_once_as_the_servers_dedup_header() -> None:
@@ -165,7 +165,14 @@ def test_a_received_id_comes_from_ductape_id_then_the_dedup_header_then_the_sequ
     # ductape-id: what earlier versions of the client sent beside the dedup header.
     both = _received({message_.ID_HEADER: "mine", client.MSG_ID_HEADER: "other", "x": "1"})
     assert (both.id, both.headers) == ("mine", {"x": "1"})
-    assert _received({client.MSG_ID_HEADER: "server"}).id == "server"
+    alone = _received({client.MSG_ID_HEADER: "server"})  # what the client sends: the id alone
+    assert (alone.id, alone.headers, alone.content_type, alone.key) == (
+        "server",
+        {},
+        message_.OCTET_STREAM,
+        None,
+    )
+    assert (alone.delivery_count, alone.received_at, alone.settled) == (3, 12.5, False)
     bare = _received(None)
     assert (bare.id, bare.headers, bare.content_type) == (
         "orders-created:41",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -328,36 +329,43 @@ class NatsConsumer:
             received = await pull.fetch(max_messages, timeout=max(timeout, 0.1))
         except nats_sdk_errors.TimeoutError:
             return []  # nothing within the timeout: the normal empty answer
-        return [self._message(msg) for msg in received]
+        now = time.monotonic()  # one reading per fetch: when the batch was handed over
+        return [self._message(msg, now) for msg in received]
 
-    def _message(self, msg: Msg) -> message_.Message:
+    def _message(self, msg: Msg, received_at: float) -> message_.Message:
         stream, sequence, delivered = _delivery(msg)
         # One pass over the headers instead of `message.make_message`'s copies: this runs
         # for every message, and most carry the id header alone.
         headers: dict[str, str] = {}
         server_id = own_id = key = content_type = None
-        for name, value in (msg.headers or {}).items():
-            if name == MSG_ID_HEADER:
-                server_id = value
-            elif not name.lower().startswith(message_.RESERVED_PREFIX):
-                headers[name] = value
-            elif name == KEY_HEADER:
-                key = value
-            elif name == message_.CONTENT_TYPE_HEADER:
-                content_type = value
-            elif name == message_.ID_HEADER:
-                own_id = value
-        return message_.Message(
-            data=msg.data,
-            headers=headers,
-            id=own_id or server_id or f"{stream}:{sequence}",
-            content_type=content_type or message_.OCTET_STREAM,
-            topic=self._tag,
-            subscription=self._subscription,
-            settler=self,
-            token=msg.reply,
-            key=key,
-            delivery_count=delivered,
+        wire = msg.headers
+        if wire is not None and len(wire) == 1 and MSG_ID_HEADER in wire:
+            server_id = wire[MSG_ID_HEADER]  # what the client sends without headers of yours
+        elif wire:
+            for name, value in wire.items():
+                if name == MSG_ID_HEADER:
+                    server_id = value
+                elif not name.lower().startswith(message_.RESERVED_PREFIX):
+                    headers[name] = value
+                elif name == KEY_HEADER:
+                    key = value
+                elif name == message_.CONTENT_TYPE_HEADER:
+                    content_type = value
+                elif name == message_.ID_HEADER:
+                    own_id = value
+        # `received`: the constructor's twin without the call through the class.
+        return message_.received(
+            msg.data,
+            headers,
+            own_id or server_id or f"{stream}:{sequence}",
+            content_type or message_.OCTET_STREAM,
+            self._tag,
+            self._subscription,
+            self,
+            msg.reply,
+            key,
+            delivered,
+            received_at,
         )
 
     async def ack_many(self, messages: list[message_.Message]) -> None:
