@@ -137,7 +137,7 @@ def _received(headers: dict[str, str] | None) -> message_.Message:
     consumer = client.NatsConsumer.__new__(client.NatsConsumer)
     consumer._tag, consumer._subscription = "orders", "billing"
     msg = Msg(None, subject="orders.created", reply=_V2, data=b"{}", headers=headers)  # type: ignore[arg-type]
-    return consumer._message(msg)
+    return consumer._message(msg, 12.5)
 
 
 def test_the_id_travels_once_as_the_servers_dedup_header() -> None:
@@ -165,7 +165,14 @@ def test_a_received_id_comes_from_ductape_id_then_the_dedup_header_then_the_sequ
     # ductape-id: what earlier versions of the client sent beside the dedup header.
     both = _received({message_.ID_HEADER: "mine", client.MSG_ID_HEADER: "other", "x": "1"})
     assert (both.id, both.headers) == ("mine", {"x": "1"})
-    assert _received({client.MSG_ID_HEADER: "server"}).id == "server"
+    alone = _received({client.MSG_ID_HEADER: "server"})  # what the client sends: the id alone
+    assert (alone.id, alone.headers, alone.content_type, alone.key) == (
+        "server",
+        {},
+        message_.OCTET_STREAM,
+        None,
+    )
+    assert (alone.delivery_count, alone.received_at, alone.settled) == (3, 12.5, False)
     bare = _received(None)
     assert (bare.id, bare.headers, bare.content_type) == (
         "orders-created:41",
@@ -195,3 +202,31 @@ async def test_publish_acks_time_out_without_progress_and_raise_the_first_error(
         await client._all_acked([answered, refused])
     client._release([answered, silent, refused])
     assert silent.cancelled(), "an ack still awaited is given up (nats-py frees its slot)"
+
+
+async def test_publish_acks_are_awaited_on_the_last_and_on_any_left_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `_all_acked` waits on the last ack (the server acks in order) but relies on no order.
+    monkeypatch.setattr(client, "REQUEST_TIMEOUT", 0.5)
+    loop = asyncio.get_running_loop()
+    behind = [loop.create_future() for _ in range(3)]
+    behind[2].set_result("ack")
+    behind[0].set_result("ack")
+    loop.call_later(0.05, behind[1].set_result, "ack")
+    await client._all_acked(behind)
+    assert behind[1].done(), "an ack left behind the last one is waited for"
+    # Acks 0.1 s apart, 0.8 s in all: longer than the timeout, never that long without one.
+    # (Timers fire in deadline order, so this holds on a loaded machine too.)
+    trickle = [loop.create_future() for _ in range(8)]
+    for n, future in enumerate(trickle, start=1):
+        loop.call_later(0.1 * n, future.set_result, "ack")
+    await client._all_acked(trickle)
+    assert all(f.done() for f in trickle)
+    # Errors: the first in publish order is raised, once every ack is in.
+    first, second, last = (loop.create_future() for _ in range(3))
+    last.set_result("ack")
+    second.set_exception(js_errors.APIError(code=503, description="second"))
+    loop.call_later(0.05, first.set_exception, js_errors.APIError(code=503, description="first"))
+    with pytest.raises(js_errors.APIError, match="first"):
+        await client._all_acked([first, second, last])

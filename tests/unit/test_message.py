@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ductape_operator.messaging import message as message_
 
 
@@ -70,3 +72,10 @@ def test_ids_are_unique_and_of_one_length() -> None:
     ids = [message_.new_id() for _ in range(1000)]
     assert len(set(ids)) == len(ids)
     assert {len(i) for i in ids} == {24}
+
+
+def test_build_many_refuses_what_build_refuses() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        message_.OutgoingMessage.build_many([b"x"], headers={"ductape-id": "mine"})
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        message_.OutgoingMessage.build_many([object()])
