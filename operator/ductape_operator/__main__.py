@@ -15,10 +15,19 @@ import urllib3
 
 from ductape_operator import brokers, handlers, kube, outages, redaction, settings
 
+#: kopf removing its wake-up annotation from an object that has no other annotation: the
+#: answer has no annotations at all, which kopf reports as an inconsistency.
+_TOUCH_ONLY = re.compile(
+    r"Merge-patching finished with inconsistencies: "
+    r"\(\('remove', \('metadata', 'annotations'\), \{'[^']+/touch-dummy': None\}, None\),\)$"
+)
+
 
 class KopfChatter(logging.Filter):
     """kopf's per-handler lines ("Handler 'health' succeeded", "failed temporarily") go to
     DEBUG: the reconciler logs one line per transition instead (docs/operations.md, "Logs").
+    So does kopf's warning about its own wake-up annotation (`_TOUCH_ONLY`), which every
+    resource without annotations gave on deletion.
 
     Dropping a record here also keeps kopf from posting it as an Event.
     """
@@ -28,10 +37,14 @@ class KopfChatter(logging.Filter):
         self.verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        chatter = record.levelno <= logging.INFO or (
-            record.levelno == logging.ERROR
-            and "failed temporarily" in str(record.msg)
-            and not record.exc_info
+        chatter = (
+            record.levelno <= logging.INFO
+            or (
+                record.levelno == logging.ERROR
+                and "failed temporarily" in str(record.msg)
+                and not record.exc_info
+            )
+            or (record.levelno == logging.WARNING and bool(_TOUCH_ONLY.match(str(record.msg))))
         )
         if not chatter:
             return True

@@ -33,3 +33,18 @@ def test_real_failures_are_kept_as_they_are() -> None:
     assert quiet.filter(crashed) and crashed.levelno == logging.ERROR
     warning = record(logging.WARNING, "Patching failed with inconsistencies")
     assert quiet.filter(warning) and warning.levelno == logging.WARNING
+
+
+def test_kopfs_own_wake_up_annotation_is_no_warning() -> None:
+    quiet = KopfChatter(verbose=False)
+    touch = record(
+        logging.WARNING,
+        "Merge-patching finished with inconsistencies: (('remove', ('metadata', 'annotations'),"
+        " {'ductape.app/touch-dummy': None}, None),)",
+    )
+    assert not quiet.filter(touch)
+    other = record(
+        logging.WARNING,
+        "Merge-patching finished with inconsistencies: (('change', ('spec', 'tag'), 'a', 'b'),)",
+    )
+    assert quiet.filter(other) and other.levelno == logging.WARNING
