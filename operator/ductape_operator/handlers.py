@@ -523,11 +523,12 @@ async def secret_changed(
     if kube.connection_secret_seen(namespace, name, None if gone else body):
         refs = body.get("metadata", {}).get("ownerReferences") or []
         owners.update(ref["name"] for ref in refs if ref.get("kind") == models.KIND)
-        if gone and owners and await _namespace_going(namespace):
-            # Deleting a namespace deletes the Secrets before the MessageBrokers are
-            # marked: writing them again would only be refused (403), and each refusal
-            # reported as a failure (docs/operations.md, "Deleting a namespace").
-            return
+    if gone and owners and await _namespace_going(namespace):
+        # Deleting a namespace deletes the Secrets before the MessageBrokers are marked:
+        # a connection Secret written again would be refused (403), a referenced one
+        # reported missing, each for every resource on its way out (docs/operations.md,
+        # "Deleting a namespace").
+        return
     brokers: kopf.Index[Any, Any] = kwargs["brokers_index"]
     for broker_name in sorted(owners):
         bodies = list(brokers.get((namespace, broker_name), []))

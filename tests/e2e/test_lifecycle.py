@@ -453,14 +453,18 @@ def test_namespace_deletion_is_not_held_hostage(
 def test_deleting_a_namespace_writes_no_secret_again_and_reports_no_failure(
     kube: kit.Kube, operator: OperatorProcess
 ) -> None:
-    """The namespace controller deletes the connection Secrets before it marks the
-    MessageBrokers: writing them again is refused (403), and must not be reported as a
-    failure of each resource on its way out (docs/operations.md, "Deleting a namespace")."""
+    """The namespace controller deletes the Secrets before it marks the MessageBrokers:
+    writing a connection Secret again is refused (403), a referenced Secret is missing, and
+    neither must be reported as a failure of each resource on its way out
+    (docs/operations.md, "Deleting a namespace")."""
     ns = f"e2e-ns-{uuid.uuid4().hex[:6]}"
     kube.create_namespace(ns)
+    for secret, data in kit.credential_secrets("RABBITMQ").items():
+        kube.create_secret(ns, secret, data)  # referenced: deleted with the namespace too
     names = [kit.unique("going") for _ in range(5)]
-    for name in names:
-        kube.apply(ns, kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=[]))
+    for i, name in enumerate(names):
+        envs = [("dev", "REDIS" if i % 2 else "RABBITMQ")]
+        kube.apply(ns, kit.broker_manifest(name, envs=envs, topics=[]))
     for name in names:
         kube.wait_condition(ns, name, "True", "AllEnvsReady")
     since = operator.log_size()
