@@ -523,18 +523,20 @@ async def secret_changed(
     if kube.connection_secret_seen(namespace, name, None if gone else body):
         refs = body.get("metadata", {}).get("ownerReferences") or []
         owners.update(ref["name"] for ref in refs if ref.get("kind") == models.KIND)
-    if gone and owners and await _namespace_going(namespace):
+    brokers: kopf.Index[Any, Any] = kwargs["brokers_index"]
+    live = []
+    for broker_name in sorted(owners):
+        bodies = list(brokers.get((namespace, broker_name), []))
+        if bodies and not bodies[0].get("metadata", {}).get("deletionTimestamp"):
+            live.append((broker_name, bodies[0]))
+    if gone and live and await _namespace_going(namespace):
         # Deleting a namespace deletes the Secrets before the MessageBrokers are marked:
         # a connection Secret written again would be refused (403), a referenced one
         # reported missing, each for every resource on its way out (docs/operations.md,
         # "Deleting a namespace").
         return
-    brokers: kopf.Index[Any, Any] = kwargs["brokers_index"]
-    for broker_name in sorted(owners):
-        bodies = list(brokers.get((namespace, broker_name), []))
-        if not bodies or bodies[0].get("metadata", {}).get("deletionTimestamp"):
-            continue
-        obj = reconcile.BrokerObject.from_body(bodies[0])
+    for broker_name, body in live:
+        obj = reconcile.BrokerObject.from_body(body)
         owner = tag_owner(kwargs, obj)
         logger.info("Secret %s/%s changed: reconciling %s", namespace, name, broker_name)
         try:
