@@ -301,6 +301,7 @@ async def _block_deletion(
     """
     if holds_finalizer(body):
         return obj
+    kube.namespace_in_use(obj.ref.namespace)
     meta = body.get("metadata", {})
     tag = core.label_before_handling(body, FINALIZER)
     labels = {core.TAG_LABEL: tag} if tag is not None else {}

@@ -228,7 +228,8 @@ async def read_secret_values(
 ) -> dict[tuple[str, str], str]:
     """Resolve Secret key references in `namespace`, keyed by (secret name, key).
 
-    Raises `SecretNotFoundError` naming the first missing Secret or key.
+    Raises `SecretNotFoundError` naming the first missing Secret or key, or
+    `NamespaceTerminatingError` when the Secret went with its namespace.
     """
     values: dict[tuple[str, str], str] = {}
     by_secret: dict[str, list[str]] = {}
@@ -236,6 +237,10 @@ async def read_secret_values(
         by_secret.setdefault(ref.name, []).append(ref.key)
     for secret_name, keys in sorted(by_secret.items()):
         data = await cached_secret_data(namespace, secret_name)
+        if data is None and namespace in _terminating:
+            raise errors.NamespaceTerminatingError(
+                f"Secret {namespace}/{secret_name} went with its namespace"
+            )
         if data is None:
             raise errors.SecretNotFoundError(
                 f"Secret {namespace}/{secret_name} not found", secret_name=secret_name
@@ -659,7 +664,25 @@ async def post_event(ref: BrokerRef, *, type: str, reason: str, message: str) ->
         )
 
 
+#: Namespaces seen terminating: a Secret missing there went with the namespace, which is
+#: no `SecretNotFound` to report (docs/operations.md, "Deleting a namespace").
+_terminating: set[str] = set()
+
+
+def namespace_in_use(namespace: str) -> None:
+    """A MessageBroker was just created in `namespace`: it is not (or no longer) terminating,
+    whatever was seen of an earlier namespace of that name."""
+    _terminating.discard(namespace)
+
+
 async def namespace_terminating(namespace: str) -> bool:
+    going = await _namespace_terminating(namespace)
+    if going:
+        _terminating.add(namespace)
+    return going
+
+
+async def _namespace_terminating(namespace: str) -> bool:
     try:
         ns = await _call(f"read Namespace {namespace}", "GET", f"/api/v1/namespaces/{namespace}")
     except errors.DuctapeError as exc:
