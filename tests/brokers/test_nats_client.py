@@ -52,6 +52,21 @@ async def provisioned(url: str, plan: base.TopicPlan) -> AsyncIterator[binding_.
                 await provider.delete_topic(plan)
 
 
+@contextlib.asynccontextmanager
+async def started_transport(
+    url: str, plan: base.TopicPlan, options: _transport.Options = OPTIONS
+) -> AsyncIterator[tuple[binding_.Binding, nats_client.NatsTransport, binding_.TopicRoute]]:
+    """The topic provisioned on `url`, a started transport to it, and the topic's route;
+    the transport closed and the topic deleted after."""
+    async with provisioned(url, plan) as binding:
+        transport = nats_client.make_transport(binding, options)
+        await transport.start()
+        try:
+            yield binding, transport, binding.topic(plan.tag)
+        finally:
+            await transport.aclose()
+
+
 async def collect(
     consumer: _transport.Consumer, count: int, timeout: float = 60.0
 ) -> list[message_.Message]:
@@ -66,66 +81,52 @@ async def collect(
 
 async def test_publishes_and_consumes_20_messages_with_headers(nats_env: dict[str, str]) -> None:
     plan = unique_topic()
-    async with provisioned(nats_env["NATS_URL"], plan) as binding:
-        transport = nats_client.make_transport(binding, OPTIONS)
-        await transport.start()
-        try:
-            route = binding.topic(plan.tag)
-            sent = [
-                message_.OutgoingMessage.build(
-                    {"n": n}, key=f"k{n}", headers={"trace": f"t{n}", "Tenant": "acme"}
-                )
-                for n in range(20)
+    async with started_transport(nats_env["NATS_URL"], plan) as (binding, transport, route):
+        sent = [
+            message_.OutgoingMessage.build(
+                {"n": n}, key=f"k{n}", headers={"trace": f"t{n}", "Tenant": "acme"}
+            )
+            for n in range(20)
+        ]
+        await transport.publish(route, sent)
+        for sub in plan.subscriptions:
+            consumer = transport.consumer(route, sub, binding.subscription(plan.tag, sub), OPTIONS)
+            await consumer.start()
+            got = await collect(consumer, 20)
+            assert [m.json() for m in got] == [{"n": n} for n in range(20)]
+            assert [m.id for m in got] == [m.id for m in sent]
+            assert [m.headers for m in got] == [
+                {"trace": f"t{n}", "Tenant": "acme"} for n in range(20)
             ]
-            await transport.publish(route, sent)
-            for sub in plan.subscriptions:
-                consumer = transport.consumer(
-                    route, sub, binding.subscription(plan.tag, sub), OPTIONS
-                )
-                await consumer.start()
-                got = await collect(consumer, 20)
-                assert [m.json() for m in got] == [{"n": n} for n in range(20)]
-                assert [m.id for m in got] == [m.id for m in sent]
-                assert [m.headers for m in got] == [
-                    {"trace": f"t{n}", "Tenant": "acme"} for n in range(20)
-                ]
-                assert [m.key for m in got] == [f"k{n}" for n in range(20)]
-                assert {m.content_type for m in got} == {message_.JSON}
-                assert {m.delivery_count for m in got} == {1}
-                for m in got:
-                    await consumer.settle(m, ack=True, requeue=False)
-                await consumer.aclose()
-                # Acked: nothing comes back within a redelivery round.
-                again = transport.consumer(route, sub, binding.subscription(plan.tag, sub), OPTIONS)
-                await again.start()
-                assert await again.fetch(20, 1.0) == []
-                await again.aclose()
-        finally:
-            await transport.aclose()
+            assert [m.key for m in got] == [f"k{n}" for n in range(20)]
+            assert {m.content_type for m in got} == {message_.JSON}
+            assert {m.delivery_count for m in got} == {1}
+            for m in got:
+                await consumer.settle(m, ack=True, requeue=False)
+            await consumer.aclose()
+            # Acked: nothing comes back within a redelivery round.
+            again = transport.consumer(route, sub, binding.subscription(plan.tag, sub), OPTIONS)
+            await again.start()
+            assert await again.fetch(20, 1.0) == []
+            await again.aclose()
 
 
 async def test_nack_requeues_or_drops(nats_env: dict[str, str]) -> None:
     plan = unique_topic(subscriptions=("billing",))
-    async with provisioned(nats_env["NATS_URL"], plan) as binding:
-        transport = nats_client.make_transport(binding, OPTIONS)
-        await transport.start()
-        try:
-            route = binding.topic(plan.tag)
-            await transport.publish(route, [message_.OutgoingMessage.build(b"again")])
-            await transport.publish(route, [message_.OutgoingMessage.build(b"dropped")])
-            consumer = transport.consumer(route, "billing", "billing", OPTIONS)
-            await consumer.start()
-            first = await collect(consumer, 2)
-            by_data = {m.data: m for m in first}
-            await consumer.settle(by_data[b"again"], ack=False, requeue=True)
-            await consumer.settle(by_data[b"dropped"], ack=False, requeue=False)
-            [back] = await collect(consumer, 1)
-            assert back.data == b"again" and back.delivery_count == 2
-            await consumer.settle(back, ack=True, requeue=False)
-            assert await consumer.fetch(10, 1.0) == []
-            await consumer.aclose()
-        finally:
-            await transport.aclose()
+    async with started_transport(nats_env["NATS_URL"], plan) as (_, transport, route):
+        await transport.publish(route, [message_.OutgoingMessage.build(b"again")])
+        await transport.publish(route, [message_.OutgoingMessage.build(b"dropped")])
+        consumer = transport.consumer(route, "billing", "billing", OPTIONS)
+        await consumer.start()
+        first = await collect(consumer, 2)
+        by_data = {m.data: m for m in first}
+        await consumer.settle(by_data[b"again"], ack=False, requeue=True)
+        await consumer.settle(by_data[b"dropped"], ack=False, requeue=False)
+        [back] = await collect(consumer, 1)
+        assert back.data == b"again" and back.delivery_count == 2
+        await consumer.settle(back, ack=True, requeue=False)
+        assert await consumer.fetch(10, 1.0) == []
+        await consumer.aclose()
 
 
 async def test_a_batch_past_the_in_flight_window_is_stored_once_in_order(
@@ -135,24 +136,18 @@ async def test_a_batch_past_the_in_flight_window_is_stored_once_in_order(
     # publish that did not wait for the oldest ack past it would block in nats-py.
     monkeypatch.setattr(nats_client, "WINDOW", 16)
     plan = unique_topic(subscriptions=("billing",))
-    async with provisioned(nats_env["NATS_URL"], plan) as binding:
-        transport = nats_client.make_transport(binding, OPTIONS)
-        await transport.start()
-        try:
-            route = binding.topic(plan.tag)
-            sent = [message_.OutgoingMessage.build(f"m{n}") for n in range(100)]
-            await asyncio.wait_for(transport.publish(route, sent), 30)
-            # Sent again (as a retry after a lost connection would): the server keeps one.
-            await asyncio.wait_for(transport.publish(route, sent[:20]), 30)
-            consumer = transport.consumer(route, "billing", "billing", OPTIONS)
-            await consumer.start()
-            got = await collect(consumer, 100)
-            assert [m.id for m in got] == [m.id for m in sent]
-            assert await consumer.fetch(10, 1.0) == [], "the resent 20 were not stored again"
-            await consumer.ack_many(got)
-            await consumer.aclose()
-        finally:
-            await transport.aclose()
+    async with started_transport(nats_env["NATS_URL"], plan) as (_, transport, route):
+        sent = [message_.OutgoingMessage.build(f"m{n}") for n in range(100)]
+        await asyncio.wait_for(transport.publish(route, sent), 30)
+        # Sent again (as a retry after a lost connection would): the server keeps one.
+        await asyncio.wait_for(transport.publish(route, sent[:20]), 30)
+        consumer = transport.consumer(route, "billing", "billing", OPTIONS)
+        await consumer.start()
+        got = await collect(consumer, 100)
+        assert [m.id for m in got] == [m.id for m in sent]
+        assert await consumer.fetch(10, 1.0) == [], "the resent 20 were not stored again"
+        await consumer.ack_many(got)
+        await consumer.aclose()
 
 
 async def test_unprovisioned_topic_and_subscription_are_named(nats_env: dict[str, str]) -> None:
@@ -175,57 +170,46 @@ async def test_unprovisioned_topic_and_subscription_are_named(nats_env: dict[str
 
 async def test_rides_through_a_server_restart(private_server: PrivateServer) -> None:
     plan = unique_topic(subscriptions=("billing",))
-    async with provisioned(private_server.url, plan) as binding:
-        transport = nats_client.make_transport(binding, OPTIONS)
-        await transport.start()
-        try:
-            route = binding.topic(plan.tag)
-            consumer = transport.consumer(route, "billing", "billing", OPTIONS)
-            await consumer.start()
-            await transport.publish(route, [message_.OutgoingMessage.build(b"before")])
-            [held] = await collect(consumer, 1)  # delivered, not acked across the restart
-            await private_server.astop()
-            # The outage itself lasts 2 s (not a wait for a condition): the publish
-            # below must ride through it.
-            restart = asyncio.create_task(asyncio.sleep(2))
-            publishing = asyncio.create_task(
-                transport.publish(route, [message_.OutgoingMessage.build(b"during")])
-            )
-            await restart
-            await private_server.astart()
-            await publishing  # retried until the server was back
-            got = await collect(consumer, 1)
-            datas = [m.data for m in got]
-            for m in got:
-                await consumer.settle(m, ack=True, requeue=False)
-            # The held message comes back (nacked now, on the new connection) as well.
-            await consumer.settle(held, ack=False, requeue=True)
-            rest = await collect(consumer, 1 if b"during" in datas else 2)
-            datas += [m.data for m in rest]
-            assert sorted(set(datas)) == [b"before", b"during"]
-            for m in rest:
-                await consumer.settle(m, ack=True, requeue=False)
-            await consumer.aclose()
-        finally:
-            await transport.aclose()
+    async with started_transport(private_server.url, plan) as (_, transport, route):
+        consumer = transport.consumer(route, "billing", "billing", OPTIONS)
+        await consumer.start()
+        await transport.publish(route, [message_.OutgoingMessage.build(b"before")])
+        [held] = await collect(consumer, 1)  # delivered, not acked across the restart
+        await private_server.astop()
+        # The outage itself lasts 2 s (not a wait for a condition): the publish
+        # below must ride through it.
+        restart = asyncio.create_task(asyncio.sleep(2))
+        publishing = asyncio.create_task(
+            transport.publish(route, [message_.OutgoingMessage.build(b"during")])
+        )
+        await restart
+        await private_server.astart()
+        await publishing  # retried until the server was back
+        got = await collect(consumer, 1)
+        datas = [m.data for m in got]
+        for m in got:
+            await consumer.settle(m, ack=True, requeue=False)
+        # The held message comes back (nacked now, on the new connection) as well.
+        await consumer.settle(held, ack=False, requeue=True)
+        rest = await collect(consumer, 1 if b"during" in datas else 2)
+        datas += [m.data for m in rest]
+        assert sorted(set(datas)) == [b"before", b"during"]
+        for m in rest:
+            await consumer.settle(m, ack=True, requeue=False)
+        await consumer.aclose()
 
 
 async def test_a_server_that_stays_away_fails_after_the_retry_timeout(
     private_server: PrivateServer,
 ) -> None:
     plan = unique_topic(subscriptions=())
-    async with provisioned(private_server.url, plan) as binding:
-        short = _transport.Options(retry_timeout=2.0)
-        transport = nats_client.make_transport(binding, short)
-        await transport.start()
+    short = _transport.Options(retry_timeout=2.0)
+    async with started_transport(private_server.url, plan, short) as (_, transport, route):
         try:
             await private_server.astop()
             started = time.monotonic()
             with pytest.raises(errors.BrokerUnreachableError):
-                await transport.publish(
-                    binding.topic(plan.tag), [message_.OutgoingMessage.build(b"lost")]
-                )
+                await transport.publish(route, [message_.OutgoingMessage.build(b"lost")])
             assert time.monotonic() - started < 15
         finally:
-            await transport.aclose()
             await private_server.astart()
