@@ -676,6 +676,8 @@ def namespace_in_use(namespace: str) -> None:
 
 
 async def namespace_terminating(namespace: str) -> bool:
+    if namespace in _terminating:  # a namespace never stops terminating: no read again
+        return True
     going = await _namespace_terminating(namespace)
     if going:
         _terminating.add(namespace)
