@@ -100,6 +100,12 @@ rabbitmq_env() {
   export RABBITMQ_MNESIA_BASE="$d/data" RABBITMQ_LOG_BASE="$d/log"
   export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
   export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  # No Erlang VM of ours starts an epmd by itself, only up_rabbitmq does. A CLI command
+  # run while ours is not listening (rabbitmqctl makes sure of an epmd through a helper VM,
+  # so its own emulator flags are not enough) would otherwise leave a daemonized epmd on
+  # our port that belongs to no recorded process group: testenv-down would not stop it
+  # and the next testenv-up would fail on it ("epmd: exited during startup").
+  export ERL_FLAGS="-start_epmd false"
 }
 
 # stop_component NAME: stops one part of the stack, whatever state it is in.
