@@ -212,6 +212,23 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 # record for it (README.md, "The messaging client: throughput").
 
 
+def _read_headers(m: message_.Message, record: Any) -> None:
+    """A record's id, content type and application headers, in one pass over its headers
+    (the reserved ones picked out); without an id header, its place in the topic."""
+    headers: dict[str, str] = {}
+    message_id = content_type = None
+    for name, value in record.headers or ():
+        if name == _ID_HEADER:
+            message_id = value.decode()
+        elif name == _CONTENT_TYPE_HEADER:
+            content_type = value.decode()
+        elif not name.startswith(_RESERVED_PREFIX):
+            headers[name] = value.decode("utf-8", "replace")
+    m.headers = headers
+    m.id = message_id or f"{record.topic}:{record.partition}:{record.offset}"
+    m.content_type = content_type or _OCTET_STREAM
+
+
 def _offset(token: Any) -> int:
     return token if type(token) is int else token.offset
 
@@ -333,32 +350,21 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         append = out.append
         tag, subscription = self._tag, self._subscription
         for record in records:
-            headers: dict[str, str] = {}
-            content_type = None
-            wire: Sequence[tuple[str, bytes]] = record.headers or ()
+            m = _new(_Message)
+            wire = record.headers
             if len(wire) == 1 and wire[0][0] == _ID_HEADER:
                 # What the client publishes without application headers: the id alone.
-                message_id: str | None = wire[0][1].decode()
+                m.id = wire[0][1].decode()
+                m.headers = {}
+                m.content_type = _OCTET_STREAM
             else:
-                # One pass: the reserved headers picked out, the others the application's.
-                message_id = None
-                for name, value in wire:
-                    if name == _ID_HEADER:
-                        message_id = value.decode()
-                    elif name == _CONTENT_TYPE_HEADER:
-                        content_type = value.decode()
-                    elif not name.startswith(_RESERVED_PREFIX):
-                        headers[name] = value.decode("utf-8", "replace")
+                _read_headers(m, record)
             key = record.key
-            offset = record.offset
-            m = _new(_Message)
-            m.data = record.value or b""
-            m.headers = headers
-            m.id = message_id or f"{record.topic}:{record.partition}:{offset}"
-            m.content_type = content_type or _OCTET_STREAM
+            m.key = None if key is None else key.decode("utf-8", "replace")
+            value = record.value
+            m.data = b"" if value is None else value
             m.topic = tag
             m.subscription = subscription
-            m.key = key.decode("utf-8", "replace") if key is not None else None
             m.delivery_count = None
             m.token = record
             m._settler = self
@@ -403,22 +409,14 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer.seek(tp, offset)
 
     async def ack_many(self, messages: list[message_.Message]) -> None:
-        # Every message marked done first, then each partition's commit point moved once.
-        touched = set()
-        last = None
+        # Every message marked done first, then each partition's commit point moved once:
+        # a partition with nothing newly done at its front stops at its first message.
         for message in messages:
             record = message.token
-            if type(record) is int:
-                continue  # done already
-            message.token = record.offset
-            partition = record.partition
-            if partition != last:  # a batch is mostly one partition: hashed once, not per message
-                touched.add(partition)
-                last = partition
-        partitions = self._partitions
-        for partition in touched:
-            state = partitions.get(partition)
-            if state is not None:
+            if type(record) is not int:
+                message.token = record.offset
+        for state in self._partitions.values():
+            if state.inflight:
                 self._advance(state)
 
     def _advance(self, state: _Partition) -> None:
