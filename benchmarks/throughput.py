@@ -9,8 +9,12 @@ path (`receive_many`, then `ack_many`), where it acks each message (RabbitMQ) th
 client's is the per-message iterator (`ack()` per message); the per-message
 iterator's consume figure is printed beside the batch one. Printed: messages per
 second for each (best of BENCH_ROUNDS, default 2, alternating) and the ratio
-client / raw; also written to `.bench/throughput.json`. Figures only, never an
-assertion.
+client / raw, and beside it the ratio of this process's CPU time per message, raw /
+client, which other processes on a shared machine move much less than the wall clock
+(for steadier figures on one provider: BENCH_PROVIDERS=kafka BENCH_ROUNDS=7); also
+written to `.bench/throughput.json`. Every timed section starts after a garbage
+collection, so that no side pays for the garbage the one before it left. Figures
+only, never an assertion.
 
 What the consume figure measures is steady throughput, on both sides alike: both
 have joined their group (or bound their consumer) before anything is timed, and
@@ -32,7 +36,8 @@ pipelines XADD and XACKs per batch; RabbitMQ publishes with confirms and
 `mandatory`, and acks each message; Pub/Sub publishes 1000 messages per call
 and acknowledges per pulled batch; SQS sends batches of 10 (16 in flight) and
 deletes per received batch; NATS publishes with `publish_async` (acks awaited
-together), fetches 100 at a time and acks each message on its reply subject (JetStream
+together), each message with a `Nats-Msg-Id` header of the client's size, fetches
+100 at a time and acks each message on its reply subject (JetStream
 has no batch ack; the client's `ack_many` sends the same acks). Environment:
 BENCH_MESSAGES (every provider but SQS, Pub/Sub and NATS; default above),
 BENCH_SQS_MESSAGES (500), BENCH_PUBSUB_MESSAGES (10000), BENCH_NATS_MESSAGES (4000),
@@ -44,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import gc
 import json
 import os
 import tempfile
@@ -51,7 +57,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tests.messaging import stack
 
@@ -96,10 +102,27 @@ def _count(kind: str) -> int:
     return COUNTS.get(kind, DEFAULT_COUNT)
 
 
-async def _timed(op: Callable[[], Awaitable[Any]], n: int) -> float:
-    start = time.perf_counter()
+class Figure(NamedTuple):
+    """One side's measurement of one operation."""
+
+    #: Messages per second, wall clock.
+    rate: float
+    #: This process's CPU time per message, µs (`time.process_time`): what the client
+    #: itself costs, which other processes on the machine move less than the wall clock.
+    cpu: float
+
+
+def _settle_garbage() -> None:
+    """Collect before a timed section: otherwise whichever side runs after the one that
+    left the most garbage pays for its collection (the order of the sides decided it)."""
+    gc.collect()
+
+
+async def _timed(op: Callable[[], Awaitable[Any]], n: int) -> Figure:
+    _settle_garbage()
+    cpu, start = time.process_time(), time.perf_counter()
     await asyncio.wait_for(op(), DEADLINE)
-    return n / (time.perf_counter() - start)
+    return Figure(n / (time.perf_counter() - start), (time.process_time() - cpu) / n * 1e6)
 
 
 class Window:
@@ -107,32 +130,39 @@ class Window:
     settled, so what it measures is steady throughput on both sides, not the first
     fetch after the join (offset lookup, first fetch round trip: 6 to 16 ms on Kafka)."""
 
-    __slots__ = ("skipped", "started")
+    __slots__ = ("cpu", "skipped", "started")
 
     def __init__(self) -> None:
         self.started: float | None = None
+        self.cpu = 0.0
         self.skipped = 0
 
     def start(self, seen: int) -> None:
         if self.started is None:
             self.started = time.perf_counter()
+            self.cpu = time.process_time()
             self.skipped = seen
 
-    def rate(self, n: int) -> float:
+    def figure(self, n: int) -> Figure:
         assert self.started is not None, "nothing was consumed"
-        return (n - self.skipped) / (time.perf_counter() - self.started)
+        counted = n - self.skipped
+        return Figure(
+            counted / (time.perf_counter() - self.started),
+            (time.process_time() - self.cpu) / counted * 1e6,
+        )
 
 
-async def _timed_consume(op: Callable[[Window], Awaitable[Any]], n: int) -> float:
+async def _timed_consume(op: Callable[[Window], Awaitable[Any]], n: int) -> Figure:
+    _settle_garbage()
     window = Window()
     await asyncio.wait_for(op(window), DEADLINE)
-    return window.rate(n)
+    return window.figure(n)
 
 
 # -- raw SDK -------------------------------------------------------------------
 
 
-async def _raw_kafka(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+async def _raw_kafka(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[Figure, Figure]:
     n = len(payloads)
     import aiokafka
     from aiokafka.abc import ConsumerRebalanceListener
@@ -197,7 +227,7 @@ async def _raw_kafka(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[f
     return pub, con
 
 
-async def _raw_redis(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+async def _raw_redis(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[Figure, Figure]:
     n = len(payloads)
     import redis.asyncio as aredis
 
@@ -230,7 +260,7 @@ async def _raw_redis(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[f
         await client.aclose()
 
 
-async def _raw_rabbitmq(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+async def _raw_rabbitmq(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[Figure, Figure]:
     n = len(payloads)
     import aio_pika
 
@@ -274,7 +304,7 @@ async def _raw_rabbitmq(topic: stack.Provisioned, payloads: list[bytes]) -> tupl
         await connection.close()
 
 
-async def _raw_pubsub(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+async def _raw_pubsub(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[Figure, Figure]:
     n = len(payloads)
     import grpc  # type: ignore[import-untyped]
     from google.pubsub_v1 import types
@@ -333,7 +363,7 @@ async def _raw_pubsub(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[
         await channel.close()
 
 
-async def _raw_sqs(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+async def _raw_sqs(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[Figure, Figure]:
     n = len(payloads)
     import aioboto3
 
@@ -385,7 +415,7 @@ async def _raw_sqs(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[flo
         return await _timed(publish, n), await _timed_consume(consume, n)
 
 
-async def _raw_nats(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[float, float]:
+async def _raw_nats(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[Figure, Figure]:
     """JetStream publishes sent without waiting (`publish_async`) and their acks awaited
     together, then fetches of 100 from the durable pull consumer, each message acked."""
     n = len(payloads)
@@ -397,8 +427,16 @@ async def _raw_nats(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[fl
         js = client.jetstream(timeout=DEADLINE)
         subject = topic.name
 
+        # Each message carries a `Nats-Msg-Id` of the client's size, as the client's do (the
+        # server's duplicate window then works for both): both sides send, store and parse
+        # the same headers.
+        ids = [{"Nats-Msg-Id": os.urandom(12).hex()} for _ in payloads]
+
         async def publish() -> None:
-            acks = [await js.publish_async(subject, p) for p in payloads]
+            acks = [
+                await js.publish_async(subject, p, headers=h)
+                for p, h in zip(payloads, ids, strict=True)
+            ]
             await asyncio.gather(*acks)
 
         pub = await _timed(publish, n)
@@ -426,7 +464,7 @@ async def _raw_nats(topic: stack.Provisioned, payloads: list[bytes]) -> tuple[fl
         await client.close()
 
 
-RAW: dict[str, Callable[[stack.Provisioned, list[bytes]], Awaitable[tuple[float, float]]]] = {
+RAW: dict[str, Callable[[stack.Provisioned, list[bytes]], Awaitable[tuple[Figure, Figure]]]] = {
     "kafka": _raw_kafka,
     "redis": _raw_redis,
     "rabbitmq": _raw_rabbitmq,
@@ -441,7 +479,7 @@ RAW: dict[str, Callable[[stack.Provisioned, list[bytes]], Awaitable[tuple[float,
 
 async def _client(
     topic: stack.Provisioned, payloads: list[bytes], *, batched: bool
-) -> tuple[float, float]:
+) -> tuple[Figure, Figure]:
     n = len(payloads)
     with tempfile.TemporaryDirectory() as root:
         folder = topic.write(Path(root) / "bench")
@@ -478,18 +516,23 @@ async def _client(
 BATCHED = {"kafka", "redis", "google-pubsub", "aws-sqs", "nats"}
 
 
-async def _one(kind: str) -> dict[str, list[float]]:
+def _best(a: Figure, b: Figure) -> Figure:
+    return Figure(max(a.rate, b.rate), min(a.cpu, b.cpu))
+
+
+async def _one(kind: str) -> dict[str, list[Figure]]:
     """Best of ROUNDS alternating raw and client runs, each on a fresh topic:
-    side -> [publish, consume] messages per second."""
+    side -> [publish, consume], the highest rate and the lowest CPU time of the rounds."""
     payloads = _payloads(_count(kind))
-    sides: dict[str, Callable[[stack.Provisioned, list[bytes]], Awaitable[tuple[float, float]]]]
+    sides: dict[str, Callable[[stack.Provisioned, list[bytes]], Awaitable[tuple[Figure, Figure]]]]
     sides = {
         "raw": RAW[kind],
         "client": functools.partial(_client, batched=kind in BATCHED),
     }
     if kind in BATCHED:
         sides["per-message"] = functools.partial(_client, batched=False)
-    best = {side: [0.0, 0.0] for side in sides}
+    none = Figure(0.0, float("inf"))
+    best = {side: [none, none] for side in sides}
     for _ in range(ROUNDS):
         for side, measure in sides.items():
             topic = stack.Provisioned(kind, "bench", ("bench",))
@@ -499,8 +542,14 @@ async def _one(kind: str) -> dict[str, list[float]]:
                 pub, con = await measure(topic, payloads)
             finally:
                 await topic.delete()
-            best[side] = [max(best[side][0], pub), max(best[side][1], con)]
+            best[side] = [_best(best[side][0], pub), _best(best[side][1], con)]
     return best
+
+
+def _ratios(client: Figure, raw: Figure) -> tuple[float, float]:
+    """client / raw in messages per second, and raw / client in CPU time per message
+    (both: above 1 is the client doing better)."""
+    return client.rate / raw.rate, raw.cpu / client.cpu
 
 
 def run() -> None:
@@ -508,11 +557,12 @@ def run() -> None:
     kinds = [k for k in stack.PROVIDERS if not wanted or k in wanted.split(",")]
     counts = ", ".join(f"{k} {_count(k)}" for k in kinds)
     print(
-        f"throughput: messages of {PAYLOAD_SIZE} B ({counts}); messages/s, client / raw SDK = ratio"
+        f"throughput: messages of {PAYLOAD_SIZE} B ({counts}); messages/s, client / raw SDK ="
+        " ratio; cpu: raw / client CPU time per message"
     )
-    header = f"{'provider':<14} {'publish raw':>12} {'client':>10} {'ratio':>6}"
-    header += f"   {'consume raw':>12} {'client':>10} {'ratio':>6}"
-    header += f"   {'per-message':>12} {'ratio':>6}"
+    header = f"{'provider':<14} {'publish raw':>12} {'client':>8} {'ratio':>6} {'cpu':>5}"
+    header += f"   {'consume raw':>12} {'client':>8} {'ratio':>6} {'cpu':>5}"
+    header += f"   {'per-message':>12} {'ratio':>6} {'cpu':>5}"
     print(header)
     rows: list[dict[str, Any]] = []
     for kind in kinds:
@@ -525,26 +575,37 @@ def run() -> None:
             print(f"{kind:<14} failed: {type(exc).__name__}: {exc}")
             continue
         (raw_pub, raw_con), (cli_pub, cli_con) = best["raw"], best["client"]
+        pub_ratio, pub_cpu = _ratios(cli_pub, raw_pub)
+        con_ratio, con_cpu = _ratios(cli_con, raw_con)
         line = (
-            f"{kind:<14} {raw_pub:>12.0f} {cli_pub:>10.0f} {cli_pub / raw_pub:>6.2f}"
-            f"   {raw_con:>12.0f} {cli_con:>10.0f} {cli_con / raw_con:>6.2f}"
+            f"{kind:<14} {raw_pub.rate:>12.0f} {cli_pub.rate:>8.0f}"
+            f" {pub_ratio:>6.2f} {pub_cpu:>5.2f}"
+            f"   {raw_con.rate:>12.0f} {cli_con.rate:>8.0f} {con_ratio:>6.2f} {con_cpu:>5.2f}"
         )
         row: dict[str, Any] = {
             "provider": kind,
             "messages": _count(kind),
             "consume_batched": kind in BATCHED,
             **{
-                f"{side}_{op}": round(rate)
+                f"{side}_{op}": round(figure.rate)
                 for side in best
-                for op, rate in zip(OPS, best[side], strict=True)
+                for op, figure in zip(OPS, best[side], strict=True)
             },
-            "publish_ratio": round(cli_pub / raw_pub, 3),
-            "consume_ratio": round(cli_con / raw_con, 3),
+            **{
+                f"{side}_{op}_cpu_us": round(figure.cpu, 2)
+                for side in best
+                for op, figure in zip(OPS, best[side], strict=True)
+            },
+            "publish_ratio": round(pub_ratio, 3),
+            "consume_ratio": round(con_ratio, 3),
+            "publish_cpu_ratio": round(pub_cpu, 3),
+            "consume_cpu_ratio": round(con_cpu, 3),
         }
         if "per-message" in best:
-            one = best["per-message"][1]
-            line += f"   {one:>12.0f} {one / raw_con:>6.2f}"
-            row["per_message_consume_ratio"] = round(one / raw_con, 3)
+            one_ratio, one_cpu = _ratios(best["per-message"][1], raw_con)
+            line += f"   {best['per-message'][1].rate:>12.0f} {one_ratio:>6.2f} {one_cpu:>5.2f}"
+            row["per_message_consume_ratio"] = round(one_ratio, 3)
+            row["per_message_consume_cpu_ratio"] = round(one_cpu, 3)
         rows.append(row)
         print(line, flush=True)
     kit.BENCH_DIR.mkdir(exist_ok=True)
