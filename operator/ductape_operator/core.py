@@ -27,6 +27,12 @@ from ductape_operator.reasons import PRIORITY, Reason
 logger = logging.getLogger(__name__)
 
 APPLIED_ANNOTATION = "ductape.app/applied"
+#: kopf's record of the spec it last handled, where operators before `status.handledSpec`
+#: kept it (handlers.HandledSpec).
+DIFFBASE_ANNOTATION = "ductape.app/last-handled-configuration"
+#: Where earlier versions kept what the status now carries (docs/reference.md,
+#: "Annotations"): removed once the status has both records.
+LEGACY_ANNOTATIONS = (APPLIED_ANNOTATION, DIFFBASE_ANNOTATION)
 PAUSED_ANNOTATION = "ductape.app/paused"
 TAG_LABEL = "ductape.app/tag"
 ENV_LABEL = "ductape.app/env"
@@ -140,7 +146,7 @@ def trimmed_body(body: Mapping[str, Any]) -> dict[str, Any]:
         | {
             "annotations": {
                 key: annotations[key]
-                for key in (APPLIED_ANNOTATION, PAUSED_ANNOTATION)
+                for key in (*LEGACY_ANNOTATIONS, PAUSED_ANNOTATION)
                 if key in annotations
             },
             "deletionTimestamp": meta.get("deletionTimestamp"),
@@ -311,6 +317,8 @@ class Written:
     uid: str
     status: Mapping[str, Any] | None = None
     tag_label: str | None = None
+    #: Annotations removed (`LEGACY_ANNOTATIONS`): the watch may still show them.
+    dropped_annotations: set[str] = dataclasses.field(default_factory=set)
     #: The newest generation reconciled: a trigger holding an older body (a timer
     #: that waited for the lock while an update went through) must not undo it.
     generation: int = 0

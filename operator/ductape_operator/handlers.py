@@ -40,8 +40,9 @@ RESOURCE = (models.GROUP, models.VERSION, models.PLURAL)
 CRD = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
 #: The annotation where operators before `HandledSpec` kept kopf's record of the spec it
-#: last handled (its diff base); still read for resources they handled.
-DIFFBASE_KEY = "last-handled-configuration"
+#: last handled (its diff base), `core.DIFFBASE_ANNOTATION`; still read for resources they
+#: handled, until the reconciler removes it.
+DIFFBASE_KEY = core.DIFFBASE_ANNOTATION.removeprefix(f"{PREFIX}/")
 #: What counts as a change is the spec alone: the tag label we add ourselves, or a
 #: user's label, must not cost a reconcile.
 DIFFBASE_IGNORED = ["metadata.labels", "metadata.annotations"]

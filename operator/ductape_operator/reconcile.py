@@ -714,8 +714,10 @@ class Reconciler:
             self.ready_reasons[(obj.ref.namespace, obj.ref.name)] = reason
         new = core.status_to_json(status)
         if new == core.status_to_json(current) and obj.status:
+            await self._drop_legacy_annotations(obj, status)
             return status
         await self.cluster.patch_status(obj.ref, new)
+        await self._drop_legacy_annotations(obj, status)
         self._written_for(obj.ref).status = new
         change = core.transition(obj, current, status)
         if change is not None:
@@ -723,6 +725,24 @@ class Reconciler:
             if change.event is not None:
                 self._post(obj.ref, change.event)
         return status
+
+    async def _drop_legacy_annotations(
+        self, obj: BrokerObject, status: models.MessageBrokerStatus
+    ) -> None:
+        """Remove the annotations where earlier versions kept the applied record and the
+        handled spec, once the written status carries both: one patch per resource they
+        handled, then never again."""
+        if not (status.applied and status.handled_spec):
+            return
+        written = self._written_for(obj.ref)
+        legacy = [
+            key
+            for key in core.LEGACY_ANNOTATIONS
+            if key in obj.annotations and key not in written.dropped_annotations
+        ]
+        if legacy:
+            await self.cluster.patch_metadata(obj.ref, annotations=dict.fromkeys(legacy))
+            written.dropped_annotations.update(legacy)
 
     def _label(self, obj: BrokerObject, tag: str) -> asyncio.Future[None] | None:
         """Start writing the tag label when it is missing; None when it is there."""

@@ -423,3 +423,36 @@ async def test_a_secret_refused_in_a_terminating_namespace_is_no_failure(
     assert not outcome.retry
     assert cluster.writes == [] and cluster.events == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_the_annotations_of_earlier_versions_go_once_the_status_has_both_records() -> None:
+    """Earlier versions kept the applied record and kopf's handled spec in annotations;
+    the first reconcile writes both into the status, then removes the annotations, once."""
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    settled = await ready_body(fakes.reconciler(cluster, brokers), cluster, fakes.body())
+    status = dict(settled["status"])
+    legacy = fakes.body(
+        annotations={
+            core.APPLIED_ANNOTATION: status.pop("applied"),
+            core.DIFFBASE_ANNOTATION: status.pop("handledSpec"),
+            core.PAUSED_ANNOTATION: "false",
+        },
+        labels={core.TAG_LABEL: "bus"},
+        status=status,
+    )
+    cluster.writes.clear()
+    rec = fakes.reconciler(cluster, brokers)  # a new process: the upgraded operator
+
+    assert (await run(rec, legacy)).ready
+    assert [kind for kind, _ in cluster.writes] == ["status", "metadata"]
+    written_status = cluster.writes[0][1]
+    assert written_status["applied"] and written_status["handledSpec"]
+    assert cluster.writes[1][1]["annotations"] == {
+        core.APPLIED_ANNOTATION: None,
+        core.DIFFBASE_ANNOTATION: None,
+    }
+
+    # The watch has not brought the removal yet: not removed twice.
+    stale = {**legacy, "status": written_status}
+    assert (await run(rec, stale)).ready
+    assert len(cluster.writes) == 2
