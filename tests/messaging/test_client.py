@@ -149,6 +149,42 @@ async def test_batches_are_received_and_acked_in_bulk(
             assert [m.id for m in left] == []
 
 
+#: Brokers that take a large batch in one operation fast enough for the test below.
+BULK_PROVIDERS = {"kafka", "redis", "nats"}
+
+
+async def test_a_large_batch_is_neither_cut_off_nor_sent_twice(
+    topic: stack.Provisioned, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`publish_many` of far more messages than the broker takes within `retry_timeout`:
+    sent in chunks of `PUBLISH_CHUNK`, each its own operation, so the batch is neither
+    cut off as unreachable (and sent again) nor reported as a lost connection."""
+    if topic.kind not in BULK_PROVIDERS:
+        pytest.skip(f"{topic.kind} takes {COUNT_BULK} messages in more than a few seconds")
+    async with broker_for(topic, tmp_path, retry_timeout=0.5) as broker:
+        started = time.monotonic()
+        ids = await broker.publish_many("orders", (b"x" * 64 for _ in range(COUNT_BULK)))
+        took = time.monotonic() - started
+        assert took > 0.5, f"the batch took {took:.2f}s: too few messages to test the budget"
+        async with broker.subscribe("orders", "billing", prefetch=1000) as sub:
+            got: list[str] = []
+            end = time.monotonic() + DEADLINE
+            while len(got) < COUNT_BULK:
+                assert time.monotonic() < end, f"received {len(got)} of {COUNT_BULK}"
+                batch = await sub.receive_many(timeout=1.0)
+                got.extend(m.id for m in batch)
+                await sub.ack_many(batch)
+            extra = await sub.receive_many(timeout=0.5)
+    assert sorted(got) == sorted(ids), "each message once, none lost"
+    assert extra == [], "nothing sent twice"
+    lost = [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()]
+    assert lost == []
+
+
+#: More than the fastest local broker takes in one `retry_timeout` (0.5 s) above.
+COUNT_BULK = 100_000
+
+
 async def test_nack_redelivers_and_ack_settles(
     topic: stack.Provisioned, tmp_path: pathlib.Path
 ) -> None:

@@ -153,6 +153,7 @@ async def retrying(
     timeout: float,
     map_error: Callable[[BaseException], errors.DuctapeError | None],
     link: Link | None = None,
+    wait: float = 0.0,
 ) -> T:
     """Run `operation`, retrying with backoff while the broker is unreachable.
 
@@ -163,9 +164,14 @@ async def retrying(
     `timeout` seconds, never much later (0: one attempt, not cut off). A future
     the SDK cancelled because its connection closed counts as unreachable, a
     cancellation of the caller's own task is passed on. `link`, when given, is
-    told about losses and recoveries (it does the logging).
+    told about losses and recoveries (it does the logging). `wait` is how long the
+    operation itself waits by design (a long poll for messages): it is added to the
+    budget and to the stall warning's `STALL`, so a quiet subscription is never taken for
+    a broker that does not answer.
     """
-    deadline = time.monotonic() + timeout
+    budget = timeout + wait
+    stall_after = STALL + wait
+    deadline = time.monotonic() + budget
     last: list[errors.DuctapeError] = []
 
     async def attempt() -> T:
@@ -174,7 +180,8 @@ async def retrying(
         stall = None
         if link is not None:
             stall = asyncio.get_running_loop().call_later(
-                STALL, lambda: link.lost(f"{what}: no answer in {STALL:.0f}s", since=at)
+                stall_after,
+                lambda: link.lost(f"{what}: no answer in {stall_after:.0f}s", since=at),
             )
         try:
             result = await operation()
@@ -207,7 +214,7 @@ async def retrying(
             raise mapped
         raise mapped from error
 
-    def wait(state: tenacity.RetryCallState) -> float:
+    def backoff(state: tenacity.RetryCallState) -> float:
         # Never sleep past the deadline: the last attempt runs right at it.
         return max(0.0, min(_BACKOFF(state), deadline - time.monotonic()))
 
@@ -219,7 +226,7 @@ async def retrying(
 
     if timeout <= 0:
         return await attempt()
-    window = asyncio.timeout(timeout)
+    window = asyncio.timeout(budget)
     try:
         async with window:
             # The first attempt goes without the retry machinery: building and running
@@ -232,7 +239,7 @@ async def retrying(
             await asyncio.sleep(min(_FIRST_BACKOFF, max(0.0, deadline - time.monotonic())))
             retryer: tenacity.AsyncRetrying = tenacity.AsyncRetrying(
                 stop=tenacity.stop_after_delay(max(0.0, deadline - time.monotonic())),
-                wait=wait,
+                wait=backoff,
                 retry=tenacity.retry_if_exception_type(errors.BrokerUnreachableError),
                 before_sleep=before_sleep,
                 reraise=True,
@@ -245,7 +252,7 @@ async def retrying(
             error = last[0]
             raise error from error.__cause__
         raise errors.BrokerUnreachableError(
-            f"{what}: no answer from the broker in {timeout:g}s"
+            f"{what}: no answer from the broker in {budget:g}s"
         ) from exc
 
 

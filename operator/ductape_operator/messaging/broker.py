@@ -37,6 +37,11 @@ DEAD_LETTER_COUNT_HEADER = "dead-letter-delivery-count"
 _MAX_COUNTED = 100_000
 #: Messages handed over one by one within this many seconds share one redelivery watch entry.
 _WATCH_GROUP = 0.001
+#: Messages per broker operation of `publish_many` (docs/messaging.md, "Large batches"). Each
+#: chunk is one operation with its own retry budget and stall warning, so a large batch is
+#: neither reported as a lost connection nor cut off at `retry_timeout` while the broker
+#: keeps answering, and an interrupted chunk sends only its own messages again.
+PUBLISH_CHUNK = 5_000
 
 
 class _Watched:
@@ -190,7 +195,11 @@ class Broker:
         if not self._started:
             await self.start()
         started = time.monotonic()
-        await self._transport.publish(route, batch)
+        if len(batch) <= PUBLISH_CHUNK:
+            await self._transport.publish(route, batch)
+        else:
+            for i in range(0, len(batch), PUBLISH_CHUNK):
+                await self._transport.publish(route, batch[i : i + PUBLISH_CHUNK])
         metrics_.published(topic, len(batch), time.monotonic() - started)
 
     def subscribe(

@@ -107,7 +107,12 @@ class KafkaTransport:
         self.link = _transport.Link(f"kafka {','.join(self._kwargs['bootstrap_servers'])}")
 
     def retrying(
-        self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
+        self,
+        operation: Callable[[], Awaitable[T]],
+        what: str,
+        link: _transport.Link,
+        *,
+        wait: float = 0.0,
     ) -> Awaitable[T]:
         return _transport.retrying(
             operation,
@@ -115,6 +120,7 @@ class KafkaTransport:
             timeout=self._options.retry_timeout,
             map_error=map_error,
             link=link,
+            wait=wait,
         )
 
     @property
@@ -317,6 +323,7 @@ class KafkaConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 ),
                 "fetch",
                 self.link,
+                wait=timeout,
             )
             self._buffer.extend((tp, records, 0) for tp, records in batches.items() if records)
         # Per partition rather than per record: this runs for every message.

@@ -93,7 +93,12 @@ class NatsTransport:
         return map_error(exc, cause, where=self.where)
 
     def retrying(
-        self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
+        self,
+        operation: Callable[[], Awaitable[T]],
+        what: str,
+        link: _transport.Link,
+        *,
+        wait: float = 0.0,
     ) -> Awaitable[T]:
         return _transport.retrying(
             operation,
@@ -101,6 +106,7 @@ class NatsTransport:
             timeout=self._options.retry_timeout,
             map_error=self.map_error,
             link=link,
+            wait=wait,
         )
 
     async def client(self) -> Client:
@@ -320,7 +326,7 @@ class NatsConsumer:
 
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
         return await self._transport.retrying(
-            lambda: self._fetch(max_messages, timeout), "fetch", self.link
+            lambda: self._fetch(max_messages, timeout), "fetch", self.link, wait=timeout
         )
 
     async def _fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:

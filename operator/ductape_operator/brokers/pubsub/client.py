@@ -114,7 +114,12 @@ class PubSubTransport:
         self.link = _transport.Link(f"pubsub {self._emulator or 'pubsub.googleapis.com'}")
 
     def retrying(
-        self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
+        self,
+        operation: Callable[[], Awaitable[T]],
+        what: str,
+        link: _transport.Link,
+        *,
+        wait: float = 0.0,
     ) -> Awaitable[T]:
         return _transport.retrying(
             operation,
@@ -122,6 +127,7 @@ class PubSubTransport:
             timeout=self._options.retry_timeout,
             map_error=map_error,
             link=link,
+            wait=wait,
         )
 
     def topic_path(self, name: str) -> str:
@@ -280,7 +286,7 @@ class PubSubConsumer:
             except google_errors.DeadlineExceeded:
                 return None
 
-        response = await self._transport.retrying(pull, "pull", self.link)
+        response = await self._transport.retrying(pull, "pull", self.link, wait=timeout)
         if response is None:
             return []
         received = list(pubsub_types.PullResponse.pb(response).received_messages)

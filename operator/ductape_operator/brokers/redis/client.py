@@ -96,7 +96,12 @@ class RedisTransport:
         self.link = _transport.Link(f"redis {self._kwargs['host']}:{self._kwargs['port']}")
 
     def retrying(
-        self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
+        self,
+        operation: Callable[[], Awaitable[T]],
+        what: str,
+        link: _transport.Link,
+        *,
+        wait: float = 0.0,
     ) -> Awaitable[T]:
         return _transport.retrying(
             operation,
@@ -104,6 +109,7 @@ class RedisTransport:
             timeout=self._options.retry_timeout,
             map_error=map_error,
             link=link,
+            wait=wait,
         )
 
     @property
@@ -220,7 +226,7 @@ class RedisConsumer:
 
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
         return await self._transport.retrying(
-            lambda: self._fetch(max_messages, timeout), "fetch", self.link
+            lambda: self._fetch(max_messages, timeout), "fetch", self.link, wait=timeout
         )
 
     async def _fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:

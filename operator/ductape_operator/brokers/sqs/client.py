@@ -98,7 +98,12 @@ class SqsTransport:
         self.link = _transport.Link(f"sqs {self._entries.endpoint_url or self._entries.region}")
 
     def retrying(
-        self, operation: Callable[[], Awaitable[T]], what: str, link: _transport.Link
+        self,
+        operation: Callable[[], Awaitable[T]],
+        what: str,
+        link: _transport.Link,
+        *,
+        wait: float = 0.0,
     ) -> Awaitable[T]:
         return _transport.retrying(
             operation,
@@ -106,6 +111,7 @@ class SqsTransport:
             timeout=self._options.retry_timeout,
             map_error=map_error,
             link=link,
+            wait=wait,
         )
 
     @property
@@ -213,17 +219,19 @@ class SqsConsumer:
         await self._transport.retrying(check, "subscribe", self.link)
 
     async def fetch(self, max_messages: int, timeout: float) -> list[message_.Message]:
+        wait = min(20, math.ceil(max(timeout, 0.0)))
+
         async def receive() -> Any:
             return await self._transport.client.receive_message(
                 QueueUrl=self._queue,
                 MaxNumberOfMessages=max(1, min(MAX_BATCH, max_messages)),
-                WaitTimeSeconds=min(20, math.ceil(max(timeout, 0.0))),
+                WaitTimeSeconds=wait,
                 VisibilityTimeout=self._visibility,
                 MessageAttributeNames=["All"],
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
             )
 
-        response = await self._transport.retrying(receive, "receive", self.link)
+        response = await self._transport.retrying(receive, "receive", self.link, wait=wait)
         return [self._message(m) for m in response.get("Messages") or []]
 
     def _message(self, raw: dict[str, Any]) -> message_.Message:
