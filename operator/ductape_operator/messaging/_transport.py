@@ -146,6 +146,38 @@ def error_for(
     return errors.BrokerError(text, retriable=failure is not errors.Failure.INVALID)
 
 
+class Retrier:
+    """`retrying` with a transport's name, error mapping and retry budget bound once:
+    a transport's `retrying(operation, what, link, wait=...)`."""
+
+    def __init__(
+        self,
+        name: str,
+        options: Options,
+        map_error: Callable[[BaseException], errors.DuctapeError | None],
+    ) -> None:
+        self.name = name
+        self._options = options
+        self._map_error = map_error
+
+    def __call__(
+        self,
+        operation: Callable[[], Awaitable[T]],
+        what: str,
+        link: Link,
+        *,
+        wait: float = 0.0,
+    ) -> Awaitable[T]:
+        return retrying(
+            operation,
+            what=f"{self.name} {what}",
+            timeout=self._options.retry_timeout,
+            map_error=self._map_error,
+            link=link,
+            wait=wait,
+        )
+
+
 async def retrying(
     operation: Callable[[], Awaitable[T]],
     *,

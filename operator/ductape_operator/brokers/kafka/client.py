@@ -23,8 +23,8 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import aiokafka
 import aiokafka.errors as kafka_errors
@@ -39,7 +39,6 @@ from ductape_operator.messaging import message as message_
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 #: What a commit raises when the group rebalanced since the messages were fetched.
 _REBALANCED = (
     kafka_errors.CommitFailedError,
@@ -105,23 +104,7 @@ class KafkaTransport:
         self._options = options
         self._producer: aiokafka.AIOKafkaProducer | None = None
         self.link = _transport.Link(f"kafka {','.join(self._kwargs['bootstrap_servers'])}")
-
-    def retrying(
-        self,
-        operation: Callable[[], Awaitable[T]],
-        what: str,
-        link: _transport.Link,
-        *,
-        wait: float = 0.0,
-    ) -> Awaitable[T]:
-        return _transport.retrying(
-            operation,
-            what=f"kafka {what}",
-            timeout=self._options.retry_timeout,
-            map_error=map_error,
-            link=link,
-            wait=wait,
-        )
+        self.retrying = _transport.Retrier("kafka", options, map_error)
 
     @property
     def client_kwargs(self) -> dict[str, Any]:

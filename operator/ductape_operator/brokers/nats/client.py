@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import nats.errors as nats_sdk_errors
 import nats.js.errors as js_sdk_errors
@@ -39,7 +39,6 @@ from ductape_operator.messaging import message as message_
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 KEY_HEADER = "ductape-key"
 #: The server's de-duplication header; not the application's, so not handed to it.
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -86,28 +85,12 @@ class NatsTransport:
         self._last_error = sdk.LastError()
         self.where = f"nats {self._connection.endpoint}"
         self.link = _transport.Link(self.where)
+        self.retrying = _transport.Retrier(self.where, options, self.map_error)
 
     def map_error(self, exc: BaseException) -> errors.DuctapeError | None:
         """`map_error`, with why a connect failed: nats-py's last reported error."""
         cause = self._last_error.error if isinstance(exc, nats_sdk_errors.NoServersError) else None
         return map_error(exc, cause, where=self.where)
-
-    def retrying(
-        self,
-        operation: Callable[[], Awaitable[T]],
-        what: str,
-        link: _transport.Link,
-        *,
-        wait: float = 0.0,
-    ) -> Awaitable[T]:
-        return _transport.retrying(
-            operation,
-            what=f"{self.where} {what}",
-            timeout=self._options.retry_timeout,
-            map_error=self.map_error,
-            link=link,
-            wait=wait,
-        )
 
     async def client(self) -> Client:
         """The open connection: a new one when the last was closed (a server restart)."""

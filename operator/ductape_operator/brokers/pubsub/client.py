@@ -19,8 +19,8 @@ environment's default credentials (workload identity) when there is none.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 from google.api_core import exceptions as google_errors
@@ -46,8 +46,6 @@ MAX_ACK_IDS = 1000
 # through them directly costs a fraction of the wrappers' per-field marshalling.
 _PB_MESSAGE: Any = pubsub_types.PubsubMessage.pb()
 _PB_PUBLISH: Any = pubsub_types.PublishRequest.pb()
-
-T = TypeVar("T")
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
@@ -112,23 +110,7 @@ class PubSubTransport:
         self._subscriber: SubscriberAsyncClient | None = None
         self._channel: grpc.aio.Channel | None = None
         self.link = _transport.Link(f"pubsub {self._emulator or 'pubsub.googleapis.com'}")
-
-    def retrying(
-        self,
-        operation: Callable[[], Awaitable[T]],
-        what: str,
-        link: _transport.Link,
-        *,
-        wait: float = 0.0,
-    ) -> Awaitable[T]:
-        return _transport.retrying(
-            operation,
-            what=f"pubsub {what}",
-            timeout=self._options.retry_timeout,
-            map_error=map_error,
-            link=link,
-            wait=wait,
-        )
+        self.retrying = _transport.Retrier("pubsub", options, map_error)
 
     def topic_path(self, name: str) -> str:
         return name if name.startswith("projects/") else f"projects/{self._project}/topics/{name}"

@@ -21,8 +21,8 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.backoff as redis_backoff
@@ -45,8 +45,6 @@ _ID_FIELD = message_.ID_HEADER.encode()
 _CONTENT_TYPE_FIELD = message_.CONTENT_TYPE_HEADER.encode()
 #: Seconds one connection attempt may take (retries go on up to `retry_timeout`).
 CONNECT_TIMEOUT = 10.0
-
-T = TypeVar("T")
 
 
 def map_error(exc: BaseException) -> errors.DuctapeError | None:
@@ -94,23 +92,7 @@ class RedisTransport:
         self._options = options
         self._client: aioredis.Redis | None = None
         self.link = _transport.Link(f"redis {self._kwargs['host']}:{self._kwargs['port']}")
-
-    def retrying(
-        self,
-        operation: Callable[[], Awaitable[T]],
-        what: str,
-        link: _transport.Link,
-        *,
-        wait: float = 0.0,
-    ) -> Awaitable[T]:
-        return _transport.retrying(
-            operation,
-            what=f"redis {what}",
-            timeout=self._options.retry_timeout,
-            map_error=map_error,
-            link=link,
-            wait=wait,
-        )
+        self.retrying = _transport.Retrier("redis", options, map_error)
 
     @property
     def client(self) -> aioredis.Redis:

@@ -22,8 +22,8 @@ import base64
 import contextlib
 import math
 import re
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import botocore.config
 
@@ -43,7 +43,6 @@ MAX_BATCH_BYTES = 256 * 1024
 #: Batches in flight at once when publishing or acknowledging many messages.
 CONCURRENCY = 16
 #: What an SQS message body may contain (anything else goes base64).
-T = TypeVar("T")
 _SQS_TEXT = re.compile("^[\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
 
 
@@ -96,23 +95,7 @@ class SqsTransport:
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
         self.link = _transport.Link(f"sqs {self._entries.endpoint_url or self._entries.region}")
-
-    def retrying(
-        self,
-        operation: Callable[[], Awaitable[T]],
-        what: str,
-        link: _transport.Link,
-        *,
-        wait: float = 0.0,
-    ) -> Awaitable[T]:
-        return _transport.retrying(
-            operation,
-            what=f"sqs {what}",
-            timeout=self._options.retry_timeout,
-            map_error=map_error,
-            link=link,
-            wait=wait,
-        )
+        self.retrying = _transport.Retrier("sqs", options, map_error)
 
     @property
     def client(self) -> Any:
