@@ -732,14 +732,11 @@ class Reconciler:
         """Remove the annotations where earlier versions kept the applied record and the
         handled spec, once the written status carries both: one patch per resource they
         handled, then never again."""
-        if not (status.applied and status.handled_spec):
+        present = [key for key in core.LEGACY_ANNOTATIONS if key in obj.annotations]
+        if not present or not (status.applied and status.handled_spec):
             return
         written = self._written_for(obj.ref)
-        legacy = [
-            key
-            for key in core.LEGACY_ANNOTATIONS
-            if key in obj.annotations and key not in written.dropped_annotations
-        ]
+        legacy = [key for key in present if key not in written.dropped_annotations]
         if legacy:
             await self.cluster.patch_metadata(obj.ref, annotations=dict.fromkeys(legacy))
             written.dropped_annotations.update(legacy)
