@@ -394,6 +394,45 @@ def test_a_new_resource_is_written_twice_by_the_operator_and_never_by_kopf(
     assert "dev" in json.loads(obj["status"]["applied"])
 
 
+def test_the_annotations_of_an_earlier_version_are_removed_once_the_status_has_both_records(
+    kube: kit.Kube, namespace: str
+) -> None:
+    """A resource as an earlier version left it: its applied record and kopf's handled
+    spec (of an older spec) in annotations. The operator handles the change, writes both
+    records into the status and removes the annotations (docs/reference.md, "Annotations")."""
+    name = kit.unique("legacy")
+    spec = kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=[])["spec"]
+    older = {"spec": {**spec, "description": "before the upgrade"}}
+    legacy = {
+        "ductape.app/applied": "{}",
+        "ductape.app/last-handled-configuration": json.dumps(older),
+        "team": "payments",
+    }
+    kube.apply(
+        namespace,
+        kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=[], annotations=legacy),
+    )
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady")
+
+    def annotations() -> dict[str, str]:
+        obj = kube.get(namespace, name)
+        assert obj is not None
+        return dict(obj["metadata"].get("annotations") or {})
+
+    kit.wait_until(
+        lambda: (
+            "ductape.app/applied" not in annotations()
+            and "ductape.app/last-handled-configuration" not in annotations()
+        ),
+        timeout=60,
+        what="the earlier version's annotations to go",
+    )
+    assert annotations().get("team") == "payments", "annotations of others are kept"
+    status = (kube.get(namespace, name) or {})["status"]
+    assert json.loads(status["handledSpec"])["spec"]["tag"] == name
+    assert "dev" in json.loads(status["applied"])
+
+
 def test_finalizer_gives_up_on_an_unreachable_broker(
     kube: kit.Kube, namespace: str, private_redis: kit.PrivateRedis
 ) -> None:
