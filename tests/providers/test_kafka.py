@@ -94,3 +94,24 @@ async def test_an_existing_group_is_never_rewound(
         await kafka.ensure_topic(plan)
         offsets = await admin.list_consumer_group_offsets(group)
         assert offsets[TopicPartition(plan.name, 0)].offset == 2
+
+
+#: Topics created and read at once, each by a provider of its own as in a test of the
+#: backlog. Before the reading asked again, about one read in a hundred and fifty met a
+#: leader that did not know it yet (NotLeaderForPartitionError): rare, so many topics.
+FRESH_TOPICS = 40
+
+
+async def test_a_backlog_read_right_after_creating_the_topic_succeeds(
+    stack: dict[str, str],
+) -> None:
+    config, secrets = stack_config(KAFKA, stack)
+    for _ in range(FRESH_TOPICS):
+        plan = unique_topic(partitions=3)
+        async with build_provider(KAFKA, config, secrets) as kafka, cleanup(kafka, plan):
+            await kafka.ensure_topic(plan)
+            reading = (await kafka.backlog([plan])).get(plan)
+            assert reading is not None, f"no backlog reading for {plan.name}"
+            assert reading.published == 0
+            waiting = {sub: found.messages for sub, found in reading.subscriptions.items()}
+            assert waiting == dict.fromkeys(plan.subscriptions, 0)

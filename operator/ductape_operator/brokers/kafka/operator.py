@@ -70,6 +70,21 @@ _UNKNOWN_TOPIC_OR_PARTITION = kafka_errors.UnknownTopicOrPartitionError.errno
 _TOPIC_ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
 _NON_EMPTY_GROUP = kafka_errors.NonEmptyGroup.errno
 _GROUP_ID_NOT_FOUND = kafka_errors.GroupIdNotFound.errno
+#: A partition's leadership is moving, or a topic created a moment ago has its leader in
+#: the metadata before the leader itself knows: asking again shortly succeeds.
+_LEADER_MOVING = frozenset(
+    {
+        kafka_errors.LeaderNotAvailableError.errno,
+        kafka_errors.NotLeaderForPartitionError.errno,
+        74,  # FENCED_LEADER_EPOCH (no class of its own in aiokafka)
+        75,  # UNKNOWN_LEADER_EPOCH
+    }
+)
+#: Attempts at a backlog reading's offsets while partition leadership is moving.
+OFFSET_ATTEMPTS = 5
+
+#: (topic, partition) -> an offset (or a partition's leader).
+PartitionOffsets = dict[tuple[str, int], int]
 #: The group coordinator is not there yet (being elected, or its log still loading).
 _COORDINATOR_NOT_READY = frozenset(
     {
@@ -376,23 +391,7 @@ class KafkaProvider(_common.ProviderBase):
         await self._ensure_started()
         names = sorted({plan.name for plan in plans})
         async with self.guard(f"reading the backlog of {len(names)} topic(s)", self._map):
-            metadata = await self._metadata(names)
-            leaders: dict[int, dict[str, list[int]]] = {}
-            leader_of: dict[tuple[str, int], int] = {}
-            partitions: dict[str, list[int]] = {}
-            for name in names:
-                entry = _topic_meta(metadata, name)
-                if entry is None:
-                    continue
-                for part in entry.get("partitions") or []:
-                    if part.get("leader", -1) < 0:
-                        continue
-                    index = int(part["partition"])
-                    leaders.setdefault(int(part["leader"]), {}).setdefault(name, []).append(index)
-                    leader_of[(name, index)] = int(part["leader"])
-                    partitions.setdefault(name, []).append(index)
-            end = await self._list_offsets(leaders, -1)
-            start = await self._list_offsets(leaders, -2)
+            leader_of, partitions, end, start = await self._end_offsets(names)
             pairs = {
                 (group_id(plan.name, sub), plan.name)
                 for plan in plans
@@ -493,12 +492,51 @@ class KafkaProvider(_common.ProviderBase):
         await _each_pair(pairs, lookup)
         return found
 
+    async def _end_offsets(
+        self, names: list[str]
+    ) -> tuple[PartitionOffsets, dict[str, list[int]], PartitionOffsets, PartitionOffsets]:
+        """The leader of every led partition of `names`, each topic's led partitions, and
+        every such partition's end and beginning offsets.
+
+        Leaders come from the Metadata response, which can name a leader that does not
+        know it yet (a topic created a moment ago) or no longer is one: such partitions
+        are asked again, from fresh metadata, a few times; one still moving after that
+        is left out, and its topic is read at the next round.
+        """
+        pause, attempts = 0.05, 1
+        while True:
+            metadata = await self._metadata(names)
+            leaders: dict[int, dict[str, list[int]]] = {}
+            leader_of: dict[tuple[str, int], int] = {}
+            partitions: dict[str, list[int]] = {}
+            for name in names:
+                entry = _topic_meta(metadata, name)
+                if entry is None:
+                    continue
+                for part in entry.get("partitions") or []:
+                    if part.get("leader", -1) < 0:
+                        continue
+                    index = int(part["partition"])
+                    leaders.setdefault(int(part["leader"]), {}).setdefault(name, []).append(index)
+                    leader_of[(name, index)] = int(part["leader"])
+                    partitions.setdefault(name, []).append(index)
+            end, moving = await self._list_offsets(leaders, -1)
+            start, moving_too = await self._list_offsets(leaders, -2)
+            if not (moving or moving_too) or attempts == OFFSET_ATTEMPTS:
+                # A partition read at one end only is not read at all.
+                end = {key: offset for key, offset in end.items() if key in start}
+                return leader_of, partitions, end, start
+            await asyncio.sleep(pause)
+            pause, attempts = min(pause * 2, 0.5), attempts + 1
+
     async def _list_offsets(
         self, leaders: dict[int, dict[str, list[int]]], at: int
-    ) -> dict[tuple[str, int], int]:
+    ) -> tuple[dict[tuple[str, int], int], bool]:
         """(topic, partition) -> offset: `at` -1 is the end, -2 the beginning; one
-        request per partition leader."""
+        request per partition leader. Also whether some partition was left out because
+        its leadership is moving."""
         found: dict[tuple[str, int], int] = {}
+        moving = False
         for leader, topics in sorted(leaders.items()):
             request = OffsetRequest(
                 -1, 0, [(name, [(p, at) for p in parts]) for name, parts in topics.items()]
@@ -506,12 +544,15 @@ class KafkaProvider(_common.ProviderBase):
             response = await self._request(request, leader)
             for name, parts in response.topics:
                 for partition, code, *rest in parts:
+                    if code in _LEADER_MOVING:
+                        moving = True
+                        continue
                     if code != _NO_ERROR:
                         raise self._code_error(code, f"listing the offsets of {name}", [])
                     # v1 and later: (timestamp, offset, ...); v0: ([offsets],)
                     offset = rest[1] if len(rest) >= 2 else (rest[0] or [0])[0]
                     found[(name, int(partition))] = int(offset)
-        return found
+        return found, moving
 
     async def _timestamps(
         self, leader_of: dict[tuple[str, int], int], wanted: Collection[tuple[str, int, int]]
