@@ -751,6 +751,13 @@ class Outcome:
     ready: bool
     retry: bool
     message: str
+    #: The resource went before its finalizer was on: nothing of it is kept.
+    gone: bool = False
+
+
+def gone(current: models.MessageBrokerStatus) -> Outcome:
+    """The outcome of a reconcile whose resource was deleted before its finalizer landed."""
+    return Outcome(current, ready=False, retry=False, message="deleted", gone=True)
 
 
 def outcome(
@@ -791,6 +798,24 @@ def release(
         message = "gave up deleting on unreachable brokers; left behind: " + "; ".join(left)
         return Release(let_go=True, warning=Event("Warning", Reason.DELETION_INCOMPLETE, message))
     return Release(let_go=False, retry_message="deletion pending: " + "; ".join(left))
+
+
+def provisions_while_finalizing(obj: BrokerObject) -> bool:
+    """Whether a new resource's brokers may be provisioned while its finalizer patch is
+    still in flight, instead of after it.
+
+    The finalizer is there so that deletionPolicy is applied on delete. With Retain,
+    the policy deletes nothing on any broker, so a resource deleted before its
+    finalizer landed loses nothing it would otherwise have kept, and the patch's round
+    trip to the API server overlaps the broker's instead of adding to every create's
+    time to Ready (docs/operations.md, "A burst of creates"). With Delete, or a spec
+    that cannot be read, the finalizer goes first, as it always did.
+    """
+    try:
+        policy = models.parse_spec(obj.spec).deletion_policy
+    except pydantic.ValidationError:
+        return False
+    return policy is models.DeletionPolicy.RETAIN
 
 
 def deletion_policy(obj: BrokerObject) -> models.DeletionPolicy:

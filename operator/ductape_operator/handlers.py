@@ -253,13 +253,24 @@ async def reconcile_broker(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> N
     obj = reconcile.BrokerObject.from_body(body)
     owner = tag_owner(kwargs, obj)
     delay = min(_app_settings(memo).health_interval, 15.0)
+    finalizing: asyncio.Future[bool] | None = None
     try:
-        held = await _block_deletion(body, obj)
-        if held is None:
-            return
-        outcome = await _reconciler(memo).reconcile(
-            held, tag_owner=owner, handled=_handled_spec(memo).essence(body)
-        )
+        if not holds_finalizer(body):
+            kube.namespace_in_use(obj.ref.namespace)
+            finalizing = asyncio.ensure_future(_block_deletion(body, obj))
+            obj = _labelled_with_finalizer(body, obj)
+            if not core.provisions_while_finalizing(obj) and not await finalizing:
+                return
+        try:
+            outcome = await _reconciler(memo).reconcile(
+                obj,
+                tag_owner=owner,
+                handled=_handled_spec(memo).essence(body),
+                finalizing=finalizing,
+            )
+        finally:
+            if finalizing is not None:
+                await finalizing  # never outlives its handler; its failure is retried
     except errors.DuctapeError as exc:  # the API server failing us: retry, no traceback
         raise kopf.TemporaryError(exc.message, delay=delay) from exc
     if outcome.retry:
@@ -285,39 +296,47 @@ def holds_finalizer(body: kopf.Body, **_: Any) -> bool:
     return FINALIZER in (body.get("metadata", {}).get("finalizers") or [])
 
 
-async def _block_deletion(
-    body: kopf.Body, obj: reconcile.BrokerObject
-) -> reconcile.BrokerObject | None:
-    """Put the finalizer (and a missing tag label) on the resource before anything is
-    provisioned; the object to reconcile, or None when it is gone.
+async def _block_deletion(body: kopf.Body, obj: reconcile.BrokerObject) -> bool:
+    """Put the finalizer (and a missing tag label) on a new resource; False when the
+    resource is gone.
 
     kopf would add its finalizer in a patch of its own and run the create handler only
     once the watch brought the patched object back: one more watch round trip on every
     new resource's way to Ready, the longest step of a burst of creates. The delete
     handler and the timer only match a resource that holds the finalizer, so kopf
-    requires none before the first handler, and this patch, sent and confirmed before
-    any broker is touched, protects the resource just as kopf's did: deleted before it,
-    the resource is gone and nothing was provisioned; deleted after it, the delete
-    handler runs (docs/operations.md, "A burst of creates").
+    requires none before the first handler, and this patch protects the resource just as
+    kopf's did. With Delete it is confirmed before any broker is touched: deleted before
+    it, the resource is gone and nothing was provisioned; deleted after it, the delete
+    handler runs. With Retain the brokers are provisioned while it is in flight, and
+    nothing is written to the resource before it is confirmed
+    (`core.provisions_while_finalizing`; docs/operations.md, "A burst of creates").
     """
-    if holds_finalizer(body):
-        return obj
-    kube.namespace_in_use(obj.ref.namespace)
     meta = body.get("metadata", {})
-    tag = core.label_before_handling(body, FINALIZER)
-    labels = {core.TAG_LABEL: tag} if tag is not None else {}
     held = await kube.add_finalizer(
         obj.ref,
         FINALIZER,
         finalizers=list(meta.get("finalizers") or []),
         resource_version=str(meta.get("resourceVersion") or ""),
-        labels=labels,
+        labels=_finalizer_labels(body),
     )
     if held is None:  # changed under every attempt: the watch brings the newer body
         raise kopf.TemporaryError("kept changing while adding the finalizer", delay=CONFLICT_RETRY)
-    if not held:
-        return None
-    return dataclasses.replace(obj, labels={**obj.labels, **labels})
+    return held
+
+
+def _finalizer_labels(body: kopf.Body) -> dict[str, str]:
+    """The labels the finalizer's patch writes: the tag label, when it is missing."""
+    tag = core.label_before_handling(body, FINALIZER)
+    return {core.TAG_LABEL: tag} if tag is not None else {}
+
+
+def _labelled_with_finalizer(
+    body: kopf.Body, obj: reconcile.BrokerObject
+) -> reconcile.BrokerObject:
+    """`obj` as it is once the finalizer's patch landed: the reconcile writes no label
+    of its own for it."""
+    labels = _finalizer_labels(body)
+    return dataclasses.replace(obj, labels={**obj.labels, **labels}) if labels else obj
 
 
 async def health_round(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:

@@ -232,6 +232,7 @@ class Reconciler:
         tag_owner: str | None = None,
         trigger: Trigger = CHANGE,
         handled: str | None = None,
+        finalizing: asyncio.Future[bool] | None = None,
     ) -> Outcome:
         """Bring one MessageBroker to its desired state; never raises for user errors.
 
@@ -239,6 +240,11 @@ class Reconciler:
         handler's): written with the status when the reconcile is done with that spec
         (no retry), in the same request, so that kopf needs no bookkeeping patch of
         its own (docs/operations.md, "A burst of creates").
+
+        `finalizing` is the finalizer's patch, still in flight, of a new resource whose
+        policy lets the brokers be provisioned meanwhile (`core.provisions_while_finalizing`):
+        True once the finalizer is on, False when the resource is gone. Nothing is
+        written to the resource before it is True.
         """
         async with self._in_flight.hold(urgent=trigger != HEALTH), self.lock(obj.ref):
             if obj.ref.uid in self._finalized:
@@ -252,7 +258,11 @@ class Reconciler:
             started = time.monotonic()
             try:
                 outcome = await self._reconcile(
-                    obj, tag_owner=tag_owner, trigger=trigger, handled=handled
+                    obj,
+                    tag_owner=tag_owner,
+                    trigger=trigger,
+                    handled=handled,
+                    finalizing=finalizing,
                 )
             except Exception:
                 metrics.observe_reconcile(time.monotonic() - started, "error")
@@ -260,8 +270,13 @@ class Reconciler:
             metrics.observe_reconcile(
                 time.monotonic() - started, "ready" if outcome.ready else "not_ready"
             )
-            metrics.set_ready(obj.ref.namespace, obj.ref.name, outcome.ready)
-            return outcome
+            if outcome.gone:
+                self._finalized[obj.ref.uid] = None
+            else:
+                metrics.set_ready(obj.ref.namespace, obj.ref.name, outcome.ready)
+        if outcome.gone:
+            self.forget(obj.ref)
+        return outcome
 
     async def _reconcile(
         self,
@@ -270,6 +285,7 @@ class Reconciler:
         tag_owner: str | None,
         trigger: Trigger,
         handled: str | None,
+        finalizing: asyncio.Future[bool] | None,
     ) -> Outcome:
         current = obj.current_status()
         verdict = core.gate(obj, tag_owner)
@@ -278,9 +294,11 @@ class Reconciler:
         elif verdict.label:
             await self._write_label(obj, verdict.spec.tag)
         if verdict.reason is not None:
+            if not await self._still_there(obj, finalizing, []):
+                return core.gone(current)
             return await self._stop(obj, current, verdict, handled)
         assert verdict.spec is not None
-        return await self._provision(obj, current, verdict.spec, trigger, handled)
+        return await self._provision(obj, current, verdict.spec, trigger, handled, finalizing)
 
     async def _stop(
         self,
@@ -306,6 +324,7 @@ class Reconciler:
         spec: models.MessageBrokerSpec,
         trigger: Trigger,
         handled: str | None,
+        finalizing: asyncio.Future[bool] | None = None,
     ) -> Outcome:
         applied = core.load_applied(core.applied_record(obj))
         reconciled = [env for env in spec.envs if self.settings.reconciles_env(env.slug)]
@@ -321,7 +340,7 @@ class Reconciler:
         try:
             if not current.conditions and tasks:
                 _, pending = await asyncio.wait(tasks, timeout=PROVISIONING_NOTICE_SECONDS)
-                if pending:
+                if pending and await self._still_there(obj, finalizing, []):
                     provisioning = core.provisioning_status(obj, reconciled)
                     current = await self._write_status(obj, current, provisioning)
             results = list(await asyncio.gather(*tasks))
@@ -330,6 +349,8 @@ class Reconciler:
                 await labelling
                 obj = dataclasses.replace(obj, labels={**obj.labels, TAG_LABEL: spec.tag})
 
+        if not await self._still_there(obj, finalizing, [env.slug for env in reconciled]):
+            return core.gone(current)
         new_applied = dict(applied)
         for result in results:
             if result.applied is not None:
@@ -352,6 +373,24 @@ class Reconciler:
             for event in result.events:
                 self._post(obj.ref, event)
         return outcome
+
+    async def _still_there(
+        self, obj: BrokerObject, finalizing: asyncio.Future[bool] | None, slugs: Iterable[str]
+    ) -> bool:
+        """Wait for the finalizer patch in flight, if any: False when the resource went
+        before it landed, after letting go of the connections its `slugs` took.
+
+        Only a Retain resource provisions meanwhile, so nothing on a broker is to be
+        deleted: what was created there stays, as Retain promises, and its Secret, owned
+        by the deleted resource, goes by garbage collection.
+        """
+        if finalizing is None or await finalizing:
+            return True
+        for slug in slugs:
+            owner = (obj.ref.namespace, obj.ref.name, slug)
+            await self.pool.release(owner)
+            self.health.drop(owner)
+        return False
 
     async def _retire_removed_envs(
         self,

@@ -371,3 +371,13 @@ def test_events_name_what_happened_on_the_broker() -> None:
 def test_shows_paused_reads_the_ready_reason(status: dict[str, Any], paused: bool) -> None:
     body = {"metadata": {"namespace": "ns", "name": "bus", "uid": "u"}, "status": status}
     assert core.shows_paused(core.BrokerObject.from_body(body)) is paused
+
+
+@pytest.mark.parametrize(
+    ("policy", "meanwhile"), [("Retain", True), ("Delete", False), ("Sometimes", False)]
+)
+def test_only_retain_provisions_while_the_finalizer_is_in_flight(
+    policy: str, meanwhile: bool
+) -> None:
+    obj = core.BrokerObject.from_body(fakes.body(policy=policy))
+    assert core.provisions_while_finalizing(obj) is meanwhile

@@ -7,6 +7,7 @@ on the brokers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -456,3 +457,55 @@ async def test_the_annotations_of_earlier_versions_go_once_the_status_has_both_r
     stale = {**legacy, "status": written_status}
     assert (await run(rec, stale)).ready
     assert len(cluster.writes) == 2
+
+
+async def until(condition: Any, what: str) -> None:
+    """Let the event loop run until `condition()` holds (a bounded number of steps)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_a_retain_resource_is_provisioned_while_its_finalizer_lands_then_written() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    raw = fakes.body(labels={core.TAG_LABEL: "bus"})  # the finalizer patch carries the label
+    finalizing: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    reconciling = asyncio.ensure_future(
+        rec.reconcile(
+            core.BrokerObject.from_body(raw),
+            handled=fakes.handled_spec(raw),
+            finalizing=finalizing,
+        )
+    )
+    await until(lambda: ("ns", "bus-dev") in cluster.connection_secrets, "the Secret written")
+    for _ in range(100):  # all the reconcile could do without the finalizer, in memory
+        await asyncio.sleep(0)
+    assert brokers["r1"].topics == {"orders": {"billing", "shipping"}}
+    assert [kind for kind, _ in cluster.writes] == ["secret"], "no status before the finalizer"
+    assert not reconciling.done()
+
+    finalizing.set_result(True)
+    outcome = await reconciling
+    assert outcome.ready and not outcome.gone
+    assert [kind for kind, _ in cluster.writes] == ["secret", "status"]
+
+
+async def test_a_resource_gone_before_its_finalizer_landed_gets_no_status_and_is_let_go() -> None:
+    cluster, brokers = FakeCluster(), FakeBrokers()
+    rec = fakes.reconciler(cluster, brokers)
+    raw = fakes.body(labels={core.TAG_LABEL: "bus"})
+    obj = core.BrokerObject.from_body(raw)
+    finalizing: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    finalizing.set_result(False)
+    outcome = await rec.reconcile(obj, handled=fakes.handled_spec(raw), finalizing=finalizing)
+
+    assert outcome.gone and not outcome.ready and not outcome.retry
+    assert "status" not in [kind for kind, _ in cluster.writes]
+    assert brokers["r1"].topics, "Retain: what was provisioned stays on the broker"
+    assert rec.pool.key_of(("ns", "bus", "dev")) is None, "its connection was let go"
+    brokers["r1"].calls.clear()
+    again = await run(rec, raw)  # an older event of the gone object, handled late
+    assert not again.ready and brokers["r1"].calls == []

@@ -125,18 +125,26 @@ class RedisProvider(_common.ProviderBase):
         key = topic.name
         async with self.guard(f"ensuring stream {key}", self._map):
             client = self._require_client()
-            kind = _text(await client.type(key))
+            # One round trip: the key's type and every group's creation. On a key that is
+            # not a stream, XGROUP CREATE fails (WRONGTYPE) and changes nothing.
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.type(key)
+                for sub in topic.subscriptions:
+                    pipe.xgroup_create(key, sub, id="$", mkstream=True)
+                kind_reply, *created = await pipe.execute(raise_on_error=False)
+            kind = _text(kind_reply)
             if kind not in ("stream", "none"):
                 raise errors.ProvisioningError(
                     f"{self.endpoint}: key {key!r} exists and is a {kind}, not a stream",
                     retriable=False,
                 )
+            for reply in created:
+                if isinstance(reply, Exception) and not _group_exists(reply):
+                    raise reply
             if kind == "none" and not topic.subscriptions:
                 scratch = f"ductape-init-{uuid.uuid4().hex}"
                 await self._create_group(key, scratch)
                 await client.xgroup_destroy(key, scratch)
-            for sub in topic.subscriptions:
-                await self._create_group(key, sub)
         return base.TopicRoute(
             tag=topic.tag, name=key, subscriptions={sub: sub for sub in topic.subscriptions}
         )
@@ -308,7 +316,7 @@ class RedisProvider(_common.ProviderBase):
         try:
             await self._require_client().xgroup_create(key, group, id="$", mkstream=True)
         except redis_errors.ResponseError as exc:
-            if not str(exc).startswith("BUSYGROUP"):
+            if not _group_exists(exc):
                 raise
 
     def _map(self, exc: Exception, what: str) -> errors.DuctapeError:
@@ -336,6 +344,11 @@ def _clock_ms(reply: object) -> int:
 def _id_ms(entry_id: str) -> int:
     """The millisecond timestamp of a stream entry id (`<ms>-<seq>`)."""
     return int(entry_id.split("-", 1)[0])
+
+
+def _group_exists(exc: Exception) -> bool:
+    """XGROUP CREATE's answer for a group that is already there (adopted, not an error)."""
+    return isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("BUSYGROUP")
 
 
 def _text(value: object) -> str:
