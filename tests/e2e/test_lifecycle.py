@@ -135,6 +135,38 @@ async def test_a_resource_deleted_right_after_its_create_leaves_nothing_behind(
     assert left == []
 
 
+def test_a_retain_resource_deleted_right_after_its_create_goes_with_its_secret(
+    kube: kit.Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    """With Retain the brokers are provisioned while the finalizer patch is in flight:
+    deleted before it lands or after, the resource goes, its Secret goes by garbage
+    collection, and the operator reports no failure for it (docs/operations.md, "A burst
+    of creates")."""
+    since = operator.log_size()
+    names = [kit.unique("retained") for _ in range(8)]
+    for name in names:
+        kube.apply(
+            namespace,
+            kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=kit.topics_for(name)),
+        )
+        kube.delete(namespace, name)
+    for name in names:
+        kit.wait_until(
+            lambda name=name: kube.get(namespace, name) is None, timeout=60, what=f"{name} gone"
+        )
+        kit.wait_until(
+            lambda name=name: kube.secret(namespace, f"{name}-dev") is None,
+            timeout=60,
+            what=f"the Secret of {name} collected",
+        )
+    complaints = [
+        line
+        for line in operator.log(since).splitlines()
+        if any(name in line for name in names) and ("WARNING" in line or "ERROR" in line)
+    ]
+    assert complaints == []
+
+
 def test_missing_secret_then_created_then_rotated(
     kube: kit.Kube, namespace: str, private_redis: kit.PrivateRedis
 ) -> None:
