@@ -161,6 +161,38 @@ async def test_a_call_without_an_answer_for_a_while_is_reported_lost(
     assert "publish: no answer in" in lines[0][1]
 
 
+async def test_many_slow_calls_at_once_log_one_loss_and_one_recovery(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that answers each of many overlapping calls after the stall time: one
+    WARNING when the first call stalls, one INFO once the last stalled call answered
+    (it logged a loss and a recovery per call)."""
+    caplog.set_level(logging.DEBUG, logger="ductape_operator.messaging")
+    monkeypatch.setattr(_transport, "STALL", 0.05)
+    link = _transport.Link("slow")
+
+    async def slow() -> str:
+        await asyncio.sleep(0.12)
+        return "ok"
+
+    async def staggered(delay: float) -> str:
+        await asyncio.sleep(delay)
+        return await _transport.retrying(
+            slow, what="publish", timeout=5, map_error=as_unreachable, link=link
+        )
+
+    answers = await asyncio.gather(*(staggered(0.03 * n) for n in range(8)))
+    assert answers == ["ok"] * 8
+    lines = _link_lines(caplog)
+    assert [level for level, _ in lines] == [logging.WARNING, logging.INFO], lines
+    assert "publish: no answer in" in lines[0][1]
+    # Up again: a quick call logs nothing more.
+    await _transport.retrying(
+        Flaky(0, OSError()), what="t", timeout=1, map_error=as_unreachable, link=link
+    )
+    assert len(_link_lines(caplog)) == 2
+
+
 async def test_batcher_sends_what_was_added_in_one_turn_together() -> None:
     sent: list[list[int]] = []
 

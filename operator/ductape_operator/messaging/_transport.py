@@ -114,14 +114,28 @@ class Link:
     def __init__(self, name: str) -> None:
         self.name = name
         self._lost_at: float | None = None
+        #: Attempts in flight that got no answer for `STALL` seconds (yet).
+        self._stalled = 0
 
     def lost(self, reason: str, *, since: float | None = None) -> None:
         if self._lost_at is None:
             self._lost_at = time.monotonic() if since is None else since
             log.warning("%s: connection lost (%s); reconnecting", self.name, reason)
 
+    def stalled(self, reason: str, *, since: float) -> None:
+        """An attempt still in flight got no answer for `STALL` seconds: lost, until it
+        and every other stalled attempt have ended. Without that count, a broker that
+        answers each of many concurrent calls slowly logged a loss and a recovery per
+        call: hundreds of lines for one slow batch."""
+        self._stalled += 1
+        self.lost(reason, since=since)
+
+    def unstalled(self) -> None:
+        """A stalled attempt ended, answered or failed."""
+        self._stalled -= 1
+
     def restored(self) -> None:
-        if self._lost_at is not None:
+        if self._lost_at is not None and not self._stalled:
             took = time.monotonic() - self._lost_at
             self._lost_at = None
             log.info("%s: connection back after %.1fs", self.name, took)
@@ -210,11 +224,15 @@ async def retrying(
         task = asyncio.current_task()
         at = time.monotonic()
         stall = None
+        stalled = False
         if link is not None:
-            stall = asyncio.get_running_loop().call_later(
-                stall_after,
-                lambda: link.lost(f"{what}: no answer in {stall_after:.0f}s", since=at),
-            )
+
+            def no_answer() -> None:
+                nonlocal stalled
+                stalled = True
+                link.stalled(f"{what}: no answer in {stall_after:.0f}s", since=at)
+
+            stall = asyncio.get_running_loop().call_later(stall_after, no_answer)
         try:
             result = await operation()
         except asyncio.CancelledError as exc:
@@ -232,11 +250,17 @@ async def retrying(
             error = exc
         else:
             if link is not None:
+                if stalled:
+                    stalled = False
+                    link.unstalled()
                 link.restored()
             return result
         finally:
             if stall is not None:
                 stall.cancel()
+            if stalled:
+                assert link is not None
+                link.unstalled()
         assert mapped is not None
         if isinstance(mapped, errors.BrokerUnreachableError):
             last[:] = [mapped]
