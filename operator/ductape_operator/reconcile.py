@@ -271,7 +271,7 @@ class Reconciler:
                 time.monotonic() - started, "ready" if outcome.ready else "not_ready"
             )
             if outcome.gone:
-                self._finalized[obj.ref.uid] = None
+                self._remember_finalized(obj.ref.uid)
             else:
                 metrics.set_ready(obj.ref.namespace, obj.ref.name, outcome.ready)
         if outcome.gone:
@@ -677,11 +677,14 @@ class Reconciler:
                 policy.value,
                 "; left behind on unreachable brokers: " + "; ".join(left) if left else "",
             )
-            self._finalized[obj.ref.uid] = None
-            while len(self._finalized) > FINALIZED_KEPT:
-                self._finalized.popitem(last=False)
+            self._remember_finalized(obj.ref.uid)
         self.forget(obj.ref)
         return True
+
+    def _remember_finalized(self, uid: str) -> None:
+        self._finalized[uid] = None
+        while len(self._finalized) > FINALIZED_KEPT:
+            self._finalized.popitem(last=False)
 
     async def removed(self, obj: BrokerObject) -> bool:
         """The object is gone while it still held the finalizer, and was never finalized
