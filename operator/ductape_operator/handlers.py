@@ -259,7 +259,9 @@ async def reconcile_broker(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> N
             kube.namespace_in_use(obj.ref.namespace)
             finalizing = asyncio.ensure_future(_block_deletion(body, obj))
             obj = _labelled_with_finalizer(body, obj)
-            if not core.provisions_while_finalizing(obj) and not await finalizing:
+            deleting = bool(body.get("metadata", {}).get("deletionTimestamp"))
+            first = deleting or not core.provisions_while_finalizing(obj)
+            if first and not await finalizing:
                 return
         try:
             outcome = await _reconciler(memo).reconcile(
