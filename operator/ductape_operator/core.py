@@ -112,12 +112,12 @@ class AppliedEnv:
 
 
 def label_before_handling(body: Mapping[str, Any], finalizer: str) -> str | None:
-    """The tag label to write with the finalizer, before anything is provisioned; else None.
+    """The tag label to write with the finalizer; else None.
 
-    The create handler adds the finalizer in a patch of its own before it provisions
-    anything; a missing tag label goes into that same patch, so that a new resource
-    costs one API write less and is labelled before its status says Ready
-    (docs/operations.md, "A burst of creates"). Only while the finalizer is still
+    The create handler adds the finalizer in a patch of its own before it writes
+    anything else to the resource; a missing tag label goes into that same patch, so
+    that a new resource costs one API write less and is labelled before its status says
+    Ready (docs/operations.md, "A burst of creates"). Only while the finalizer is still
     missing (a new resource), and only for a valid spec, as `gate` would label it.
     """
     meta = body.get("metadata") or {}
