@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -144,18 +145,25 @@ async def test_a_loss_logs_one_warning_and_one_info_however_many_attempts(
     assert len(_link_lines(caplog)) == 2
 
 
+def answers_after(seconds: float) -> Callable[[], Awaitable[str]]:
+    """A broker call that answers "ok" after `seconds` (the slow broker under test)."""
+
+    async def call() -> str:
+        await asyncio.sleep(seconds)
+        return "ok"
+
+    return call
+
+
 async def test_a_call_without_an_answer_for_a_while_is_reported_lost(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="ductape_operator.messaging")
     monkeypatch.setattr(_transport, "STALL", 0.05)
     link = _transport.Link("frozen")
-
-    async def slow() -> str:
-        await asyncio.sleep(0.3)
-        return "ok"
-
-    await _transport.retrying(slow, what="publish", timeout=5, map_error=as_unreachable, link=link)
+    await _transport.retrying(
+        answers_after(0.3), what="publish", timeout=5, map_error=as_unreachable, link=link
+    )
     lines = _link_lines(caplog)
     assert [level for level, _ in lines] == [logging.WARNING, logging.INFO], lines
     assert "publish: no answer in" in lines[0][1]
@@ -171,14 +179,10 @@ async def test_many_slow_calls_at_once_log_one_loss_and_one_recovery(
     monkeypatch.setattr(_transport, "STALL", 0.05)
     link = _transport.Link("slow")
 
-    async def slow() -> str:
-        await asyncio.sleep(0.12)
-        return "ok"
-
     async def staggered(delay: float) -> str:
         await asyncio.sleep(delay)
         return await _transport.retrying(
-            slow, what="publish", timeout=5, map_error=as_unreachable, link=link
+            answers_after(0.12), what="publish", timeout=5, map_error=as_unreachable, link=link
         )
 
     answers = await asyncio.gather(*(staggered(0.03 * n) for n in range(8)))
