@@ -169,7 +169,7 @@ def run(count: int = 20) -> dict[str, dict[str, float]]:
     except TimeoutError:
         print("note: namespaces still terminating; their deletes may show in the figures")
     if not controller_manager_watches(api):
-        # Minutes, on a stack whose CRD was only just installed (4 min measured once).
+        # About 30 s after the CRD is first installed on a stack (measured), at times more.
         print("waiting for the controller manager to watch MessageBrokers (see the docstring)")
         wait_for(lambda: controller_manager_watches(api), "the controller manager", 600)
     operator.start()
