@@ -18,7 +18,7 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import kopf
@@ -106,6 +106,48 @@ class HandlerProgress(kopf.AnnotationsProgressStorage):
 
     def _store_marker(self, prefix: str, patch: kopf.Patch, body: kopf.Body) -> None:
         return
+
+    # A retry postponed for one spec is not kept waiting once the spec changed: a user who
+    # fixes a broken resource (a host name, a port) sees it reconciled at once, not after
+    # the retry delay of the broken spec (docs/operations.md, "Retries"). The generation
+    # rides in the stored record and is taken out again on reading: kopf patches a record
+    # that reads back different from what it would write, and a patch that changes
+    # nothing leaves kopf waiting for a version of the object that never comes.
+
+    def fetch(self, *, key: kopf.HandlerId, body: kopf.Body) -> kopf.ProgressRecord | None:
+        stored = super().fetch(key=key, body=body)
+        if stored is None:
+            return None
+        record = {k: v for k, v in stored.items() if k != PROGRESS_GENERATION}
+        if postponed_for_older_spec(stored, body):
+            del record["delayed"]
+        return cast(kopf.ProgressRecord, record)
+
+    def store(
+        self,
+        *,
+        key: kopf.HandlerId,
+        record: kopf.ProgressRecord,
+        body: kopf.Body,
+        patch: kopf.Patch,
+    ) -> None:
+        if record.get("delayed"):
+            generation = body.get("metadata", {}).get("generation")
+            record = cast(kopf.ProgressRecord, {**record, PROGRESS_GENERATION: generation})
+        super().store(key=key, record=record, body=body, patch=patch)
+
+
+#: The field of a postponed handler's progress record that holds the generation it ran on.
+PROGRESS_GENERATION = "generation"
+
+
+def postponed_for_older_spec(record: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """The record postpones its handler, and was written for another generation of the
+    resource than `body`'s (its spec changed since). A record without a generation, as
+    operators before this one wrote them, keeps its delay."""
+    written_for = record.get(PROGRESS_GENERATION)
+    current = (body.get("metadata") or {}).get("generation")
+    return bool(record.get("delayed")) and written_for is not None and written_for != current
 
 
 def _handled_spec(memo: kopf.Memo) -> HandledSpec:
