@@ -134,6 +134,15 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    def delete_and_wait(self, ns: str, name: str, *, by: str = "the operator") -> None:
+        """Delete the MessageBroker and wait until `by` has finalized it."""
+        self.delete(ns, name)
+        wait_until(
+            lambda: self.get(ns, name) is None or None,
+            timeout=60,
+            what=f"{ns}/{name} to be finalized by {by}",
+        )
+
     def condition(self, ns: str, name: str, type_: str) -> dict[str, Any] | None:
         return condition_of(self.get(ns, name) or {}, type_)
 

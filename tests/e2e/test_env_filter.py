@@ -51,12 +51,7 @@ async def test_an_env_filtered_operator_provisions_only_its_env(
         dev_entry = {"name": topic, "subscriptions": {}}
         assert not await raw.exists("RABBITMQ", dev_entry), "dev's exchange was created"
 
-        kube.delete(namespace, name)
-        kit.wait_until(
-            lambda: kube.get(namespace, name) is None or None,
-            timeout=60,
-            what=f"{name} to be finalized by the filtered operator",
-        )
+        kube.delete_and_wait(namespace, name, by="the filtered operator")
         filtered.assert_alive()
         assert "Traceback" not in filtered.log()
     finally:

@@ -78,11 +78,6 @@ def test_a_fixed_spec_is_reconciled_before_the_retry_of_the_broken_one_is_due(
         own.assert_alive()
         assert "Traceback" not in own.log()
     finally:
-        kube.delete(namespace, name)
-        kit.wait_until(
-            lambda: kube.get(namespace, name) is None or None,
-            timeout=60,
-            what=f"{name} to be finalized",
-        )
+        kube.delete_and_wait(namespace, name, by="this test's operator")
         own.stop()
         operator.start()
