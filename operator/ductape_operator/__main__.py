@@ -8,6 +8,7 @@ import gc
 import logging
 import re
 import sys
+from collections.abc import Iterable
 
 import aiohttp
 import kopf
@@ -52,6 +53,35 @@ class KopfChatter(logging.Filter):
             return False
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return True
+
+
+class SdkFailures(logging.Filter):
+    """A broker SDK's own warnings and errors ("Unable connect to ...", "error when creating
+    transport: ...") go to DEBUG: the operator reports every broker failure itself, on the
+    resource and in one line per transition, where the SDKs repeat theirs on every attempt
+    (docs/operations.md, "Logs"). A record with a traceback is kept as it is: a traceback
+    means a bug, in the SDK or here.
+
+    On the root's handlers: a logger's own filter would miss its children's records
+    (`aiormq.connection` under `aiormq`).
+    """
+
+    def __init__(self, loggers: Iterable[str], *, verbose: bool) -> None:
+        super().__init__()
+        self.loggers = tuple(loggers)
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.exc_info or not self._from_sdk(record):
+            return True
+        if not self.verbose:
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+    def _from_sdk(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        return any(name == sdk or name.startswith(sdk + ".") for sdk in self.loggers)
 
 
 #: kopf's line for each failed attempt of a request it retries (kopf/_cogs/clients/api.py).
@@ -202,11 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     # sees only its own records), and on kopf.objects, whose records kopf also posts
     # as Events.
     outage_filter = ApiOutages(verbose=app.verbose)
+    # Third-party clients log connection URLs at INFO; keep them to warnings, and those
+    # to DEBUG unless they carry a traceback (`SdkFailures`).
+    noisy = [logger for kind in brokers.kinds() for logger in kind.sdk_loggers]
+    sdk_filter = SdkFailures(noisy, verbose=app.verbose)
     for handler in logging.getLogger().handlers:
         handler.addFilter(outage_filter)
+        handler.addFilter(sdk_filter)
     logging.getLogger("kopf.objects").addFilter(outage_filter)
-    # Third-party clients log connection URLs at INFO; keep them to warnings.
-    noisy = [logger for kind in brokers.kinds() for logger in kind.sdk_loggers]
     for name in [*noisy, "kubernetes"]:
         logging.getLogger(name).setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()

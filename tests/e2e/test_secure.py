@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 import time
 import urllib.parse
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ductape_operator import brokers
 from ductape_operator.messaging import Broker
 from tests import secure as secure_
 from tests.brokers import nats as nats_kit
@@ -192,6 +194,14 @@ async def test_secure_env_goes_ready_and_the_client_uses_the_secret(
     assert_no_leak(kube, namespace, name, operator, secure_.pem_bodies(secure))
 
 
+#: A broker SDK's own WARNING or ERROR line in the operator's log (kopf's format: the time,
+#: the logger's name cut to 20 characters, the level).
+SDK_LINE = re.compile(
+    r"^\[[^\]]+\] (?:"
+    + "|".join(re.escape(name) for kind in brokers.kinds() for name in kind.sdk_loggers)
+    + r")\S*\s+\[(?:WARNING|ERROR)"
+)
+
 #: case -> (secure_config options, reason, words of the message)
 FAILURES: dict[str, tuple[dict[str, Any], str, str]] = {
     "untrusted-ca": ({"ca": "other"}, "TLSFailed", "not trusted"),
@@ -214,6 +224,7 @@ def test_secure_failures_have_their_own_reasons(
     kube: kit.Kube, namespace: str, operator: OperatorProcess, type_: str
 ) -> None:
     env = dict(os.environ)
+    since = operator.log_size()
     cases: dict[str, secure_.Secure] = {}
     for case, (options, _reason, _words) in FAILURES.items():
         if options.get("ca") == "other":
@@ -247,6 +258,9 @@ def test_secure_failures_have_their_own_reasons(
         if case != "wrong-password":
             leaks.append(secure_.stack_password(env))
         assert_no_leak(kube, namespace, name, operator, leaks)
+    # Each failure is the operator's line on a transition, not the SDK's on every attempt.
+    sdk_lines = [line for line in operator.log(since).splitlines() if SDK_LINE.match(line)]
+    assert not sdk_lines, "a broker SDK logged its own failure:\n" + "\n".join(sdk_lines[:5])
     operator.assert_alive()
 
 
