@@ -745,11 +745,11 @@ def transition(
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What a reconcile did: the status it wrote and whether to retry."""
+    """What a reconcile did: the status it wrote. One that could not finish is retried by
+    the health rounds, whatever the failure (docs/operations.md, "Retries")."""
 
     status: models.MessageBrokerStatus
     ready: bool
-    retry: bool
     message: str
     #: The resource went before its finalizer was on: nothing of it is kept.
     gone: bool = False
@@ -757,23 +757,13 @@ class Outcome:
 
 def gone(current: models.MessageBrokerStatus) -> Outcome:
     """The outcome of a reconcile whose resource was deleted before its finalizer landed."""
-    return Outcome(current, ready=False, retry=False, message="deleted", gone=True)
+    return Outcome(current, ready=False, message="deleted", gone=True)
 
 
-def outcome(
-    status: models.MessageBrokerStatus,
-    results: Sequence[EnvResult],
-    retire_failures: Sequence[str] = (),
-) -> Outcome:
+def outcome(status: models.MessageBrokerStatus) -> Outcome:
     ready = conditions.is_true(status.conditions, conditions.READY)
-    retry = not ready and all(r.retriable for r in results if r.reason)
     ready_cond = conditions.find(status.conditions, conditions.READY)
-    return Outcome(
-        status=status,
-        ready=ready,
-        retry=retry or bool(retire_failures),
-        message=ready_cond.message if ready_cond else "",
-    )
+    return Outcome(status=status, ready=ready, message=ready_cond.message if ready_cond else "")
 
 
 # --- deletion ---------------------------------------------------------------------

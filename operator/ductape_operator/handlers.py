@@ -18,7 +18,7 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import kopf
@@ -106,48 +106,6 @@ class HandlerProgress(kopf.AnnotationsProgressStorage):
 
     def _store_marker(self, prefix: str, patch: kopf.Patch, body: kopf.Body) -> None:
         return
-
-    # A retry postponed for one spec is not kept waiting once the spec changed: a user who
-    # fixes a broken resource (a host name, a port) sees it reconciled at once, not after
-    # the retry delay of the broken spec (docs/operations.md, "Retries"). The generation
-    # rides in the stored record and is taken out again on reading: kopf patches a record
-    # that reads back different from what it would write, and a patch that changes
-    # nothing leaves kopf waiting for a version of the object that never comes.
-
-    def fetch(self, *, key: kopf.HandlerId, body: kopf.Body) -> kopf.ProgressRecord | None:
-        stored = super().fetch(key=key, body=body)
-        if stored is None:
-            return None
-        record = {k: v for k, v in stored.items() if k != PROGRESS_GENERATION}
-        if postponed_for_older_spec(stored, body):
-            del record["delayed"]
-        return cast(kopf.ProgressRecord, record)
-
-    def store(
-        self,
-        *,
-        key: kopf.HandlerId,
-        record: kopf.ProgressRecord,
-        body: kopf.Body,
-        patch: kopf.Patch,
-    ) -> None:
-        if record.get("delayed"):
-            generation = body.get("metadata", {}).get("generation")
-            record = cast(kopf.ProgressRecord, {**record, PROGRESS_GENERATION: generation})
-        super().store(key=key, record=record, body=body, patch=patch)
-
-
-#: The field of a postponed handler's progress record that holds the generation it ran on.
-PROGRESS_GENERATION = "generation"
-
-
-def postponed_for_older_spec(record: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
-    """The record postpones its handler, and was written for another generation of the
-    resource than `body`'s (its spec changed since). A record without a generation, as
-    operators before this one wrote them, keeps its delay."""
-    written_for = record.get(PROGRESS_GENERATION)
-    current = (body.get("metadata") or {}).get("generation")
-    return bool(record.get("delayed")) and written_for is not None and written_for != current
 
 
 def _handled_spec(memo: kopf.Memo) -> HandledSpec:
@@ -306,7 +264,7 @@ async def reconcile_broker(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> N
             if first and not await finalizing:
                 return
         try:
-            outcome = await _reconciler(memo).reconcile(
+            await _reconciler(memo).reconcile(
                 obj,
                 tag_owner=owner,
                 handled=_handled_spec(memo).essence(body),
@@ -317,8 +275,12 @@ async def reconcile_broker(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> N
                 await finalizing  # never outlives its handler; its failure is retried
     except errors.DuctapeError as exc:  # the API server failing us: retry, no traceback
         raise kopf.TemporaryError(exc.message, delay=delay) from exc
-    if outcome.retry:
-        raise kopf.TemporaryError(outcome.message or "not ready yet", delay=delay)
+    # A reconcile that could not finish (a broker down, a Secret missing, credentials
+    # refused) has written its failure and the spec it handled in the status: the health
+    # rounds retry it, per broker endpoint and with no API write until something changes,
+    # and a change to its spec or its Secret is handled at once. A kopf retry would cost a
+    # patch of the resource each time, and would hold back a fix to the spec until it is
+    # due (docs/operations.md, "Retries").
 
 
 #: How long kopf waits for the watch to bring back its own last patch before it handles an
@@ -386,9 +348,11 @@ def _labelled_with_finalizer(
 async def health_round(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Timer: this resource's share of the per-endpoint round (probe, drift, retry).
 
-    A resource whose create handler has not succeeded yet is left to that handler
-    (kopf retries it): in a burst of creates its timer can fire while it still waits
-    its turn, and reconciling it here too would only add API writes to the queue.
+    Also the retry of a create or change that could not finish: it recorded its spec as
+    handled (docs/operations.md, "Retries"). A resource whose create handler has not run
+    to its end yet (kopf retries it when the API server failed it) is left to that
+    handler: in a burst of creates its timer can fire while it still waits its turn, and
+    reconciling it here too would only add API writes to the queue.
     """
     if _handled_spec(memo).fetch(body=body) is None:
         return

@@ -248,11 +248,11 @@ class Reconciler:
         """
         async with self._in_flight.hold(urgent=trigger != HEALTH), self.lock(obj.ref):
             if obj.ref.uid in self._finalized:
-                return Outcome(obj.current_status(), ready=False, retry=False, message="deleted")
+                return Outcome(obj.current_status(), ready=False, message="deleted")
             written = self._written_for(obj.ref)
             if obj.generation < written.generation:
                 current = obj.current_status()
-                return Outcome(status=current, ready=False, retry=False, message="stale")
+                return Outcome(status=current, ready=False, message="stale")
             written.generation = obj.generation
             obj = written.overlay(obj)
             started = time.monotonic()
@@ -315,7 +315,7 @@ class Reconciler:
         )
         status = core.unreconciled_status(obj, current, verdict, envs)
         status = await self._write_status(obj, current, status, handled=handled)
-        return Outcome(status=status, ready=False, retry=False, message=verdict.message)
+        return Outcome(status=status, ready=False, message=verdict.message)
 
     async def _provision(
         self,
@@ -357,17 +357,17 @@ class Reconciler:
                 new_applied[result.slug] = result.applied
         if any(result.namespace_terminating for result in results):
             logger.debug("%s/%s: its namespace is being deleted", obj.ref.namespace, obj.ref.name)
-            return Outcome(current, ready=False, retry=False, message="namespace terminating")
+            return Outcome(current, ready=False, message="namespace terminating")
         retire_failures = await self._retire_removed_envs(obj, spec, applied, new_applied)
 
         status = core.status_from_results(obj.generation, current, results, retire_failures)
-        outcome = core.outcome(status, results, retire_failures)
+        outcome = core.outcome(status)
         await self._write_status(
             obj,
             current,
             status,
             applied=core.dump_applied(new_applied),
-            handled=None if outcome.retry else handled,
+            handled=handled,
         )
         for result in results:
             for event in result.events:

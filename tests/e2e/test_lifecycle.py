@@ -398,6 +398,40 @@ def test_healthy_unchanged_resource_causes_no_writes(
     assert kube.secret_object(namespace, f"{name}-dev").metadata.resource_version == secret_version
 
 
+def test_a_failing_resource_is_retried_by_the_health_rounds_without_a_write(
+    kube: kit.Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    """A create that cannot finish is retried by the health rounds, not by kopf: kopf
+    patched its progress annotation on every retry (docs/operations.md, "Retries")."""
+    name = kit.unique("broken")
+    manifest = kit.broker_manifest(name, envs=[("dev", "REDIS")], topics=kit.topics_for(name, 1))
+    good = manifest["spec"]["envs"][0]
+    broken = {**good, "config": {**good["config"], "host": "no-such-broker.invalid"}}
+    manifest["spec"]["envs"] = [broken]
+    kube.apply(namespace, manifest)
+    kube.wait_condition(namespace, name, "False", "BrokerUnreachable")
+    marker = f"health round for {namespace}/{name}"
+    kit.wait_until(lambda: operator.log().count(marker) >= 1, timeout=60, what="a health round")
+    obj = kube.get(namespace, name) or {}
+    version = obj["metadata"]["resourceVersion"]
+    rounds = operator.log().count(marker)
+    kit.wait_until(
+        lambda: operator.log().count(marker) >= rounds + 3,
+        timeout=HEALTH_INTERVAL * 3 + 30,
+        what="three more health rounds",
+    )
+
+    obj = kube.get(namespace, name) or {}
+    assert obj["metadata"]["resourceVersion"] == version, "written while it kept failing"
+    progress = [k for k in obj["metadata"].get("annotations") or {} if k == "ductape.app/create"]
+    assert progress == [], "kopf keeps a retry of the create"
+    assert kit.condition_of(obj)["reason"] == "BrokerUnreachable"  # type: ignore[index]
+
+    kube.patch(namespace, name, {"spec": {"envs": [good]}})
+    kube.wait_condition(namespace, name, "True", "AllEnvsReady", timeout=60)
+    assert kube.secret(namespace, f"{name}-dev") is not None
+
+
 def test_a_new_resource_is_written_twice_by_the_operator_and_never_by_kopf(
     kube: kit.Kube, namespace: str, operator: OperatorProcess
 ) -> None:

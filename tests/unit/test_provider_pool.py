@@ -116,3 +116,26 @@ async def test_a_failed_start_is_not_cached() -> None:
     provider = await pool.acquire("a", REDIS, CONFIG, secrets("a"))
     assert provider is factory.built[1]
     await pool.aclose()
+
+
+async def test_acquires_waiting_for_a_start_that_fails_share_its_failure() -> None:
+    """One connect attempt per endpoint, not one per resource after the other: those that
+    waited for a failed start fail with it; the next acquire tries again."""
+    factory = Factory()
+    pool = ProviderPool(factory)
+    factory.fail_next = True
+    results = await asyncio.gather(
+        *(pool.acquire(("ns", f"mb{i}", "dev"), REDIS, CONFIG, secrets("a")) for i in range(10)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, errors.BrokerUnreachableError) for r in results)
+    assert [f.starts for f in factory.built] == [1]
+    assert len(pool) == 0 and factory.built[0].closes == 1
+
+    with pytest.raises(errors.BrokerUnreachableError):  # a later acquire: a new attempt
+        await pool.acquire("later", REDIS, CONFIG, secrets("a"))
+    assert len(factory.built) == 2
+    factory.fail_next = False
+    provider = await pool.acquire("later", REDIS, CONFIG, secrets("a"))
+    assert provider is factory.built[2] and provider.starts == 1  # type: ignore[attr-defined]
+    await pool.aclose()

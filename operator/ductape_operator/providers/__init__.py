@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Hashable
 from typing import cast
 
-from ductape_operator import brokers, models
+from ductape_operator import brokers, errors, models
 from ductape_operator.providers import base
 
 __all__ = [
@@ -75,7 +75,9 @@ class ProviderPool:
     An owner is whatever holds a provider (the operator uses
     `(namespace, name, env slug)`). It holds one provider at a time: acquiring
     another identity moves it, and closes the one it left when nobody else uses
-    it. A provider that fails to start is not kept, so the next acquire retries.
+    it. A provider that fails to start is not kept, so the next acquire retries; the
+    acquires that waited for that start get its failure instead of trying again one
+    after the other (docs/operations.md, "Retries").
     """
 
     def __init__(self, factory: Factory = build_provider) -> None:
@@ -87,6 +89,10 @@ class ProviderPool:
         self._holders: dict[str, int] = {}
         #: One per identity being started, so a slow broker holds up only its own owners.
         self._starting: dict[str, asyncio.Lock] = {}
+        #: Per identity, how many starts failed in a row, and the last failure: an acquire
+        #: that waited while one failed fails with it. A thousand resources on a broker that
+        #: is down used to try one after the other, each for the whole connect timeout.
+        self._failed: dict[str, tuple[int, errors.DuctapeError]] = {}
 
     def __len__(self) -> int:
         return len(self._providers)
@@ -111,6 +117,7 @@ class ProviderPool:
         key = identity(env_type, config, secrets)
         async with self._lock:
             start_lock = self._starting.setdefault(key, asyncio.Lock())
+            failures_before = self._failed.get(key, (0, None))[0]
         stale: base.Provider | None = None
         async with start_lock:
             async with self._lock:
@@ -118,13 +125,21 @@ class ProviderPool:
                 if provider is not None:
                     stale = self._assign(owner, key)
             if provider is None:
+                failures, failure = self._failed.get(key, (0, None))
+                if failure is not None and failures > failures_before:
+                    raise failure.with_traceback(None)  # the start it waited for failed
                 provider = self._factory(env_type, config, secrets)
                 try:
                     await provider.start()
+                except errors.DuctapeError as exc:
+                    self._failed[key] = (failures + 1, exc)
+                    await _close_quietly(provider)
+                    raise
                 except BaseException:
                     await _close_quietly(provider)
                     raise
                 async with self._lock:
+                    self._failed.pop(key, None)
                     self._providers[key] = provider
                     stale = self._assign(owner, key)
         if stale is not None:
@@ -153,6 +168,7 @@ class ProviderPool:
             self._owners.clear()
             self._holders.clear()
             self._starting.clear()
+            self._failed.clear()
         await asyncio.gather(*(_close_quietly(p) for p in providers))
 
     def _assign(self, owner: Hashable, key: str) -> base.Provider | None:
