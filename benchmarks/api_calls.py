@@ -21,10 +21,12 @@ import json
 import pathlib
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import kubernetes
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from benchmarks import kit
 
@@ -38,50 +40,43 @@ HEALTH_INTERVAL = 3.0
 Counts = collections.Counter[tuple[str, str]]
 
 
-def _metrics(api: kubernetes.client.ApiClient) -> str:
+def _samples(api: kubernetes.client.ApiClient, family_name: str) -> Iterator[Sample]:
+    """The samples of one metric family of the API server's `/metrics`."""
     # Any: the generated client leaves the response's `read` untyped.
     response: Any = api.call_api(
         "GET", api.configuration.host + "/metrics", header_params={"Accept": "text/plain"}
     )
-    text: str = response.read().decode()
-    return text
+    for family in text_string_to_metric_families(response.read().decode()):
+        if family.name == family_name:
+            yield from family.samples
 
 
 def api_calls(api: kubernetes.client.ApiClient) -> Counts:
     """apiserver_request_total by (verb, resource[/subresource]) for our resources."""
     counts: Counts = collections.Counter()
-    for family in text_string_to_metric_families(_metrics(api)):
-        if family.name != "apiserver_request":
+    for sample in _samples(api, "apiserver_request"):
+        labels = sample.labels
+        if not sample.name.endswith("_total") or labels.get("resource") not in RESOURCES:
             continue
-        for sample in family.samples:
-            labels = sample.labels
-            if not sample.name.endswith("_total") or labels.get("resource") not in RESOURCES:
-                continue
-            if labels.get("verb") not in VERBS:
-                continue
-            resource = labels["resource"]
-            if labels.get("subresource"):
-                resource += "/" + labels["subresource"]
-            counts[(labels["verb"], resource)] += int(sample.value)
+        if labels.get("verb") not in VERBS:
+            continue
+        resource = labels["resource"]
+        if labels.get("subresource"):
+            resource += "/" + labels["subresource"]
+        counts[(labels["verb"], resource)] += int(sample.value)
     return counts
 
 
 def controller_manager_watches(api: kubernetes.client.ApiClient) -> bool:
     """Whether something watches MessageBrokers cluster-wide before the operator runs: the
     controller manager's garbage collector, once it has picked up the CRD."""
-    for family in text_string_to_metric_families(_metrics(api)):
-        if family.name != "apiserver_longrunning_requests":
-            continue
-        for sample in family.samples:
-            labels = sample.labels
-            if (
-                labels.get("resource") == "messagebrokers"
-                and labels.get("verb") == "WATCH"
-                and labels.get("scope") == "cluster"
-                and sample.value > 0
-            ):
-                return True
-    return False
+    return any(
+        sample.labels.get("resource") == "messagebrokers"
+        and sample.labels.get("verb") == "WATCH"
+        and sample.labels.get("scope") == "cluster"
+        and sample.value > 0
+        for sample in _samples(api, "apiserver_longrunning_requests")
+    )
 
 
 def settled(api: kubernetes.client.ApiClient, quiet: float = 2.0, timeout: float = 60) -> Counts:

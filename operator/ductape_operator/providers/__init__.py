@@ -131,11 +131,9 @@ class ProviderPool:
                 provider = self._factory(env_type, config, secrets)
                 try:
                     await provider.start()
-                except errors.DuctapeError as exc:
-                    self._failed[key] = (failures + 1, exc)
-                    await _close_quietly(provider)
-                    raise
-                except BaseException:
+                except BaseException as exc:
+                    if isinstance(exc, errors.DuctapeError):  # not a bug or a cancellation
+                        self._failed[key] = (failures + 1, exc)
                     await _close_quietly(provider)
                     raise
                 async with self._lock:
